@@ -1,0 +1,70 @@
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Errors of the `posed` library. Every input error names the file and, inside it, the
+/// entry (scene / image / object id, CSV line, PLY element) and what was expected.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// A file could not be opened or read.
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A file could not be written.
+    #[error("{path}: cannot write: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A JSON file that does not have the expected structure or values.
+    #[error("{path}: {detail}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// Where in the file (JSON path, entry ids) and what was expected.
+        detail: String,
+    },
+    /// A malformed PLY file.
+    #[error("{path}: {detail}")]
+    Ply {
+        /// The file.
+        path: PathBuf,
+        /// Where in the file (header line, element and index, property) and what was expected.
+        detail: String,
+    },
+    /// A malformed row of a BOP results CSV.
+    #[error("{path}:{line}: {detail}")]
+    Csv {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number (the header is line 1).
+        line: u64,
+        /// What was wrong.
+        detail: String,
+    },
+    /// A dataset that is not laid out as BOP prescribes, or whose parts disagree.
+    #[error("{path}: {detail}")]
+    Dataset {
+        /// The file or folder.
+        path: PathBuf,
+        /// What was expected.
+        detail: String,
+    },
+    /// Bad geometry that the kernels refused (empty model, bad symmetry).
+    #[error("{context}: {source}")]
+    Kernel {
+        /// What was being prepared (e.g. the model file).
+        context: String,
+        /// The kernel's error.
+        source: posed_kernels::KernelError,
+    },
+}
+
+/// Result with the library's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
