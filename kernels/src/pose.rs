@@ -128,7 +128,8 @@ mod tests {
 
     #[test]
     fn projection_puts_the_principal_point_on_the_optical_axis() {
-        let k = Intrinsics::from_row_major(&[1000.0, 0.0, 320.0, 0.0, 1000.0, 240.0, 0.0, 0.0, 1.0]);
+        let k =
+            Intrinsics::from_row_major(&[1000.0, 0.0, 320.0, 0.0, 1000.0, 240.0, 0.0, 0.0, 1.0]);
         assert_eq!(k.project(&Vector3::new(0.0, 0.0, 2.0)), [320.0, 240.0]);
         assert_eq!(k.project(&Vector3::new(0.1, -0.2, 1.0)), [420.0, 40.0]);
     }

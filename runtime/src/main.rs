@@ -1,1 +1,5 @@
-fn main() {}
+//! The `posed` binary: everything lives in the library.
+
+fn main() -> std::process::ExitCode {
+    posed::cli::main()
+}

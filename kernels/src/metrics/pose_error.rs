@@ -118,9 +118,7 @@ impl PoseErrorModel {
 
     /// MSSD (BOP19): `min over S of max over p of |est p - gt S p|`, metres.
     pub fn mssd(&self, gt: &Pose, est: &Pose) -> f64 {
-        self.min_over_symmetries(gt, est, |gt_point, est_point| {
-            (gt_point - est_point).norm()
-        })
+        self.min_over_symmetries(gt, est, |gt_point, est_point| (gt_point - est_point).norm())
     }
 
     /// MSPD (BOP19): like MSSD with distances between the pixel projections under `k`,
@@ -242,7 +240,9 @@ mod tests {
     #[test]
     fn rejects_empty_and_non_finite_models() {
         assert!(PoseErrorModel::new(vec![], 1.0, vec![Pose::identity()]).is_err());
-        assert!(PoseErrorModel::new(vec![[0.0, f64::NAN, 0.0]], 1.0, vec![Pose::identity()]).is_err());
+        assert!(
+            PoseErrorModel::new(vec![[0.0, f64::NAN, 0.0]], 1.0, vec![Pose::identity()]).is_err()
+        );
         assert!(PoseErrorModel::new(cube_points(), 1.0, vec![]).is_err());
     }
 
