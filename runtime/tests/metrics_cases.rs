@@ -85,6 +85,9 @@ fn assert_close(name: &str, id: &Value, got_mm: f64, expected_mm: f64) {
     );
 }
 
+/// Selects one error of a pair.
+type PickError = fn(&PairErrors) -> f64;
+
 struct PairErrors {
     add_m: f64,
     adds_m: f64,
@@ -181,7 +184,7 @@ fn every_pair_and_every_auc_matches_the_bop_toolkit() {
             "{label} grid: got {got}, expected {want}"
         );
     };
-    let kinds: [(&str, fn(&PairErrors) -> f64); 3] = [
+    let kinds: [(&str, PickError); 3] = [
         ("add", |e| e.add_m),
         ("adds", |e| e.adds_m),
         ("add_or_adds", |e| e.add_or_adds_m),

@@ -20,7 +20,8 @@ pub fn auc_voc(errors_m: &[f64]) -> Option<f64> {
     let mut running_accuracy: f64 = 0.0;
     let mut last_accuracy = None;
     for (index, &error) in sorted.iter().enumerate() {
-        if !(error <= AUC_MAX_THRESHOLD_M) {
+        // NaN sorts last and, like infinity, is never a hit.
+        if error.is_nan() || error > AUC_MAX_THRESHOLD_M {
             break;
         }
         let accuracy = (index + 1) as f64 / n as f64;

@@ -10,6 +10,7 @@
 pub mod auc;
 pub mod average_precision;
 pub mod matching;
+pub mod nearest;
 pub mod pose_error;
 
 pub use pose_error::{rotation_error_deg, translation_error_m, PoseErrorModel};

@@ -1,9 +1,9 @@
 //! Per-pair pose errors. Inputs are model points in metres (object frame) and poses
 //! `camera_from_object`; outputs are metres, pixels or degrees as named.
 
-use kiddo::{ImmutableKdTree, SquaredEuclidean};
 use nalgebra::{Matrix3, Vector3};
 
+use super::nearest::KdTree;
 use crate::{Intrinsics, KernelError, Pose};
 
 /// An object prepared once for pose-error computations: its points, an exact
@@ -11,7 +11,7 @@ use crate::{Intrinsics, KernelError, Pose};
 /// MSPD).
 pub struct PoseErrorModel {
     points_m: Vec<[f64; 3]>,
-    tree: ImmutableKdTree<f64, 3>,
+    tree: KdTree,
     diameter_m: f64,
     symmetries: Vec<Pose>,
 }
@@ -53,7 +53,7 @@ impl PoseErrorModel {
         if !diameter_m.is_finite() {
             return Err(KernelError::NotFinite { what: "diameter" });
         }
-        let tree = ImmutableKdTree::new_from_slice(&points_m);
+        let tree = KdTree::new(&points_m);
         Ok(Self {
             points_m,
             tree,
@@ -99,21 +99,29 @@ impl PoseErrorModel {
     ///
     /// The k-d tree is built once over the model points; each GT-posed point is mapped
     /// into the estimate's object frame instead of re-posing and re-indexing the model
-    /// for every pair (distances are invariant under the rigid map).
+    /// for every pair (distances are invariant under the rigid map). Points are visited
+    /// in tree order, and each search starts from the better of two real distances: to
+    /// the point's own ADD partner, and to the previous point's neighbour.
     pub fn adds(&self, gt: &Pose, est: &Pose) -> f64 {
         let delta = est.inverse().compose(gt);
-        let sum: f64 = self
-            .points_m
-            .iter()
-            .map(|p| {
-                let q = delta.rotation * Vector3::from(*p) + delta.translation_m;
-                self.tree
-                    .nearest_one::<SquaredEuclidean>(&[q.x, q.y, q.z])
-                    .distance
-                    .sqrt()
-            })
-            .sum();
-        sum / self.points_m.len() as f64
+        let points = self.tree.points();
+        let mut previous_nearest: Option<usize> = None;
+        let mut sum = 0.0;
+        for p in points {
+            let v = Vector3::from(*p);
+            let q = delta.rotation * v + delta.translation_m;
+            let mut bound_sq = (q - v).norm_squared();
+            if let Some(index) = previous_nearest {
+                bound_sq = bound_sq.min((q - Vector3::from(points[index])).norm_squared());
+            }
+            let query = [q.x, q.y, q.z];
+            let (distance_sq, index) = self.tree.nearest(&query, bound_sq);
+            if index != usize::MAX {
+                previous_nearest = Some(index);
+            }
+            sum += distance_sq.sqrt();
+        }
+        sum / points.len() as f64
     }
 
     /// MSSD (BOP19): `min over S of max over p of |est p - gt S p|`, metres.

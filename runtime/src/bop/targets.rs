@@ -3,13 +3,13 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::json::read_json;
 use crate::Result;
 
 /// One BOP19 target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Target {
     /// Scene id.
     pub scene_id: u32,

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The project's test command (README): formatting, lints, and the test suite on x86_64
+# and on aarch64-unknown-linux-gnu (the Jetson target) under qemu-aarch64.
+# Prerequisites on a fresh Debian 12 machine: see .ci/run, which installs them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy (x86_64 and aarch64, -D warnings)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked --target aarch64-unknown-linux-gnu -- -D warnings
+
+echo "== cargo test (x86_64)"
+cargo test --workspace --locked
+
+echo "== cargo test (aarch64-unknown-linux-gnu, under qemu-aarch64)"
+cargo test --workspace --locked --target aarch64-unknown-linux-gnu --exclude posed-benches
