@@ -11,3 +11,6 @@ pub mod ply;
 pub mod results;
 pub mod scene;
 pub mod targets;
+
+#[cfg(test)]
+mod reader_tests;

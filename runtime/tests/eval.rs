@@ -1,0 +1,321 @@
+//! `posed eval` on the bundled ycbv-mini dataset: perfect estimates, hand-checked
+//! matching and average precision, symmetric-as-asymmetric, bad rows, and the CLI.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use posed::bop::dataset::BopDataset;
+use posed::bop::results::{read_results, write_results, Estimate};
+use posed::bop::targets::read_targets;
+use posed::eval::{evaluate, EvalOptions, Report, TargetSource};
+use posed::Error;
+use posed_kernels::metrics::auc::auc_voc;
+use posed_kernels::metrics::PoseErrorModel;
+use posed_kernels::symmetry::{bop_symmetry_transforms, BOP_MAX_SYM_DISC_STEP};
+use posed_kernels::Pose;
+
+fn dataset_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/ycbv-mini")
+}
+
+fn dataset() -> BopDataset {
+    BopDataset::load(&dataset_dir(), "test").expect("ycbv-mini loads")
+}
+
+fn options(symmetric_as_asymmetric: &[u32]) -> EvalOptions {
+    let path = dataset_dir().join("test_targets_bop19.json");
+    EvalOptions {
+        cosypose_targets: None,
+        bop_targets: (
+            read_targets(&path).expect("targets"),
+            TargetSource::File(path),
+        ),
+        symmetric_as_asymmetric: symmetric_as_asymmetric
+            .iter()
+            .copied()
+            .collect::<BTreeSet<_>>(),
+        progress: false,
+    }
+}
+
+/// Writes estimates to a CSV in `dir` and evaluates it.
+fn eval(dir: &Path, estimates: &[Estimate], options: &EvalOptions) -> posed::Result<Report> {
+    let path = dir.join("results.csv");
+    write_results(&path, estimates)?;
+    let rows = read_results(&path)?;
+    assert_eq!(rows.len(), estimates.len(), "every row is read back");
+    evaluate(&dataset(), &path, &rows, options)
+}
+
+fn ground_truth_estimates(dataset: &BopDataset) -> Vec<Estimate> {
+    let mut out = Vec::new();
+    for (scene_id, scene) in &dataset.scenes {
+        for (im_id, image) in &scene.images {
+            for instance in &image.gt {
+                out.push(Estimate {
+                    scene_id: *scene_id,
+                    im_id: *im_id,
+                    obj_id: instance.obj_id,
+                    score: 1.0,
+                    camera_from_object: instance.camera_from_object,
+                    time_s: -1.0,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn shift(pose: &Pose, dx_m: f64) -> Pose {
+    let mut shifted = *pose;
+    shifted.translation_m.x += dx_m;
+    shifted
+}
+
+#[test]
+fn ground_truth_scores_perfectly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dataset = dataset();
+    let report = eval(dir.path(), &ground_truth_estimates(&dataset), &options(&[])).expect("eval");
+    assert_eq!(report.n_predictions, 62);
+    assert_eq!(report.n_gt, 62);
+    assert_eq!(
+        report.n_bop_targets, 60,
+        "two instances are below 10 % visibility"
+    );
+    for value in [
+        report.auc_add,
+        report.auc_adds,
+        report.auc_add_or_adds,
+        report.map_adds_01d,
+    ] {
+        let value = value.expect("defined");
+        assert!((value - 1.0).abs() < 1e-9, "{value}");
+    }
+    assert_eq!(report.ar_mssd, Some(1.0));
+    assert_eq!(report.ar_mspd, Some(1.0));
+    assert_eq!(report.per_object.len(), 5);
+}
+
+#[test]
+fn auc_follows_the_pair_errors_and_misses_count_as_infinite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dataset = dataset();
+    let mut estimates = ground_truth_estimates(&dataset);
+    // Shift every estimate of object 2 by 1 cm along x and drop its first instance.
+    let first_obj2 = estimates
+        .iter()
+        .position(|e| e.obj_id == 2)
+        .expect("object 2 present");
+    estimates.remove(first_obj2);
+    for e in estimates.iter_mut().filter(|e| e.obj_id == 2) {
+        e.camera_from_object = shift(&e.camera_from_object, 0.01);
+    }
+    let report = eval(dir.path(), &estimates, &options(&[])).expect("eval");
+    let object = &report.per_object[&2];
+    assert_eq!(object.n_gt, 8);
+    assert_eq!(object.n_predictions, 7);
+    // ADD of a pure translation is its length: 7 errors of 1 cm and one miss.
+    let expected =
+        auc_voc(&[0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, f64::INFINITY]).expect("defined");
+    let auc_add = object.auc_add.expect("defined");
+    assert!(
+        (auc_add - expected).abs() < 1e-12,
+        "{auc_add} vs {expected}"
+    );
+    // The mean over objects is the mean of the five per-object AUCs.
+    let mean = report
+        .per_object
+        .values()
+        .map(|o| o.auc_add.expect("defined"))
+        .sum::<f64>()
+        / 5.0;
+    assert!((report.auc_add.expect("defined") - mean).abs() < 1e-15);
+    // 1 cm is 0.037 of object 2's diameter: correct at every MSSD threshold from 0.05.
+    // Object 2 has 7 BOP targets (its instance in image 6 is 0.04 % visible), and the
+    // dropped estimate was one of them: recall 6 / 7 at every threshold.
+    assert_eq!(object.n_bop_targets, 7);
+    assert!((object.ar_mssd.expect("targets") - 6.0 / 7.0).abs() < 1e-12);
+}
+
+#[test]
+fn duplicates_are_false_positives_and_only_the_top_estimate_is_scored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dataset = dataset();
+    let mut estimates: Vec<Estimate> = ground_truth_estimates(&dataset)
+        .into_iter()
+        .filter(|e| e.obj_id == 3)
+        .collect();
+    assert_eq!(estimates.len(), 8);
+    // A second, worse estimate per instance with a higher score: the AUC meters score
+    // only the top-1 (the 5 cm one); for mAP it takes the match when within 0.1 d
+    // (19.9 mm for object 3), which 5 cm is not, so it is a false positive ranked first.
+    let duplicates: Vec<Estimate> = estimates
+        .iter()
+        .map(|e| Estimate {
+            score: 2.0,
+            camera_from_object: shift(&e.camera_from_object, 0.05),
+            ..e.clone()
+        })
+        .collect();
+    estimates.extend(duplicates);
+    let report = eval(dir.path(), &estimates, &options(&[])).expect("eval");
+    let object = &report.per_object[&3];
+    let auc_add = object.auc_add.expect("defined");
+    let expected = auc_voc(&[0.05; 8]).expect("defined");
+    assert!((auc_add - expected).abs() < 1e-12);
+    // Ranking: 8 false positives (score 2) then 8 true positives (score 1), one
+    // threshold each: AP = 1 * 8/16 = 0.5; recall 8/8 keeps it at 0.5.
+    let ap = object.ap_adds_01d.expect("has true positives");
+    assert!((ap - 0.5).abs() < 1e-12, "{ap}");
+    // BOP19 takes inst_count = 1 estimate per target, the 5 cm one: MSSD 0.05 m is
+    // 0.252 d, correct at the five thresholds above it (0.3 .. 0.5).
+    let ar = object.ar_mssd.expect("targets");
+    assert!((ar - 0.5).abs() < 1e-12, "{ar}");
+    // Objects without estimates have undefined AUCs, hence an undefined mean.
+    assert_eq!(report.auc_add, None);
+    assert!(report.notes.iter().any(|n| n.contains("undefined")));
+}
+
+#[test]
+fn symmetric_as_asymmetric_switches_add_s_to_add() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dataset = dataset();
+    let model = dataset.models.get(1).expect("object 1");
+    let can = PoseErrorModel::new(
+        model.mesh.positions.clone(),
+        model.info.diameter_m,
+        bop_symmetry_transforms(&model.info.symmetries, BOP_MAX_SYM_DISC_STEP).expect("symmetries"),
+    )
+    .expect("model");
+    // Turn every can 90 degrees about its symmetry axis: large ADD, small ADD-S.
+    let quarter = Pose {
+        rotation: *nalgebra::Rotation3::from_axis_angle(
+            &nalgebra::Vector3::z_axis(),
+            std::f64::consts::FRAC_PI_2,
+        )
+        .matrix(),
+        translation_m: nalgebra::Vector3::zeros(),
+    };
+    let mut estimates = ground_truth_estimates(&dataset);
+    let mut add_errors = Vec::new();
+    for e in estimates.iter_mut().filter(|e| e.obj_id == 1) {
+        let gt = e.camera_from_object;
+        e.camera_from_object = gt.compose(&quarter);
+        add_errors.push(can.add(&gt, &e.camera_from_object));
+    }
+    let default = eval(dir.path(), &estimates, &options(&[])).expect("eval");
+    let asymmetric = eval(dir.path(), &estimates, &options(&[1])).expect("eval");
+    let can_default = &default.per_object[&1];
+    let can_asymmetric = &asymmetric.per_object[&1];
+    assert_eq!(can_default.auc_add_or_adds, can_default.auc_adds);
+    assert_eq!(can_asymmetric.auc_add_or_adds, can_asymmetric.auc_add);
+    assert_eq!(can_asymmetric.auc_add, auc_voc(&add_errors));
+    assert!(can_asymmetric.auc_add_or_adds < can_default.auc_add_or_adds);
+    // BOP's MSSD knows the symmetry either way.
+    assert!(can_default.ar_mssd.expect("targets") > 0.99);
+}
+
+#[test]
+fn bad_rows_are_reported_with_their_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dataset = dataset();
+    let mut estimates = ground_truth_estimates(&dataset);
+    estimates[3].obj_id = 42;
+    let err = eval(dir.path(), &estimates, &options(&[])).expect_err("unknown object");
+    match err {
+        Error::Csv {
+            line, ref detail, ..
+        } => {
+            assert_eq!(line, 5, "header is line 1, estimate 3 is line 5");
+            assert!(detail.contains("obj_id 42"), "{detail}");
+        }
+        other => panic!("expected a CSV error, got {other}"),
+    }
+    let mut estimates = ground_truth_estimates(&dataset);
+    estimates[0].im_id = 99;
+    let err = eval(dir.path(), &estimates, &options(&[])).expect_err("unknown image");
+    let message = err.to_string();
+    assert!(
+        message.contains("results.csv:2:") && message.contains("image 99"),
+        "{message}"
+    );
+}
+
+#[test]
+fn cli_prints_the_json_keys_and_the_table() {
+    let binary = env!("CARGO_BIN_EXE_posed");
+    let results = dataset_dir().join("../results/ycbv-mini-synthetic.csv");
+    let output = Command::new(binary)
+        .args(["eval", "--dataset"])
+        .arg(dataset_dir())
+        .arg("--results")
+        .arg(&results)
+        .arg("--json")
+        .output()
+        .expect("posed runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    for key in [
+        "auc_add",
+        "auc_adds",
+        "auc_add_or_adds",
+        "map_adds_0.1d",
+        "ar_mssd",
+        "ar_mspd",
+        "n_predictions",
+        "n_gt",
+        "per_object",
+    ] {
+        assert!(json.get(key).is_some(), "missing key {key}");
+    }
+    assert_eq!(json["n_gt"], 62);
+    assert_eq!(json["per_object"].as_object().expect("object").len(), 5);
+    let auc = json["auc_adds"].as_f64().expect("a number");
+    assert!(auc > 0.5 && auc < 1.0, "{auc}");
+
+    let table = Command::new(binary)
+        .args(["eval", "--dataset"])
+        .arg(dataset_dir())
+        .arg("--results")
+        .arg(&results)
+        .output()
+        .expect("posed runs");
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("AUC ADD(-S)") && text.contains("mean"),
+        "{text}"
+    );
+
+    let missing = Command::new(binary)
+        .args(["eval", "--dataset"])
+        .arg(dataset_dir())
+        .args(["--results", "/nonexistent/results.csv"])
+        .output()
+        .expect("posed runs");
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("/nonexistent/results.csv"), "{stderr}");
+}
+
+#[test]
+fn the_shipped_demo_results_are_what_synth_results_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("synthetic.csv");
+    let status = Command::new(env!("CARGO_BIN_EXE_posed"))
+        .args(["synth-results", "--dataset"])
+        .arg(dataset_dir())
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .expect("posed runs");
+    assert!(status.success());
+    let shipped = std::fs::read(dataset_dir().join("../results/ycbv-mini-synthetic.csv"))
+        .expect("shipped file");
+    assert_eq!(std::fs::read(&out).expect("written"), shipped);
+}
