@@ -16,4 +16,6 @@ echo "== cargo test (x86_64)"
 cargo test --workspace --locked
 
 echo "== cargo test (aarch64-unknown-linux-gnu, under qemu-aarch64)"
-cargo test --workspace --locked --target aarch64-unknown-linux-gnu --exclude posed-benches
+# Tests that start the `posed` binary go through the same runner as cargo's.
+POSED_TEST_RUNNER="$PWD/cross/qemu-aarch64-runner.sh" \
+  cargo test --workspace --locked --target aarch64-unknown-linux-gnu --exclude posed-benches

@@ -48,6 +48,21 @@ fn eval(dir: &Path, estimates: &[Estimate], options: &EvalOptions) -> posed::Res
     evaluate(&dataset(), &path, &rows, options)
 }
 
+/// The `posed` binary as a command. For cross-target test runs (aarch64 under qemu on an
+/// x86_64 host) `POSED_TEST_RUNNER` names the runner that executes it, as cargo's own
+/// runner does for the test binary.
+fn posed() -> Command {
+    let binary = env!("CARGO_BIN_EXE_posed");
+    match std::env::var_os("POSED_TEST_RUNNER") {
+        Some(runner) => {
+            let mut command = Command::new(runner);
+            command.arg(binary);
+            command
+        }
+        None => posed(),
+    }
+}
+
 fn ground_truth_estimates(dataset: &BopDataset) -> Vec<Estimate> {
     let mut out = Vec::new();
     for (scene_id, scene) in &dataset.scenes {
@@ -245,9 +260,8 @@ fn bad_rows_are_reported_with_their_line() {
 
 #[test]
 fn cli_prints_the_json_keys_and_the_table() {
-    let binary = env!("CARGO_BIN_EXE_posed");
     let results = dataset_dir().join("../results/ycbv-mini-synthetic.csv");
-    let output = Command::new(binary)
+    let output = posed()
         .args(["eval", "--dataset"])
         .arg(dataset_dir())
         .arg("--results")
@@ -279,7 +293,7 @@ fn cli_prints_the_json_keys_and_the_table() {
     let auc = json["auc_adds"].as_f64().expect("a number");
     assert!(auc > 0.5 && auc < 1.0, "{auc}");
 
-    let table = Command::new(binary)
+    let table = posed()
         .args(["eval", "--dataset"])
         .arg(dataset_dir())
         .arg("--results")
@@ -292,7 +306,7 @@ fn cli_prints_the_json_keys_and_the_table() {
         "{text}"
     );
 
-    let missing = Command::new(binary)
+    let missing = posed()
         .args(["eval", "--dataset"])
         .arg(dataset_dir())
         .args(["--results", "/nonexistent/results.csv"])
@@ -307,7 +321,7 @@ fn cli_prints_the_json_keys_and_the_table() {
 fn the_shipped_demo_results_are_what_synth_results_writes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("synthetic.csv");
-    let status = Command::new(env!("CARGO_BIN_EXE_posed"))
+    let status = posed()
         .args(["synth-results", "--dataset"])
         .arg(dataset_dir())
         .arg("--out")
