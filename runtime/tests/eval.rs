@@ -59,7 +59,7 @@ fn posed() -> Command {
             command.arg(binary);
             command
         }
-        None => posed(),
+        None => Command::new(binary),
     }
 }
 

@@ -21,6 +21,36 @@ impl Admit {
     }
 }
 
+/// CosyPose's matching rules (`run_cosypose_eval.py::get_pose_meters`): which pose
+/// errors may pair an estimate with a ground-truth instance, as a fraction of the
+/// object diameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchingRule {
+    /// Any error: the YCB-Video AUC meters (`matching=CLASS`).
+    Class,
+    /// Error at most 0.5 d: T-LESS AUC (`matching=OVERLAP`).
+    Overlap,
+    /// Error at most 0.1 d: ADD-S<0.1d and mAP (`matching=BOP`).
+    Bop,
+}
+
+impl MatchingRule {
+    /// The admission test for an object of diameter `diameter_m`.
+    pub fn admit(self, diameter_m: f64) -> Admit {
+        match self {
+            MatchingRule::Class => Admit::AtMost(f64::INFINITY),
+            MatchingRule::Overlap => Admit::AtMost(0.5 * diameter_m),
+            MatchingRule::Bop => Admit::AtMost(0.1 * diameter_m),
+        }
+    }
+}
+
+/// CosyPose's optional sphere check: a pair is a candidate only if the translations are
+/// closer than the diameter (`spheres_overlap_check`, on for T-LESS, off for YCB-V).
+pub fn spheres_overlap(translation_error_m: f64, diameter_m: f64) -> bool {
+    translation_error_m < diameter_m
+}
+
 /// Matches estimates to ground truth in one group (same image and object).
 ///
 /// - `scores[e]`: estimate scores; ties keep input order (a stable sort, like pandas'
@@ -74,6 +104,14 @@ mod tests {
         let errors = [0.01, 0.5, /* est 1: */ 0.02, 0.03];
         let matches = match_greedy(&scores, &errors, &[true, true], Admit::AtMost(1.0));
         assert_eq!(matches, vec![Some(1), Some(0)]);
+    }
+
+    #[test]
+    fn cosypose_rules() {
+        assert_eq!(MatchingRule::Class.admit(0.2), Admit::AtMost(f64::INFINITY));
+        assert_eq!(MatchingRule::Overlap.admit(0.2), Admit::AtMost(0.1));
+        assert_eq!(MatchingRule::Bop.admit(0.2), Admit::AtMost(0.1 * 0.2));
+        assert!(spheres_overlap(0.19, 0.2) && !spheres_overlap(0.2, 0.2));
     }
 
     #[test]

@@ -154,14 +154,7 @@ impl KdTree {
 /// point array) and returns its node index.
 fn build(points: &mut [[f64; 3]], offset: usize, nodes: &mut Vec<Node>) -> u32 {
     let index = nodes.len() as u32;
-    let mut low = [f64::INFINITY; 3];
-    let mut high = [f64::NEG_INFINITY; 3];
-    for p in points.iter() {
-        for axis in 0..3 {
-            low[axis] = low[axis].min(p[axis]);
-            high[axis] = high[axis].max(p[axis]);
-        }
-    }
+    let (low, high) = bounds(points);
     let mut node = Node {
         low,
         high,
@@ -172,19 +165,56 @@ fn build(points: &mut [[f64; 3]], offset: usize, nodes: &mut Vec<Node>) -> u32 {
     };
     nodes.push(node);
     if points.len() <= LEAF_SIZE {
+        // Order the leaf itself in k-d order: queries visit points in tree order, and
+        // each search starts from the previous point's neighbour, so neighbours in this
+        // order should be neighbours in space.
+        kd_order(points);
         return index;
     }
-    let axis = (0..3)
-        .max_by(|&a, &b| (high[a] - low[a]).total_cmp(&(high[b] - low[b])))
-        .unwrap_or(0);
-    let middle = points.len() / 2;
-    points.select_nth_unstable_by(middle, |a, b| a[axis].total_cmp(&b[axis]));
+    let middle = split_at_median(points, &low, &high);
     let (left_points, right_points) = points.split_at_mut(middle);
     let left = build(left_points, offset, nodes);
     let right = build(right_points, offset + middle, nodes);
     node.kind = NodeKind::Split { left, right };
     nodes[index as usize] = node;
     index
+}
+
+/// The axis-aligned bounding box of `points`.
+fn bounds(points: &[[f64; 3]]) -> ([f64; 3], [f64; 3]) {
+    let mut low = [f64::INFINITY; 3];
+    let mut high = [f64::NEG_INFINITY; 3];
+    for p in points {
+        for axis in 0..3 {
+            low[axis] = low[axis].min(p[axis]);
+            high[axis] = high[axis].max(p[axis]);
+        }
+    }
+    (low, high)
+}
+
+/// Partitions `points` about the median of the widest axis of the box `low..high`;
+/// returns the index of the median.
+fn split_at_median(points: &mut [[f64; 3]], low: &[f64; 3], high: &[f64; 3]) -> usize {
+    let axis = (0..3)
+        .max_by(|&a, &b| (high[a] - low[a]).total_cmp(&(high[b] - low[b])))
+        .unwrap_or(0);
+    let middle = points.len() / 2;
+    points.select_nth_unstable_by(middle, |a, b| a[axis].total_cmp(&b[axis]));
+    middle
+}
+
+/// Sorts points into k-d order (recursive median splits on the widest axis, down to
+/// single points).
+fn kd_order(points: &mut [[f64; 3]]) {
+    if points.len() <= 2 {
+        return;
+    }
+    let (low, high) = bounds(points);
+    let middle = split_at_median(points, &low, &high);
+    let (left, right) = points.split_at_mut(middle);
+    kd_order(left);
+    kd_order(right);
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use std::path::Path;
 
 use posed_kernels::metrics::auc::auc_voc;
 use posed_kernels::metrics::average_precision::average_precision;
-use posed_kernels::metrics::matching::{match_greedy, Admit};
+use posed_kernels::metrics::matching::{match_greedy, Admit, MatchingRule};
 use posed_kernels::metrics::PoseErrorModel;
 use posed_kernels::symmetry::{bop_symmetry_transforms, BOP_MAX_SYM_DISC_STEP};
 use rayon::prelude::*;
@@ -447,7 +447,7 @@ fn cosypose_auc(
                 &scores,
                 &errors,
                 &group.cosypose_valid,
-                Admit::AtMost(f64::INFINITY),
+                MatchingRule::Class.admit(f64::INFINITY),
             );
             let mut gt_error = vec![f64::INFINITY; group.gt.len()];
             for (e, matched) in matches.iter().enumerate() {
@@ -497,6 +497,7 @@ fn cosypose_map(
             continue;
         };
         let threshold_m = MAP_THRESHOLD * model.diameter_m();
+        let admit = MatchingRule::Bop.admit(model.diameter_m());
         let n_est = group.estimates.len();
         let scores: Vec<f64> = group
             .estimates
@@ -504,12 +505,7 @@ fn cosypose_map(
             .map(|&r| rows[r].estimate.score)
             .collect();
         let errors = group.error_matrix(n_est, |e| e.adds);
-        let matches = match_greedy(
-            &scores,
-            &errors,
-            &group.cosypose_valid,
-            Admit::AtMost(threshold_m),
-        );
+        let matches = match_greedy(&scores, &errors, &group.cosypose_valid, admit);
         let label = labels.entry(group.obj_id).or_insert_with(|| Label {
             scores: Vec::new(),
             positive: Vec::new(),
