@@ -12,8 +12,14 @@ echo "== cargo clippy (x86_64 and aarch64, -D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --workspace --all-targets --locked --target aarch64-unknown-linux-gnu -- -D warnings
 
+echo "== cargo clippy (posed-kernels without the cuda feature)"
+cargo clippy -p posed-kernels --all-targets --locked --no-default-features -- -D warnings
+
 echo "== cargo test (x86_64)"
 cargo test --workspace --locked
+
+echo "== CUDA kernels: NVRTC compile check, sm_87 and sm_90 (no GPU needed)"
+bash scripts/check-cuda-kernels.sh
 
 echo "== cargo test (aarch64-unknown-linux-gnu, under qemu-aarch64)"
 # Tests that start the `posed` binary go through the same runner as cargo's.

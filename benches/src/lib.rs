@@ -143,3 +143,85 @@ pub fn metrics_case_pairs() -> anyhow::Result<Vec<(u32, Pose, Pose)>> {
         })
         .collect()
 }
+
+/// A refiner-sized render batch: each of the five ycbv-mini objects alone in a 240 x 320
+/// crop, filling it as CosyPose's crops do (the object's diameter spans 1 / 1.4 of the
+/// crop height), at 0.8 m under a fixed rotation.
+#[derive(Debug)]
+pub struct CropBatch {
+    /// Renderer meshes, one per object, in obj_id order.
+    pub meshes: Vec<posed_kernels::render::Mesh>,
+    /// The PLY file of each mesh.
+    pub ply_paths: Vec<PathBuf>,
+    /// One crop camera per object (K_crop, 320 x 240).
+    pub cameras: Vec<posed_kernels::render::Camera>,
+    /// One pose per object.
+    pub poses: Vec<Pose>,
+}
+
+/// Crop width, pixels (CosyPose's render size is 240 x 320).
+pub const CROP_WIDTH: usize = 320;
+/// Crop height, pixels.
+pub const CROP_HEIGHT: usize = 240;
+
+impl CropBatch {
+    /// One single-object instance list per crop, to borrow into render items.
+    pub fn instances(&self) -> Vec<[posed_kernels::render::Instance; 1]> {
+        self.poses
+            .iter()
+            .enumerate()
+            .map(|(mesh, &camera_from_object)| {
+                [posed_kernels::render::Instance {
+                    mesh,
+                    camera_from_object,
+                }]
+            })
+            .collect()
+    }
+
+    /// One render target per crop.
+    pub fn targets(&self) -> Vec<posed_kernels::render::RenderTarget> {
+        self.cameras
+            .iter()
+            .map(|c| posed_kernels::render::RenderTarget::new(c.width, c.height))
+            .collect()
+    }
+}
+
+/// The crop batch of [`CropBatch`] from the bundled ycbv-mini models.
+pub fn refiner_crop_batch() -> anyhow::Result<CropBatch> {
+    let models = posed::bop::models::ModelSet::load(&ycbv_mini().join("models"))?;
+    let mut batch = CropBatch {
+        meshes: Vec::new(),
+        ply_paths: Vec::new(),
+        cameras: Vec::new(),
+        poses: Vec::new(),
+    };
+    for (index, model) in models.objects.values().enumerate() {
+        let depth_m = 0.8;
+        let focal_px = CROP_HEIGHT as f64 / 1.4 * depth_m / model.info.diameter_m;
+        batch.meshes.push(posed::render::object_mesh(model)?);
+        batch.ply_paths.push(model.mesh_path.clone());
+        batch.cameras.push(posed_kernels::render::Camera {
+            intrinsics: posed_kernels::Intrinsics::from_row_major(&[
+                focal_px,
+                0.0,
+                CROP_WIDTH as f64 / 2.0,
+                0.0,
+                focal_px,
+                CROP_HEIGHT as f64 / 2.0,
+                0.0,
+                0.0,
+                1.0,
+            ]),
+            width: CROP_WIDTH,
+            height: CROP_HEIGHT,
+        });
+        let angle = 0.4 + 0.3 * index as f64;
+        batch.poses.push(Pose {
+            rotation: *Rotation3::from_euler_angles(angle, -0.5 * angle, 0.25).matrix(),
+            translation_m: Vector3::new(0.0, 0.0, depth_m),
+        });
+    }
+    Ok(batch)
+}

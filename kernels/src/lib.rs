@@ -7,9 +7,12 @@
 //!
 //! Nothing in this crate reads files: callers hand in points, poses and symmetries.
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod error;
 pub mod metrics;
 mod pose;
+pub mod render;
 pub mod symmetry;
 
 pub use error::KernelError;

@@ -56,6 +56,16 @@ pub enum Error {
         /// What was expected.
         detail: String,
     },
+    /// An image file that cannot be decoded or is not of the expected kind (format, bit
+    /// depth, colour type), or an image that cannot be encoded.
+    #[error("{path}: {reason}")]
+    Image {
+        /// The file.
+        path: PathBuf,
+        /// What was expected and what was found (e.g. "expected a 16-bit grayscale PNG,
+        /// found 8-bit RGB").
+        reason: String,
+    },
     /// Bad geometry that the kernels refused (empty model, bad symmetry).
     #[error("{context}: {source}")]
     Kernel {

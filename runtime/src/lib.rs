@@ -9,6 +9,7 @@ pub mod bop;
 pub mod cli;
 mod error;
 pub mod eval;
+pub mod render;
 pub mod synth;
 
 pub use error::{Error, Result};

@@ -12,5 +12,6 @@ pub mod average_precision;
 pub mod matching;
 pub mod nearest;
 pub mod pose_error;
+pub mod vsd;
 
 pub use pose_error::{rotation_error_deg, translation_error_m, PoseErrorModel};

@@ -43,6 +43,25 @@ pub struct Scene {
     pub images: BTreeMap<u32, ImageAnnotations>,
 }
 
+/// One of the per-image files of a BOP scene folder (see [`BopDataset::image_file`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFile {
+    /// `rgb/{im_id:06}.png`, or `.jpg` when only that exists (BOP's PBR training sets).
+    Rgb,
+    /// `depth/{im_id:06}.png`.
+    Depth,
+    /// `mask/{im_id:06}_{gt_idx:06}.png`: the full silhouette of instance `gt_idx`.
+    Mask {
+        /// Index of the instance in the image's `scene_gt.json` list.
+        gt_idx: usize,
+    },
+    /// `mask_visib/{im_id:06}_{gt_idx:06}.png`: the visible part of instance `gt_idx`.
+    MaskVisib {
+        /// Index of the instance in the image's `scene_gt.json` list.
+        gt_idx: usize,
+    },
+}
+
 /// A loaded dataset split.
 #[derive(Debug, Clone)]
 pub struct BopDataset {
@@ -103,6 +122,36 @@ impl BopDataset {
     /// The annotations of one image, if the dataset has it.
     pub fn image(&self, scene_id: u32, im_id: u32) -> Option<&ImageAnnotations> {
         self.scenes.get(&scene_id)?.images.get(&im_id)
+    }
+
+    /// The path of one file of image `im_id` in scene `scene_id`, or `None` when the
+    /// dataset has no such image or, for a mask, the image has no instance `gt_idx`. Only
+    /// [`ImageFile::Rgb`] looks at the disk (to pick `.jpg` when there is no `.png`).
+    pub fn image_file(&self, scene_id: u32, im_id: u32, file: ImageFile) -> Option<PathBuf> {
+        let scene = self.scenes.get(&scene_id)?;
+        let image = scene.images.get(&im_id)?;
+        let mask = |folder: &str, gt_idx: usize| {
+            (gt_idx < image.gt.len()).then(|| {
+                scene
+                    .dir
+                    .join(folder)
+                    .join(format!("{im_id:06}_{gt_idx:06}.png"))
+            })
+        };
+        match file {
+            ImageFile::Rgb => {
+                let png = scene.dir.join("rgb").join(format!("{im_id:06}.png"));
+                let jpg = png.with_extension("jpg");
+                Some(if !png.exists() && jpg.exists() {
+                    jpg
+                } else {
+                    png
+                })
+            }
+            ImageFile::Depth => Some(scene.dir.join("depth").join(format!("{im_id:06}.png"))),
+            ImageFile::Mask { gt_idx } => mask("mask", gt_idx),
+            ImageFile::MaskVisib { gt_idx } => mask("mask_visib", gt_idx),
+        }
     }
 
     /// Number of annotated object instances over all scenes.

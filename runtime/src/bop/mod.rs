@@ -5,6 +5,7 @@
 //! expected.
 
 pub mod dataset;
+pub mod images;
 mod json;
 pub mod models;
 pub mod ply;
