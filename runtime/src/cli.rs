@@ -9,10 +9,18 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::bop::dataset::BopDataset;
+use crate::bop::dataset::ImageFile;
+use crate::bop::images::{read_rgb, write_depth_png_u16, write_gray_png_u8, write_rgb_png};
 use crate::bop::results::{read_results, write_results};
 use crate::bop::targets::read_targets;
 use crate::eval::{all_instance_targets, evaluate, EvalOptions, TargetSource};
+use crate::overlay::{
+    blend_overlay, depth_for_png, draw_contours, estimated_objects, find_image,
+    ground_truth_objects, CONTOUR_RGB,
+};
+use crate::render::ObjectRenderer;
 use crate::synth::{synth_estimates, SynthOptions};
+use posed_kernels::render::{Light, Shading};
 
 /// posed: CosyPose 6D object pose estimation at the edge.
 #[derive(Debug, Parser)]
@@ -27,11 +35,14 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Evaluate a BOP19 results CSV against a BOP dataset (AUC of ADD / ADD-S / ADD(-S),
-    /// mAP@ADD-S<0.1d, BOP19 AR_MSSD and AR_MSPD).
+    /// mAP@ADD-S<0.1d, BOP19 AR_VSD, AR_MSSD, AR_MSPD and AR).
     Eval(EvalArgs),
     /// Write synthetic estimates (ground truth plus noise, misses and false positives)
     /// as a BOP19 results CSV, for demos and benches.
     SynthResults(SynthArgs),
+    /// Draw objects over a dataset image as CosyPose's overlays do (ground-truth poses, or
+    /// the estimates of a results CSV), optionally writing the rendered depth and mask.
+    Render(RenderArgs),
 }
 
 /// Arguments of `posed eval`.
@@ -56,6 +67,10 @@ pub struct EvalArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Skip VSD (no rendering, no depth images): AR_VSD and the BOP19 AR are reported as
+    /// undefined. For quick runs.
+    #[arg(long)]
+    pub no_vsd: bool,
     /// Dataset split folder.
     #[arg(long, default_value = "test")]
     pub split: String,
@@ -78,6 +93,71 @@ pub struct SynthArgs {
     pub split: String,
 }
 
+/// Arguments of `posed render`.
+#[derive(Debug, clap::Args)]
+pub struct RenderArgs {
+    /// BOP dataset folder (with models/ and the split folder).
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// Scene id.
+    #[arg(long)]
+    pub scene: u32,
+    /// Image id in the scene.
+    #[arg(long)]
+    pub image: u32,
+    /// BOP19 results CSV: draw the estimates of this scene and image, in file order,
+    /// instead of the ground truth of scene_gt.json. It is an error if it has none.
+    #[arg(long)]
+    pub results: Option<PathBuf>,
+    /// With --results, draw only the estimates with score >= this.
+    #[arg(long, requires = "results")]
+    pub min_score: Option<f64>,
+    /// Outline each object's visible mask in green (0, 255, 0): the object pixels whose
+    /// left, right, upper or lower neighbour is background or another object (the image
+    /// border is no outline).
+    #[arg(long)]
+    pub contours: bool,
+    /// Colour of the rendered objects: the vertex colours as they are (albedo), or lit by
+    /// a head light with pybullet's default ambient 0.6 and diffuse 0.35 (lambert).
+    #[arg(long, value_enum, default_value_t = ShadingArg::Lambert)]
+    pub shading: ShadingArg,
+    /// Dataset split folder.
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Output overlay, an 8-bit RGB PNG: 0.6 * image + 0.4 * 255 where no object is
+    /// rendered, 0.8 * render + 0.2 * 255 over the objects (rounded, per channel).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also write the rendered depth as a 16-bit PNG in the dataset's depth units
+    /// (value = round(depth_mm / depth_scale) with the image's depth_scale from
+    /// scene_camera.json), 0 where no object is. Depths past 65535 units saturate at 65535.
+    #[arg(long)]
+    pub depth_out: Option<PathBuf>,
+    /// Also write the rendered instance mask as an 8-bit PNG: per pixel 1 + the index of
+    /// the visible object in scene_gt.json (with --results: in the order of the estimates
+    /// drawn), 0 for background.
+    #[arg(long)]
+    pub mask_out: Option<PathBuf>,
+}
+
+/// Values of `posed render --shading`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShadingArg {
+    /// Vertex colours as they are.
+    Albedo,
+    /// Head light, ambient 0.6 + diffuse 0.35 (pybullet's defaults).
+    Lambert,
+}
+
+impl From<ShadingArg> for Shading {
+    fn from(arg: ShadingArg) -> Self {
+        match arg {
+            ShadingArg::Albedo => Shading::Albedo,
+            ShadingArg::Lambert => Shading::Lambert(Light::default()),
+        }
+    }
+}
+
 /// Parses the process arguments and runs the command; errors are printed with their
 /// causes and give exit status 1.
 pub fn main() -> ExitCode {
@@ -96,6 +176,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Eval(args) => run_eval(&args),
         Command::SynthResults(args) => run_synth(&args),
+        Command::Render(args) => run_render(&args),
     }
 }
 
@@ -137,6 +218,7 @@ fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
             .copied()
             .collect::<BTreeSet<_>>(),
         progress: true,
+        vsd: !args.no_vsd,
     };
     let report = evaluate(&dataset, &args.results, &rows, &options)?;
     if args.json {
@@ -175,6 +257,76 @@ fn run_synth(args: &SynthArgs) -> anyhow::Result<()> {
     eprintln!(
         "posed synth-results: wrote {} estimates to {}",
         estimates.len(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn run_render(args: &RenderArgs) -> anyhow::Result<()> {
+    let dataset = load_dataset(&args.dataset, &args.split)?;
+    let image = find_image(&dataset, &args.split, args.scene, args.image)?;
+    let objects = match &args.results {
+        Some(path) => {
+            let rows = read_results(path)?;
+            estimated_objects(
+                &dataset,
+                &rows,
+                path,
+                args.scene,
+                args.image,
+                args.min_score,
+            )?
+        }
+        None => ground_truth_objects(image),
+    };
+    let rgb_path = dataset
+        .image_file(args.scene, args.image, ImageFile::Rgb)
+        .with_context(|| format!("scene {} has no image {}", args.scene, args.image))?;
+    let rgb = read_rgb(&rgb_path)?;
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let mut renderer = ObjectRenderer::new(&dataset.models, threads)?;
+    let render = renderer.render_scene(
+        &image.camera.intrinsics,
+        rgb.width as usize,
+        rgb.height as usize,
+        &objects,
+        &args.shading.into(),
+    )?;
+    let mut overlay =
+        blend_overlay(&rgb, render).with_context(|| format!("{}", rgb_path.display()))?;
+    if args.contours {
+        draw_contours(&mut overlay, render, CONTOUR_RGB)
+            .with_context(|| format!("{}", rgb_path.display()))?;
+    }
+    write_rgb_png(&args.out, &overlay)?;
+    if let Some(path) = &args.depth_out {
+        let depth_scale_mm = image.camera.depth_scale_mm.with_context(|| {
+            format!(
+                "scene {} image {}: scene_camera.json gives no depth_scale, needed for --depth-out",
+                args.scene, args.image
+            )
+        })?;
+        let (depth, saturated) = depth_for_png(render, depth_scale_mm);
+        write_depth_png_u16(path, &depth, depth_scale_mm)?;
+        if saturated > 0 {
+            eprintln!(
+                "posed render: {saturated} pixels deeper than 65535 x {depth_scale_mm} mm saturate at 65535 in {}",
+                path.display()
+            );
+        }
+    }
+    if let Some(path) = &args.mask_out {
+        write_gray_png_u8(path, rgb.width, rgb.height, render.mask())?;
+    }
+    eprintln!(
+        "posed render: scene {} image {}, {} objects ({}), wrote {}",
+        args.scene,
+        args.image,
+        objects.len(),
+        match &args.results {
+            Some(path) => path.display().to_string(),
+            None => "ground truth".to_string(),
+        },
         args.out.display()
     );
     Ok(())

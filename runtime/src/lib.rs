@@ -9,6 +9,7 @@ pub mod bop;
 pub mod cli;
 mod error;
 pub mod eval;
+pub mod overlay;
 pub mod render;
 pub mod synth;
 

@@ -23,6 +23,8 @@ fn dataset() -> BopDataset {
     BopDataset::load(&dataset_dir(), "test").expect("ycbv-mini loads")
 }
 
+/// Options with the bundled targets; VSD only where a test looks at it (it renders, which
+/// is slow in debug builds and slower still under qemu).
 fn options(symmetric_as_asymmetric: &[u32]) -> EvalOptions {
     let path = dataset_dir().join("test_targets_bop19.json");
     EvalOptions {
@@ -36,6 +38,14 @@ fn options(symmetric_as_asymmetric: &[u32]) -> EvalOptions {
             .copied()
             .collect::<BTreeSet<_>>(),
         progress: false,
+        vsd: false,
+    }
+}
+
+fn options_with_vsd() -> EvalOptions {
+    EvalOptions {
+        vsd: true,
+        ..options(&[])
     }
 }
 
@@ -92,7 +102,12 @@ fn shift(pose: &Pose, dx_m: f64) -> Pose {
 fn ground_truth_scores_perfectly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let dataset = dataset();
-    let report = eval(dir.path(), &ground_truth_estimates(&dataset), &options(&[])).expect("eval");
+    let report = eval(
+        dir.path(),
+        &ground_truth_estimates(&dataset),
+        &options_with_vsd(),
+    )
+    .expect("eval");
     assert_eq!(report.n_predictions, 62);
     assert_eq!(report.n_gt, 62);
     assert_eq!(
@@ -110,7 +125,113 @@ fn ground_truth_scores_perfectly() {
     }
     assert_eq!(report.ar_mssd, Some(1.0));
     assert_eq!(report.ar_mspd, Some(1.0));
+    // The estimate renders exactly as the ground truth: VSD 0 for every tau, as long as
+    // the ground truth is visible in the test depth image, which every target is.
+    assert_eq!(report.ar_vsd, Some(1.0));
+    assert_eq!(report.ar, Some(1.0));
     assert_eq!(report.per_object.len(), 5);
+    for object in report.per_object.values() {
+        assert_eq!((object.ar_vsd, object.ar), (Some(1.0), Some(1.0)));
+    }
+}
+
+#[test]
+fn vsd_tells_a_depth_shift_of_10_cm_from_one_of_1_mm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dataset = dataset();
+    let along_z = |pose: &Pose, dz_m: f64| {
+        let mut shifted = *pose;
+        shifted.translation_m.z += dz_m;
+        shifted
+    };
+    let mut estimates: Vec<Estimate> = ground_truth_estimates(&dataset)
+        .into_iter()
+        .filter(|e| [1, 3, 4].contains(&e.obj_id))
+        .collect();
+    for e in &mut estimates {
+        e.camera_from_object = match e.obj_id {
+            // 10 cm deeper, along the optical axis: the silhouettes overlap, but at almost
+            // every pixel the estimate's surface lies more than 0.5 d = 86 mm behind the
+            // ground truth's, so VSD is near 1 at every tau (0.8 and more here) and the
+            // estimate is wrong at every threshold.
+            1 => along_z(&e.camera_from_object, 0.1),
+            // 1 mm deeper: 0.005 d, under the smallest tau, and the silhouettes differ by
+            // a sliver (VSD 0.007 at most here): right at every tau and threshold.
+            3 => along_z(&e.camera_from_object, 0.001),
+            // 1 m to the side: the bounding spheres' projections do not overlap, so the
+            // toolkit sets VSD to 1 without rendering.
+            _ => shift(&e.camera_from_object, 1.0),
+        };
+    }
+    let report = eval(dir.path(), &estimates, &options_with_vsd()).expect("eval");
+    let [can, box3, box4] = [1, 3, 4].map(|obj_id| &report.per_object[&obj_id]);
+    assert_eq!(can.ar_vsd, Some(0.0));
+    assert_eq!(box3.ar_vsd, Some(1.0));
+    assert_eq!(box4.ar_vsd, Some(0.0));
+    // The 1 mm shift is right for MSSD (0.005 d) and MSPD (under 1 px) too, so AR = 1.
+    assert_eq!(box3.ar, Some(1.0));
+    // AR is the mean of the three recalls, per object and overall.
+    for object in report.per_object.values() {
+        let mean = (object.ar_vsd.expect("vsd")
+            + object.ar_mssd.expect("targets")
+            + object.ar_mspd.expect("targets"))
+            / 3.0;
+        assert!((object.ar.expect("defined") - mean).abs() < 1e-15);
+    }
+    // Pooled over the 60 targets: only object 3's are found.
+    let expected = box3.n_bop_targets as f64 / report.n_bop_targets as f64;
+    assert!((report.ar_vsd.expect("vsd") - expected).abs() < 1e-12);
+    let mean = (report.ar_vsd.expect("vsd")
+        + report.ar_mssd.expect("targets")
+        + report.ar_mspd.expect("targets"))
+        / 3.0;
+    assert!((report.ar.expect("defined") - mean).abs() < 1e-15);
+}
+
+#[test]
+fn vsd_without_depth_images_names_the_file_and_the_way_out() {
+    // ycbv-mini without its depth folders: annotations copied, models linked.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("no-depth");
+    for scene in ["000001", "000002"] {
+        let to = root.join("test").join(scene);
+        std::fs::create_dir_all(&to).expect("mkdir");
+        for name in ["scene_camera.json", "scene_gt.json", "scene_gt_info.json"] {
+            std::fs::copy(
+                dataset_dir().join("test").join(scene).join(name),
+                to.join(name),
+            )
+            .expect("copy");
+        }
+    }
+    std::fs::copy(dataset_dir().join("camera.json"), root.join("camera.json")).expect("copy");
+    std::os::unix::fs::symlink(
+        dataset_dir().join("models").canonicalize().expect("models"),
+        root.join("models"),
+    )
+    .expect("link");
+    let dataset = BopDataset::load(&root, "test").expect("loads");
+    let path = dir.path().join("results.csv");
+    write_results(&path, &ground_truth_estimates(&dataset)).expect("written");
+    let rows = read_results(&path).expect("read");
+    let err = evaluate(&dataset, &path, &rows, &options_with_vsd()).expect_err("no depth");
+    let message = err.to_string();
+    assert!(
+        message.contains("depth/000000.png") && message.contains("--no-vsd"),
+        "{message}"
+    );
+    let report = evaluate(&dataset, &path, &rows, &options(&[])).expect("without VSD");
+    assert_eq!(report.ar_mssd, Some(1.0));
+}
+
+#[test]
+fn without_vsd_ar_vsd_and_ar_are_undefined() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dataset = dataset();
+    let report = eval(dir.path(), &ground_truth_estimates(&dataset), &options(&[])).expect("eval");
+    assert_eq!((report.ar_vsd, report.ar), (None, None));
+    assert_eq!(report.ar_mssd, Some(1.0));
+    assert!(report.protocol.iter().any(|p| p.contains("not computed")));
 }
 
 #[test]
@@ -280,8 +401,10 @@ fn cli_prints_the_json_keys_and_the_table() {
         "auc_adds",
         "auc_add_or_adds",
         "map_adds_0.1d",
+        "ar_vsd",
         "ar_mssd",
         "ar_mspd",
+        "ar",
         "n_predictions",
         "n_gt",
         "per_object",
@@ -289,12 +412,36 @@ fn cli_prints_the_json_keys_and_the_table() {
         assert!(json.get(key).is_some(), "missing key {key}");
     }
     assert_eq!(json["n_gt"], 62);
-    assert_eq!(json["per_object"].as_object().expect("object").len(), 5);
+    let per_object = json["per_object"].as_object().expect("object");
+    assert_eq!(per_object.len(), 5);
+    for key in ["ar_vsd", "ar_mssd", "ar_mspd", "ar"] {
+        assert!(per_object["1"][key].is_f64(), "per_object.1.{key}");
+    }
     let auc = json["auc_adds"].as_f64().expect("a number");
     assert!(auc > 0.5 && auc < 1.0, "{auc}");
+    let ar_vsd = json["ar_vsd"].as_f64().expect("a number");
+    assert!(ar_vsd > 0.0 && ar_vsd < 1.0, "{ar_vsd}");
+    let mean = (ar_vsd
+        + json["ar_mssd"].as_f64().expect("a number")
+        + json["ar_mspd"].as_f64().expect("a number"))
+        / 3.0;
+    assert!((json["ar"].as_f64().expect("a number") - mean).abs() < 1e-12);
+
+    let no_vsd = posed()
+        .args(["eval", "--json", "--no-vsd", "--dataset"])
+        .arg(dataset_dir())
+        .arg("--results")
+        .arg(&results)
+        .output()
+        .expect("posed runs");
+    let no_vsd: serde_json::Value =
+        serde_json::from_slice(&no_vsd.stdout).expect("one JSON object");
+    assert!(no_vsd["ar_vsd"].is_null() && no_vsd["ar"].is_null());
+    assert!(no_vsd["per_object"]["1"]["ar_vsd"].is_null());
+    assert_eq!(no_vsd["ar_mssd"], json["ar_mssd"]);
 
     let table = posed()
-        .args(["eval", "--dataset"])
+        .args(["eval", "--no-vsd", "--dataset"])
         .arg(dataset_dir())
         .arg("--results")
         .arg(&results)
@@ -302,7 +449,7 @@ fn cli_prints_the_json_keys_and_the_table() {
         .expect("posed runs");
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(
-        text.contains("AUC ADD(-S)") && text.contains("mean"),
+        text.contains("AUC ADD(-S)") && text.contains("AR_VSD") && text.contains("mean"),
         "{text}"
     );
 

@@ -9,6 +9,8 @@
 //!   ([`compile`]: NVRTC, CUBIN first, cached on disk).
 //! - [`metrics`]: ADD and ADD-S for a batch of pose pairs ([`GpuPoseMetrics`]), the twins
 //!   of [`crate::metrics::PoseErrorModel::add`] / [`crate::metrics::PoseErrorModel::adds`].
+//! - [`render`]: the renderer ([`GpuRenderer`]), the twin of
+//!   [`crate::render::CpuRenderer`]: same keys, depth, mask and colour, bit for bit.
 //!
 //! The sources live in `kernels/cuda/` and are listed in [`SOURCES`];
 //! `scripts/check-cuda-kernels.sh` compiles every one of them for `sm_87` and `sm_90` in CI.
@@ -21,6 +23,7 @@
 
 pub mod compile;
 pub mod metrics;
+pub mod render;
 
 use std::ffi::c_int;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -31,6 +34,7 @@ use cudarc::nvrtc::Ptx;
 
 pub use compile::{CacheStatus, CompiledImage, ImageKind, KernelCache, KernelSource, Target};
 pub use metrics::GpuPoseMetrics;
+pub use render::{GpuRenderLimits, GpuRenderer};
 
 use crate::KernelError;
 
@@ -40,8 +44,14 @@ pub const METRICS_SOURCE: KernelSource = KernelSource {
     code: include_str!("../../cuda/metrics.cu"),
 };
 
+/// `kernels/cuda/render.cu`: the renderer.
+pub const RENDER_SOURCE: KernelSource = KernelSource {
+    name: "render.cu",
+    code: include_str!("../../cuda/render.cu"),
+};
+
 /// Every embedded CUDA source.
-pub const SOURCES: &[KernelSource] = &[METRICS_SOURCE];
+pub const SOURCES: &[KernelSource] = &[METRICS_SOURCE, RENDER_SOURCE];
 
 /// Whether the CUDA driver library (`libcuda.so`) can be loaded on this machine.
 pub fn driver_present() -> bool {

@@ -16,6 +16,7 @@ pub struct Mesh {
     normals: Vec<[f32; 3]>,
     colors: Vec<[f32; 3]>,
     triangles: Vec<[u32; 3]>,
+    cull_back_faces: bool,
 }
 
 /// Vertex colour of a mesh that has none: white, as CosyPose's URDF material.
@@ -62,6 +63,18 @@ impl Mesh {
         {
             return invalid("a triangle refers to a vertex past the end of the vertex list");
         }
+        let mut triangles = triangles;
+        let cull_back_faces = match closed_surface_volume(&positions_m, &triangles) {
+            Some(volume) if volume < 0.0 => {
+                // Closed but wound inwards: turn every triangle around.
+                for triangle in &mut triangles {
+                    triangle.swap(1, 2);
+                }
+                true
+            }
+            Some(volume) => volume > 0.0,
+            None => false,
+        };
         let normals = match normals {
             Some(normals) => {
                 check_len("vertex normals", vertex_count, normals.len())?;
@@ -84,6 +97,7 @@ impl Mesh {
             normals,
             colors,
             triangles,
+            cull_back_faces,
         })
     }
 
@@ -98,9 +112,13 @@ impl Mesh {
                 reason: "a UV sphere needs at least 2 rings and 3 segments",
             });
         }
-        let mut positions = Vec::new();
-        let mut colors = Vec::new();
-        for ring in 0..=rings {
+        // Vertex 0 is the north pole, then rings 1..rings of `segments` vertices, then the
+        // south pole: a closed surface, wound outwards.
+        let color =
+            |ring: u32, segment: u32| [(ring * 7 % 256) as u8, (segment * 13 % 256) as u8, 128];
+        let mut positions = vec![[0.0, 0.0, radius_m]];
+        let mut colors = vec![color(0, 0)];
+        for ring in 1..rings {
             let theta = std::f32::consts::PI * ring as f32 / rings as f32;
             for segment in 0..segments {
                 let phi = 2.0 * std::f32::consts::PI * segment as f32 / segments as f32;
@@ -109,18 +127,22 @@ impl Mesh {
                     radius_m * theta.sin() * phi.sin(),
                     radius_m * theta.cos(),
                 ]);
-                colors.push([(ring * 7 % 256) as u8, (segment * 13 % 256) as u8, 128]);
+                colors.push(color(ring, segment));
             }
         }
+        let south = positions.len() as u32;
+        positions.push([0.0, 0.0, -radius_m]);
+        colors.push(color(rings, 0));
+        let at = |ring: u32, segment: u32| 1 + (ring - 1) * segments + segment % segments;
         let mut triangles = Vec::new();
-        for ring in 0..rings {
+        for segment in 0..segments {
+            triangles.push([0, at(1, segment), at(1, segment + 1)]);
+            triangles.push([south, at(rings - 1, segment + 1), at(rings - 1, segment)]);
+        }
+        for ring in 1..rings - 1 {
             for segment in 0..segments {
-                let next = (segment + 1) % segments;
-                let (a, b) = (ring * segments + segment, ring * segments + next);
-                let (c, d) = (
-                    (ring + 1) * segments + segment,
-                    (ring + 1) * segments + next,
-                );
+                let (a, b) = (at(ring, segment), at(ring, segment + 1));
+                let (c, d) = (at(ring + 1, segment), at(ring + 1, segment + 1));
                 triangles.push([a, c, b]);
                 triangles.push([b, c, d]);
             }
@@ -143,6 +165,21 @@ impl Mesh {
         &self.colors
     }
 
+    /// Whether the renderer skips triangles facing away from the camera. True when the
+    /// mesh is a closed surface (every edge shared by exactly two triangles, in opposite
+    /// directions), whose triangles `new` turned to face outwards if they did not: then a
+    /// back face is always hidden behind a front face, and skipping it changes nothing but
+    /// the time. Open or inconsistently wound meshes draw both sides.
+    pub fn cull_back_faces(&self) -> bool {
+        self.cull_back_faces
+    }
+
+    /// The same mesh with back-face culling off (both sides of every triangle drawn).
+    pub fn draw_both_sides(mut self) -> Self {
+        self.cull_back_faces = false;
+        self
+    }
+
     /// Triangles as indices into the vertex lists.
     pub fn triangles(&self) -> &[[u32; 3]] {
         &self.triangles
@@ -159,6 +196,33 @@ fn check_len(what: &'static str, expected: usize, found: usize) -> Result<(), Ke
             found,
         })
     }
+}
+
+/// The signed volume enclosed by the triangles if they form a closed, consistently wound
+/// surface (positive when they face outwards), else `None`.
+fn closed_surface_volume(positions: &[[f32; 3]], triangles: &[[u32; 3]]) -> Option<f64> {
+    let mut directed_edges: Vec<(u32, u32)> = triangles
+        .iter()
+        .flat_map(|&[a, b, c]| [(a, b), (b, c), (c, a)])
+        .collect();
+    directed_edges.sort_unstable();
+    // Closed and consistent: each directed edge once, and its reverse present.
+    let unique = directed_edges.windows(2).all(|pair| pair[0] != pair[1]);
+    let paired = directed_edges
+        .iter()
+        .all(|&(a, b)| directed_edges.binary_search(&(b, a)).is_ok());
+    if !(unique && paired) {
+        return None;
+    }
+    let volume6: f64 = triangles
+        .iter()
+        .map(|triangle| {
+            let [a, b, c] = triangle.map(|i| positions[i as usize].map(f64::from));
+            a[0] * (b[1] * c[2] - b[2] * c[1]) - a[1] * (b[0] * c[2] - b[2] * c[0])
+                + a[2] * (b[0] * c[1] - b[1] * c[0])
+        })
+        .sum();
+    Some(volume6 / 6.0)
 }
 
 /// Area-weighted vertex normals: the sum of the (unnormalised) cross products of the
@@ -210,6 +274,25 @@ mod tests {
         let mesh = Mesh::new(positions, triangles, None, None).unwrap();
         assert_eq!(mesh.normals(), &[[0.0, 0.0, 1.0]; 3]);
         assert_eq!(mesh.colors(), &[[255.0; 3]; 3]);
+    }
+
+    #[test]
+    fn closed_meshes_cull_back_faces_and_are_turned_outwards() {
+        let sphere = Mesh::uv_sphere(0.1, 8, 12).unwrap();
+        assert!(sphere.cull_back_faces());
+        let inward: Vec<[u32; 3]> = sphere
+            .triangles()
+            .iter()
+            .map(|t| [t[0], t[2], t[1]])
+            .collect();
+        let turned = Mesh::new(sphere.positions_m().to_vec(), inward, None, None).unwrap();
+        assert!(turned.cull_back_faces());
+        assert_eq!(turned.triangles(), sphere.triangles());
+        // An open mesh draws both sides.
+        let (positions, triangles) = unit_triangle();
+        assert!(!Mesh::new(positions, triangles, None, None)
+            .unwrap()
+            .cull_back_faces());
     }
 
     #[test]

@@ -108,6 +108,18 @@ impl RenderTarget {
     pub fn keys(&self) -> &[u64] {
         &self.keys
     }
+
+    /// rgb, depth_m, mask and keys at once, for the GPU renderer's copies back.
+    #[cfg(feature = "cuda")]
+    #[allow(clippy::type_complexity)] // Four plain slices, in the order of the docs.
+    pub(crate) fn buffers_mut(&mut self) -> (&mut [[u8; 3]], &mut [f32], &mut [u8], &mut [u64]) {
+        (
+            &mut self.rgb,
+            &mut self.depth_m,
+            &mut self.mask,
+            &mut self.keys,
+        )
+    }
 }
 
 /// How many rows a raster task covers, and how many tasks an item gets.
@@ -194,7 +206,7 @@ impl CpuRenderer {
             });
         }
         for (item, target) in items.iter().zip(targets.iter()) {
-            self.check_item(item, target)?;
+            Self::check_item(item, target, self.meshes.len())?;
         }
         // Chunks of items small enough that their bands fit one pool run.
         let plan = self.band_plan(items);
@@ -209,7 +221,13 @@ impl CpuRenderer {
         Ok(())
     }
 
-    fn check_item(&self, item: &RenderItem<'_>, target: &RenderTarget) -> Result<(), KernelError> {
+    /// The checks of [`CpuRenderer::render`] for one item against a list of `mesh_count`
+    /// meshes (shared with the GPU renderer, so that both refuse the same input).
+    pub(crate) fn check_item(
+        item: &RenderItem<'_>,
+        target: &RenderTarget,
+        mesh_count: usize,
+    ) -> Result<(), KernelError> {
         let camera = &item.camera;
         let pixels = camera.width * camera.height;
         if target.width != camera.width || target.height != camera.height {
@@ -230,7 +248,7 @@ impl CpuRenderer {
             return Err(KernelError::NotFinite { what: "intrinsics" });
         }
         for instance in item.instances {
-            if instance.mesh >= self.meshes.len() {
+            if instance.mesh >= mesh_count {
                 return Err(KernelError::InvalidMesh {
                     reason: "instance refers to a mesh index past the renderer's mesh list",
                 });
@@ -381,7 +399,8 @@ impl CpuRenderer {
         let last_row = first_row + (task.keys.len() as i64 / width.max(1)) - 1;
         for (instance_index, instance) in item.instances.iter().enumerate() {
             let vertices = self.instance_vertices(task.item, instance_index);
-            let triangles = self.meshes[instance.mesh].triangles();
+            let mesh = &self.meshes[instance.mesh];
+            let (triangles, cull_back_faces) = (mesh.triangles(), mesh.cull_back_faces());
             for (triangle_index, triangle) in triangles.iter().enumerate() {
                 let [a, b, c] = triangle.map(|i| vertices[i as usize]);
                 // Cheap reject of triangles outside this band's rows, before the set-up.
@@ -397,7 +416,7 @@ impl CpuRenderer {
                 {
                     continue;
                 }
-                let Some(setup) = setup_triangle(a, b, c) else {
+                let Some(setup) = setup_triangle(a, b, c, cull_back_faces) else {
                     continue;
                 };
                 let [min_u, min_v, max_u, max_v] = setup.bbox_px;
@@ -456,7 +475,10 @@ impl CpuRenderer {
         task.mask.fill(0);
         let mut current_instance = usize::MAX;
         let mut vertices: &[ProjectedVertex] = &[];
-        let mut mesh = &self.meshes[0];
+        // No mesh means no instance (`check_item`), so nothing but background.
+        let Some(mut mesh) = self.meshes.first() else {
+            return;
+        };
         for (pixel, &key) in task.keys.iter().enumerate() {
             if key == EMPTY_KEY {
                 continue;
@@ -483,8 +505,8 @@ impl CpuRenderer {
     }
 }
 
-/// The `f32` projection of an instance (see `raster.rs`).
-fn projection(camera: &Camera, camera_from_object: &Pose) -> Projection {
+/// The `f32` projection of an instance (see `raster.rs`); the CUDA renderer uses it too.
+pub(crate) fn projection(camera: &Camera, camera_from_object: &Pose) -> Projection {
     let r = camera_from_object.rotation_row_major().map(|v| v as f32);
     let t = &camera_from_object.translation_m;
     let k = &camera.intrinsics.k;

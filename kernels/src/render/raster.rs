@@ -12,7 +12,8 @@
 //! 2. Coverage: a pixel (u, v) is sampled at its centre, the integer coordinates (u, v)
 //!    (OpenCV convention). Edge functions are exact in `i64`; pixels on an edge belong to
 //!    the triangle only if the edge is a top or left edge, so two triangles that share an
-//!    edge never both cover a pixel and leave no gap. Both windings are drawn (no culling).
+//!    edge never both cover a pixel and leave no gap. Both windings are drawn, except that
+//!    back faces of closed meshes (`Mesh::cull_back_faces`) are skipped: positive area.
 //! 3. Depth: `1/z` is interpolated linearly in screen space (exact for planar triangles),
 //!    `z = area / sum(w_i / z_i)` in `f32`; fragments outside `[NEAR_M, FAR_M]` are dropped.
 //! 4. Visibility: each pixel keeps the smallest 64-bit key `depth bits << 32 | instance <<
@@ -69,9 +70,9 @@ pub struct Projection {
     pub rotation: [f32; 9],
     /// Translation, metres.
     pub translation_m: [f32; 3],
-    /// `fx, skew, cx, fy, cy`.
+    /// Focal length along columns.
     pub fx: f32,
-    /// Skew (K[0][1]).
+    /// Skew (`K[0][1]`).
     pub skew: f32,
     /// Principal point, column.
     pub cx: f32,
@@ -172,17 +173,24 @@ impl EdgeEquation {
 }
 
 /// Steps 1-2: the setup of a triangle, or `None` when it covers no pixel centre (an
-/// invalid vertex, zero area, or a bounding box between pixel centres).
+/// invalid vertex, zero area, or a bounding box between pixel centres) or when it faces
+/// away from the camera and `cull_back_faces` (see [`crate::render::Mesh::cull_back_faces`]).
 #[inline]
 pub fn setup_triangle(
     a: ProjectedVertex,
     b: ProjectedVertex,
     c: ProjectedVertex,
+    cull_back_faces: bool,
 ) -> Option<TriangleSetup> {
     if !(a.is_valid() && b.is_valid() && c.is_valid()) {
         return None;
     }
     let area = edge_function(&a, &b, i64::from(c.x_fp), i64::from(c.y_fp));
+    // With y pointing down, a triangle wound counter-clockwise seen from outside the
+    // object has a negative area when it faces the camera.
+    if cull_back_faces && area > 0 {
+        return None;
+    }
     let (vertices, area) = match area {
         0 => return None,
         a_pos if a_pos > 0 => ([a, b, c], a_pos),
@@ -418,8 +426,8 @@ mod tests {
             vertex(10.5, 10.5, 1.0),
             vertex(0.5, 10.5, 1.0),
         ];
-        let first = setup_triangle(a, b, c).unwrap();
-        let second = setup_triangle(a, c, d).unwrap();
+        let first = setup_triangle(a, b, c, false).unwrap();
+        let second = setup_triangle(a, c, d, false).unwrap();
         let mut all = covered_pixels(&first);
         all.extend(covered_pixels(&second));
         all.sort_unstable();
@@ -439,8 +447,8 @@ mod tests {
             vertex(0.0, 4.0, 1.0),
         ];
         // Opposite windings too: coverage does not depend on the winding.
-        let first = setup_triangle(a, c, b).unwrap();
-        let second = setup_triangle(a, c, d).unwrap();
+        let first = setup_triangle(a, c, b, false).unwrap();
+        let second = setup_triangle(a, c, d, false).unwrap();
         let mut all = covered_pixels(&first);
         all.extend(covered_pixels(&second));
         all.sort_unstable();
@@ -461,6 +469,7 @@ mod tests {
             vertex(3.3, -1.7, 1.0),
             vertex(-20.1, 40.9, 1.0),
             vertex(55.55, 12.25, 1.0),
+            false,
         )
         .unwrap();
         let [a, b, c] = &t.vertices;
@@ -483,6 +492,7 @@ mod tests {
             vertex(0.0, 0.0, 0.75),
             vertex(9.0, 0.0, 0.75),
             vertex(0.0, 9.0, 0.75),
+            false,
         )
         .unwrap();
         for (u, v) in covered_pixels(&t) {

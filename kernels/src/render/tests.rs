@@ -319,3 +319,34 @@ fn bad_requests_are_errors_and_draw_nothing() {
     ));
     assert!(target[0].mask().iter().all(|&m| m == 0));
 }
+
+#[test]
+fn back_face_culling_changes_nothing_on_a_closed_mesh() {
+    let instances = [Instance {
+        mesh: 0,
+        camera_from_object: Pose {
+            rotation: *Rotation3::from_euler_angles(0.7, 0.1, -0.4).matrix(),
+            translation_m: Vector3::new(0.01, 0.02, 0.5),
+        },
+    }];
+    let cam = camera(WIDTH, HEIGHT);
+    let culled = sphere(0.1, 16, 24);
+    assert!(culled.cull_back_faces());
+    let both = culled.clone().draw_both_sides();
+    let mut first = CpuRenderer::new(vec![culled], 1);
+    let mut second = CpuRenderer::new(vec![both], 1);
+    let a = render_one(&mut first, cam, &instances, &Shading::default());
+    let b = render_one(&mut second, cam, &instances, &Shading::default());
+    assert_eq!(a.rgb(), b.rgb());
+    assert_eq!(a.depth_m(), b.depth_m());
+    assert_eq!(a.mask(), b.mask());
+    assert!(a.mask().contains(&1));
+}
+
+#[test]
+fn a_renderer_without_meshes_draws_background() {
+    let mut renderer = CpuRenderer::new(Vec::new(), 2);
+    let target = render_one(&mut renderer, camera(8, 6), &[], &Shading::default());
+    assert!(target.mask().iter().all(|&m| m == 0));
+    assert!(target.depth_m().iter().all(|&d| d == 0.0));
+}

@@ -5,8 +5,11 @@
 //!   estimates per image and object, matched to ground truth of the same object with no
 //!   error threshold, "ntop=1_matching=CLASS"), and mAP@ADD-S<0.1d (every estimate,
 //!   matched when ADD-S <= 0.1 d, "ntop=ALL_matching=BOP").
-//! - BOP19: average recall of MSSD (thresholds 0.05..0.5 d) and MSPD (5..50 px at 640 px
-//!   width), with BOP's targets, top-`inst_count` estimates and strict thresholds.
+//! - BOP19: average recall of VSD (10 taus x 10 thresholds 0.05..0.5), MSSD
+//!   (thresholds 0.05..0.5 d) and MSPD (5..50 px at 640 px width), with BOP's targets,
+//!   top-`inst_count` estimates and strict thresholds; the BOP19 AR is their mean.
+//!   VSD renders the objects and reads the test depth images; `EvalOptions::vsd` turns it
+//!   off.
 //!
 //! Which ground truth counts: without targets every instance is valid for CosyPose's
 //! meters and n_top = 1 (the YCB-Video protocol); with targets, the `inst_count` most
@@ -14,6 +17,7 @@
 //! setting). BOP19 recalls always use targets.
 
 mod report;
+mod vsd;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -21,6 +25,7 @@ use std::path::Path;
 use posed_kernels::metrics::auc::auc_voc;
 use posed_kernels::metrics::average_precision::average_precision;
 use posed_kernels::metrics::matching::{match_greedy, Admit, MatchingRule};
+use posed_kernels::metrics::vsd::BOP19_VSD_CORRECT_THRESHOLDS;
 use posed_kernels::metrics::PoseErrorModel;
 use posed_kernels::symmetry::{bop_symmetry_transforms, BOP_MAX_SYM_DISC_STEP};
 use rayon::prelude::*;
@@ -53,6 +58,10 @@ pub struct EvalOptions {
     pub symmetric_as_asymmetric: BTreeSet<u32>,
     /// Show a progress bar on stderr (hidden anyway when stderr is not a terminal).
     pub progress: bool,
+    /// Compute VSD, hence AR_VSD and the BOP19 AR: renders the object in every needed
+    /// estimated and ground-truth pose and reads the test depth images. Off, both are
+    /// `None`.
+    pub vsd: bool,
 }
 
 /// Correctness thresholds of BOP19 MSSD, as fractions of the object diameter.
@@ -98,6 +107,8 @@ struct PairErrors {
     adds: f64,
     mssd: f64,
     mspd: f64,
+    /// VSD, one per BOP19 tau.
+    vsd: [f64; vsd::N_VSD_TAUS],
 }
 
 /// All estimates and ground truth of one object in one image.
@@ -147,6 +158,9 @@ pub fn evaluate(
     let mut groups = build_groups(dataset, rows, options)?;
     let models = prepare_models(dataset, &groups)?;
     compute_pair_errors(&mut groups, rows, &models, options.progress);
+    if options.vsd {
+        vsd::compute_vsd_errors(dataset, &mut groups, rows, options.progress)?;
+    }
 
     let mut report = Report::new(rows.len());
     for row in rows {
@@ -161,7 +175,7 @@ pub fn evaluate(
     };
     cosypose_auc(&groups, rows, &is_symmetric, &mut report);
     cosypose_map(&groups, &models, rows, &mut report);
-    bop_recalls(dataset, &groups, &models, rows, &mut report);
+    bop_recalls(dataset, &groups, &models, rows, options.vsd, &mut report);
     report.finish(options);
     Ok(report)
 }
@@ -403,6 +417,7 @@ fn compute_pair_errors(
                     } else {
                         f64::NAN
                     },
+                    vsd: [f64::NAN; vsd::N_VSD_TAUS],
                 });
                 progress.inc(1);
             }
@@ -532,25 +547,77 @@ fn cosypose_map(
     }
 }
 
-/// BOP19 average recall of MSSD and MSPD.
+/// True positives of one object per BOP19 threshold (and tau), and its number of targets.
+#[derive(Debug, Clone, Copy, Default)]
+struct BopCounts {
+    /// `[tau][threshold]`.
+    vsd: [[usize; 10]; vsd::N_VSD_TAUS],
+    mssd: [usize; 10],
+    mspd: [usize; 10],
+    n_targets: usize,
+}
+
+impl BopCounts {
+    fn add(&mut self, other: &BopCounts) {
+        for (a, b) in self
+            .vsd
+            .iter_mut()
+            .flatten()
+            .zip(other.vsd.iter().flatten())
+        {
+            *a += b;
+        }
+        for (a, b) in self.mssd.iter_mut().zip(&other.mssd) {
+            *a += b;
+        }
+        for (a, b) in self.mspd.iter_mut().zip(&other.mspd) {
+            *a += b;
+        }
+        self.n_targets += other.n_targets;
+    }
+
+    /// AR_VSD, AR_MSSD, AR_MSPD and their mean (the BOP19 AR); VSD and AR are `None`
+    /// when VSD was not computed.
+    fn recalls(&self, with_vsd: bool) -> [Option<f64>; 4] {
+        let vsd = if with_vsd {
+            average_recall(self.vsd.as_flattened(), self.n_targets)
+        } else {
+            None
+        };
+        let mssd = average_recall(&self.mssd, self.n_targets);
+        let mspd = average_recall(&self.mspd, self.n_targets);
+        let ar = match (vsd, mssd, mspd) {
+            (Some(vsd), Some(mssd), Some(mspd)) => Some((vsd + mssd + mspd) / 3.0),
+            _ => None,
+        };
+        [vsd, mssd, mspd, ar]
+    }
+}
+
+/// BOP19 average recalls: VSD (when computed), MSSD, MSPD and the BOP19 AR.
+///
+/// As `eval_bop19_pose.py` does: for each error (and each VSD tau) and each correctness
+/// threshold, the toolkit's matching and a recall pooled over all targets; the average
+/// recall is the mean of those recalls (100 for VSD, 10 for MSSD and MSPD), and the AR
+/// the mean of the three.
 fn bop_recalls(
     dataset: &BopDataset,
     groups: &[Group<'_>],
     models: &BTreeMap<u32, PoseErrorModel>,
     rows: &[EstimateRow],
+    with_vsd: bool,
     report: &mut Report,
 ) {
     let width_scale = 640.0 / f64::from(dataset.camera.width);
     let mssd_thresholds = bop_mssd_thresholds();
     let mspd_thresholds = bop_mspd_thresholds_px();
-    // Per object: (true positives per threshold for MSSD, for MSPD, number of targets).
-    let mut counts: BTreeMap<u32, ([usize; 10], [usize; 10], usize)> = BTreeMap::new();
+    let mut counts: BTreeMap<u32, BopCounts> = BTreeMap::new();
     for group in groups.iter().filter(|g| g.bop_inst_count > 0) {
         let Some(model) = models.get(&group.obj_id) else {
             continue;
         };
-        let entry = counts.entry(group.obj_id).or_insert(([0; 10], [0; 10], 0));
-        entry.2 += group.bop_valid.iter().filter(|v| **v).count();
+        let entry = counts.entry(group.obj_id).or_default();
+        entry.n_targets += group.bop_valid.iter().filter(|v| **v).count();
         let n_est = group.estimates.len().min(group.bop_inst_count);
         let scores: Vec<f64> = group.estimates[..n_est]
             .iter()
@@ -565,37 +632,43 @@ fn bop_recalls(
                 &group.bop_valid,
                 Admit::Below(th * model.diameter_m()),
             );
-            entry.0[k] += matches.iter().flatten().count();
+            entry.mssd[k] += matches.iter().flatten().count();
         }
         for (k, th) in mspd_thresholds.iter().enumerate() {
             let matches = match_greedy(&scores, &mspd, &group.bop_valid, Admit::Below(*th));
-            entry.1[k] += matches.iter().flatten().count();
+            entry.mspd[k] += matches.iter().flatten().count();
+        }
+        if with_vsd && n_est > 0 {
+            for (tau, vsd_tp) in entry.vsd.iter_mut().enumerate() {
+                let errors = group.error_matrix(n_est, |e| e.vsd[tau]);
+                for (k, th) in BOP19_VSD_CORRECT_THRESHOLDS.iter().enumerate() {
+                    let matches =
+                        match_greedy(&scores, &errors, &group.bop_valid, Admit::Below(*th));
+                    vsd_tp[k] += matches.iter().flatten().count();
+                }
+            }
         }
     }
-    let mut total = ([0usize; 10], [0usize; 10], 0usize);
-    for (obj_id, (mssd_tp, mspd_tp, n_targets)) in &counts {
+    let mut total = BopCounts::default();
+    for (obj_id, object_counts) in &counts {
         let object = report.object(*obj_id);
-        object.n_bop_targets = *n_targets;
-        object.ar_mssd = average_recall(mssd_tp, *n_targets);
-        object.ar_mspd = average_recall(mspd_tp, *n_targets);
-        for k in 0..10 {
-            total.0[k] += mssd_tp[k];
-            total.1[k] += mspd_tp[k];
-        }
-        total.2 += n_targets;
+        object.n_bop_targets = object_counts.n_targets;
+        [object.ar_vsd, object.ar_mssd, object.ar_mspd, object.ar] =
+            object_counts.recalls(with_vsd);
+        total.add(object_counts);
     }
-    report.ar_mssd = average_recall(&total.0, total.2);
-    report.ar_mspd = average_recall(&total.1, total.2);
-    report.n_bop_targets = total.2;
+    [report.ar_vsd, report.ar_mssd, report.ar_mspd, report.ar] = total.recalls(with_vsd);
+    report.n_bop_targets = total.n_targets;
 }
 
-/// Mean over thresholds of `true positives / targets`; `None` without targets.
-fn average_recall(true_positives: &[usize; 10], n_targets: usize) -> Option<f64> {
-    (n_targets > 0).then(|| {
+/// Mean over thresholds (and taus) of `true positives / targets`; `None` without
+/// targets.
+fn average_recall(true_positives: &[usize], n_targets: usize) -> Option<f64> {
+    (n_targets > 0 && !true_positives.is_empty()).then(|| {
         true_positives
             .iter()
             .map(|&tp| tp as f64 / n_targets as f64)
             .sum::<f64>()
-            / 10.0
+            / true_positives.len() as f64
     })
 }

@@ -25,10 +25,14 @@ pub struct ObjectReport {
     pub auc_add_or_adds: Option<f64>,
     /// Average precision at ADD-S < 0.1 d, scaled by recall.
     pub ap_adds_01d: Option<f64>,
+    /// BOP19 average recall of VSD (`None` when VSD was not computed).
+    pub ar_vsd: Option<f64>,
     /// BOP19 average recall of MSSD.
     pub ar_mssd: Option<f64>,
     /// BOP19 average recall of MSPD.
     pub ar_mspd: Option<f64>,
+    /// BOP19 AR: the mean of AR_VSD, AR_MSSD and AR_MSPD (`None` without VSD).
+    pub ar: Option<f64>,
 }
 
 /// The whole evaluation.
@@ -49,10 +53,15 @@ pub struct Report {
     pub auc_add_or_adds: Option<f64>,
     /// mAP@ADD-S<0.1d: mean over objects with at least one true positive.
     pub map_adds_01d: Option<f64>,
+    /// BOP19 AR_VSD: recall pooled over all targets, averaged over the 10 taus x 10
+    /// thresholds (`None` when VSD was not computed).
+    pub ar_vsd: Option<f64>,
     /// BOP19 AR_MSSD: recall pooled over all targets, averaged over thresholds.
     pub ar_mssd: Option<f64>,
     /// BOP19 AR_MSPD.
     pub ar_mspd: Option<f64>,
+    /// The BOP19 AR: mean of AR_VSD, AR_MSSD and AR_MSPD (`None` without VSD).
+    pub ar: Option<f64>,
     /// Per-object results.
     pub per_object: BTreeMap<u32, ObjectReport>,
     /// How ground truth and estimates were selected, in words.
@@ -132,6 +141,11 @@ impl Report {
                 "BOP19 AR: no targets file, every annotated instance is a target".into()
             }
         });
+        self.protocol.push(if options.vsd {
+            "AR_VSD: delta 15 mm, taus 0.05..0.5 d, each object rendered alone (posed's CPU renderer) in its ground-truth and estimated pose against the test depth image".into()
+        } else {
+            "AR_VSD and AR: not computed (VSD off)".to_string()
+        });
         if !options.symmetric_as_asymmetric.is_empty() {
             let ids: Vec<String> = options
                 .symmetric_as_asymmetric
@@ -161,8 +175,10 @@ impl Report {
                         "auc_adds": o.auc_adds,
                         "auc_add_or_adds": o.auc_add_or_adds,
                         "ap_adds_0.1d": o.ap_adds_01d,
+                        "ar_vsd": o.ar_vsd,
                         "ar_mssd": o.ar_mssd,
                         "ar_mspd": o.ar_mspd,
+                        "ar": o.ar,
                     }),
                 )
             })
@@ -172,8 +188,10 @@ impl Report {
             "auc_adds": self.auc_adds,
             "auc_add_or_adds": self.auc_add_or_adds,
             "map_adds_0.1d": self.map_adds_01d,
+            "ar_vsd": self.ar_vsd,
             "ar_mssd": self.ar_mssd,
             "ar_mspd": self.ar_mspd,
+            "ar": self.ar,
             "n_predictions": self.n_predictions,
             "n_gt": self.n_gt,
             "n_bop_targets": self.n_bop_targets,
@@ -189,7 +207,7 @@ impl Report {
         let cell = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.4}"));
         let _ = writeln!(
             out,
-            "{:>7} {:>7} {:>6} {:>8} {:>9} {:>11} {:>13} {:>8} {:>8}",
+            "{:>7} {:>7} {:>6} {:>8} {:>9} {:>11} {:>13} {:>8} {:>8} {:>8} {:>7}",
             "obj_id",
             "n_pred",
             "n_gt",
@@ -197,13 +215,15 @@ impl Report {
             "AUC ADD-S",
             "AUC ADD(-S)",
             "AP ADD-S<.1d",
+            "AR_VSD",
             "AR_MSSD",
-            "AR_MSPD"
+            "AR_MSPD",
+            "AR"
         );
         for (obj_id, o) in &self.per_object {
             let _ = writeln!(
                 out,
-                "{:>7} {:>7} {:>6} {:>8} {:>9} {:>11} {:>13} {:>8} {:>8}",
+                "{:>7} {:>7} {:>6} {:>8} {:>9} {:>11} {:>13} {:>8} {:>8} {:>8} {:>7}",
                 obj_id,
                 o.n_predictions,
                 o.n_gt,
@@ -211,13 +231,15 @@ impl Report {
                 cell(o.auc_adds),
                 cell(o.auc_add_or_adds),
                 cell(o.ap_adds_01d),
+                cell(o.ar_vsd),
                 cell(o.ar_mssd),
-                cell(o.ar_mspd)
+                cell(o.ar_mspd),
+                cell(o.ar)
             );
         }
         let _ = writeln!(
             out,
-            "{:>7} {:>7} {:>6} {:>8} {:>9} {:>11} {:>13} {:>8} {:>8}",
+            "{:>7} {:>7} {:>6} {:>8} {:>9} {:>11} {:>13} {:>8} {:>8} {:>8} {:>7}",
             "mean",
             self.n_predictions,
             self.n_gt,
@@ -225,12 +247,14 @@ impl Report {
             cell(self.auc_adds),
             cell(self.auc_add_or_adds),
             cell(self.map_adds_01d),
+            cell(self.ar_vsd),
             cell(self.ar_mssd),
-            cell(self.ar_mspd)
+            cell(self.ar_mspd),
+            cell(self.ar)
         );
         let _ = writeln!(
             out,
-            "\nAUC: mean over objects (VOCap, 0-0.1 m). mAP@ADD-S<0.1d: mean over objects. AR: BOP19, pooled over {} targets.",
+            "\nAUC: mean over objects (VOCap, 0-0.1 m). mAP@ADD-S<0.1d: mean over objects. AR_*: BOP19, pooled over {} targets; AR = mean of AR_VSD, AR_MSSD, AR_MSPD.",
             self.n_bop_targets
         );
         for line in self.protocol.iter().chain(&self.notes) {
