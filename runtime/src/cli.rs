@@ -13,7 +13,7 @@ use crate::bop::dataset::ImageFile;
 use crate::bop::images::{read_rgb, write_depth_png_u16, write_gray_png_u8, write_rgb_png};
 use crate::bop::results::{read_results, write_results};
 use crate::bop::targets::read_targets;
-use crate::eval::{all_instance_targets, evaluate, EvalOptions, TargetSource};
+use crate::eval::{all_instance_targets, evaluate, Device, EvalOptions, TargetSource};
 use crate::overlay::{
     blend_overlay, depth_for_png, draw_contours, estimated_objects, find_image,
     ground_truth_objects, CONTOUR_RGB,
@@ -45,6 +45,15 @@ pub enum Command {
     Render(RenderArgs),
 }
 
+/// `--device` of `posed eval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceArg {
+    /// The CPU.
+    Cpu,
+    /// The first CUDA device.
+    Cuda,
+}
+
 /// Arguments of `posed eval`.
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
@@ -71,6 +80,10 @@ pub struct EvalArgs {
     /// undefined. For quick runs.
     #[arg(long)]
     pub no_vsd: bool,
+    /// Where ADD and ADD-S are computed: `cpu`, or `cuda` (the first CUDA device; without
+    /// a driver or device, a warning and the CPU).
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceArg,
     /// Dataset split folder.
     #[arg(long, default_value = "test")]
     pub split: String,
@@ -219,6 +232,10 @@ fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
             .collect::<BTreeSet<_>>(),
         progress: true,
         vsd: !args.no_vsd,
+        device: match args.device {
+            DeviceArg::Cpu => Device::Cpu,
+            DeviceArg::Cuda => Device::Cuda,
+        },
     };
     let report = evaluate(&dataset, &args.results, &rows, &options)?;
     if args.json {

@@ -8,7 +8,7 @@ use std::process::Command;
 use posed::bop::dataset::BopDataset;
 use posed::bop::results::{read_results, write_results, Estimate};
 use posed::bop::targets::read_targets;
-use posed::eval::{evaluate, EvalOptions, Report, TargetSource};
+use posed::eval::{evaluate, Device, EvalOptions, Report, TargetSource};
 use posed::Error;
 use posed_kernels::metrics::auc::auc_voc;
 use posed_kernels::metrics::PoseErrorModel;
@@ -39,6 +39,7 @@ fn options(symmetric_as_asymmetric: &[u32]) -> EvalOptions {
             .collect::<BTreeSet<_>>(),
         progress: false,
         vsd: false,
+        device: Device::Cpu,
     }
 }
 
@@ -439,6 +440,38 @@ fn cli_prints_the_json_keys_and_the_table() {
     assert!(no_vsd["ar_vsd"].is_null() && no_vsd["ar"].is_null());
     assert!(no_vsd["per_object"]["1"]["ar_vsd"].is_null());
     assert_eq!(no_vsd["ar_mssd"], json["ar_mssd"]);
+
+    // `--device cuda` gives the same numbers: on the GPU where there is one (the kernels
+    // are the CPU's twins), else on the CPU after a warning.
+    let cuda = posed()
+        .args([
+            "eval",
+            "--json",
+            "--no-vsd",
+            "--device",
+            "cuda",
+            "--dataset",
+        ])
+        .arg(dataset_dir())
+        .arg("--results")
+        .arg(&results)
+        .output()
+        .expect("posed runs");
+    assert!(
+        cuda.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cuda.stderr)
+    );
+    let cuda: serde_json::Value = serde_json::from_slice(&cuda.stdout).expect("one JSON object");
+    for key in [
+        "auc_add",
+        "auc_adds",
+        "auc_add_or_adds",
+        "map_adds_0.1d",
+        "ar_mssd",
+    ] {
+        assert_eq!(cuda[key], no_vsd[key], "{key}");
+    }
 
     let table = posed()
         .args(["eval", "--no-vsd", "--dataset"])

@@ -99,101 +99,103 @@ impl KdTree {
         self.nearest_portable(query, bound_sq)
     }
 
-    /// [`Self::nearest_portable`] compiled for AVX2: four `f64` lanes in the leaf loop
-    /// instead of SSE2's two. The same operations in the same order (no FMA), so the same
-    /// result bit for bit.
+    /// [`Self::nearest_portable`] with the search compiled for AVX2: four `f64` lanes in
+    /// the leaf loop instead of SSE2's two. The same operations in the same order (no
+    /// FMA), so the same result bit for bit.
     ///
     /// # Safety
     /// The CPU must support AVX2.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn nearest_avx2(&self, query: &[f64; 3], bound_sq: f64) -> (f64, usize) {
-        self.nearest_portable(query, bound_sq)
-    }
-
-    /// Depth-first search with an explicit stack, nearer box first; a box no closer than
-    /// the best distance so far is skipped.
-    #[inline(always)]
-    fn nearest_portable(&self, query: &[f64; 3], bound_sq: f64) -> (f64, usize) {
         let mut best = (bound_sq, usize::MAX);
-        let Some(root) = self.nodes.first() else {
-            return best;
-        };
-        // The tree is balanced (median splits), so its depth is at most 32 for `u32`
-        // indices, and the stack holds at most one entry per level plus one.
-        let mut stack = [(0_u32, 0.0_f64); 66];
-        stack[0] = (0, root.distance_sq(query));
-        let mut len = 1;
-        while len > 0 {
-            len -= 1;
-            let (node, node_sq) = stack[len];
-            if node_sq >= best.0 {
-                continue;
-            }
-            match self.nodes[node as usize].kind {
-                NodeKind::Leaf { start, end } => {
-                    let range = start as usize..end as usize;
-                    let (xs, ys, zs) = (
-                        &self.xs[range.clone()],
-                        &self.ys[range.clone()],
-                        &self.zs[range.clone()],
-                    );
-                    // A branch-free minimum first (it vectorises); the index only when
-                    // the leaf beats the bound, which is rare once the bound is tight.
-                    let leaf_min = leaf_min_portable(xs, ys, zs, query);
-                    if leaf_min < best.0 {
-                        let distance = |i: usize| {
-                            let dx = self.xs[i] - query[0];
-                            let dy = self.ys[i] - query[1];
-                            let dz = self.zs[i] - query[2];
-                            dx * dx + dy * dy + dz * dz
-                        };
-                        if let Some(i) = range.clone().find(|&i| distance(i) == leaf_min) {
-                            best = (leaf_min, i);
-                        }
-                    }
-                }
-                NodeKind::Split { left, right } => {
-                    let left_sq = self.nodes[left as usize].distance_sq(query);
-                    let right_sq = self.nodes[right as usize].distance_sq(query);
-                    let ((near, near_sq), (far, far_sq)) = if left_sq <= right_sq {
-                        ((left, left_sq), (right, right_sq))
-                    } else {
-                        ((right, right_sq), (left, left_sq))
-                    };
-                    if len + 2 > stack.len() {
-                        // Unreachable for a balanced tree; stay exact regardless.
-                        return self.nearest_by_scan(query, bound_sq);
-                    }
-                    if far_sq < best.0 {
-                        stack[len] = (far, far_sq);
-                        len += 1;
-                    }
-                    if near_sq < best.0 {
-                        stack[len] = (near, near_sq);
-                        len += 1;
-                    }
-                }
+        if let Some(root) = self.nodes.first() {
+            if root.distance_sq(query) < best.0 {
+                // SAFETY: this function's own precondition (AVX2).
+                unsafe { self.search_avx2(0, query, &mut best) };
             }
         }
         best
     }
 
-    /// Brute force over every point (a fallback that never runs on a balanced tree).
-    fn nearest_by_scan(&self, query: &[f64; 3], bound_sq: f64) -> (f64, usize) {
-        let leaf_min = leaf_min_portable(&self.xs, &self.ys, &self.zs, query);
-        if leaf_min < bound_sq {
-            let index = (0..self.xs.len()).find(|&i| {
-                let dx = self.xs[i] - query[0];
-                let dy = self.ys[i] - query[1];
-                let dz = self.zs[i] - query[2];
-                dx * dx + dy * dy + dz * dz == leaf_min
-            });
-            if let Some(i) = index {
-                return (leaf_min, i);
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn search_avx2(&self, node: u32, query: &[f64; 3], best: &mut (f64, usize)) {
+        self.visit(node, query, best, |tree, child, query, best| {
+            // SAFETY: called only from `search_avx2`, whose precondition is AVX2.
+            unsafe { tree.search_avx2(child, query, best) }
+        });
+    }
+
+    /// The search on any CPU.
+    fn nearest_portable(&self, query: &[f64; 3], bound_sq: f64) -> (f64, usize) {
+        let mut best = (bound_sq, usize::MAX);
+        if let Some(root) = self.nodes.first() {
+            if root.distance_sq(query) < best.0 {
+                self.search(0, query, &mut best);
             }
         }
-        (bound_sq, usize::MAX)
+        best
+    }
+
+    fn search(&self, node: u32, query: &[f64; 3], best: &mut (f64, usize)) {
+        self.visit(node, query, best, |tree, child, query, best| {
+            tree.search(child, query, best)
+        });
+    }
+
+    /// One step of the depth-first search: a leaf is scanned, a split recurses (through
+    /// `recurse`) into the nearer box first; a box no closer than the best distance so
+    /// far is skipped.
+    #[inline(always)]
+    fn visit(
+        &self,
+        node: u32,
+        query: &[f64; 3],
+        best: &mut (f64, usize),
+        recurse: impl Fn(&Self, u32, &[f64; 3], &mut (f64, usize)),
+    ) {
+        match self.nodes[node as usize].kind {
+            NodeKind::Leaf { start, end } => {
+                let range = start as usize..end as usize;
+                let (xs, ys, zs) = (
+                    &self.xs[range.clone()],
+                    &self.ys[range.clone()],
+                    &self.zs[range.clone()],
+                );
+                // A branch-free minimum first (it vectorises); the index only when the
+                // leaf beats the bound, which is rare once the bound is tight.
+                let leaf_min = leaf_min_portable(xs, ys, zs, query);
+                if leaf_min < best.0 {
+                    let distance = |i: usize| {
+                        let dx = self.xs[i] - query[0];
+                        let dy = self.ys[i] - query[1];
+                        let dz = self.zs[i] - query[2];
+                        dx * dx + dy * dy + dz * dz
+                    };
+                    if let Some(i) = range.clone().find(|&i| distance(i) == leaf_min) {
+                        *best = (leaf_min, i);
+                    }
+                }
+            }
+            NodeKind::Split { left, right } => {
+                let left_sq = self.nodes[left as usize].distance_sq(query);
+                let right_sq = self.nodes[right as usize].distance_sq(query);
+                let ((near, near_sq), (far, far_sq)) = if left_sq <= right_sq {
+                    ((left, left_sq), (right, right_sq))
+                } else {
+                    ((right, right_sq), (left, left_sq))
+                };
+                if near_sq < best.0 {
+                    recurse(self, near, query, best);
+                }
+                if far_sq < best.0 {
+                    recurse(self, far, query, best);
+                }
+            }
+        }
     }
 }
 

@@ -7,9 +7,10 @@
 //! sleep on a futex-backed `Mutex` / `Condvar` between jobs.
 
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// A task body: called once per task index, from any thread of the pool.
 type Task<'a> = dyn Fn(usize) + Sync + 'a;
@@ -36,6 +37,32 @@ struct Shared {
     work_ready: Condvar,
     work_done: Condvar,
     next_task: AtomicUsize,
+    /// Mirrors of `State::generation` and `State::busy_workers`, written under the lock,
+    /// read without it while spinning.
+    published_generation: AtomicU64,
+    busy_workers: AtomicUsize,
+}
+
+/// How long a thread spins on the atomics before it sleeps on a condition variable.
+/// Waking a sleeping thread costs tens of microseconds on a Jetson and far more on some
+/// virtual machines; a frame runs two jobs back to back, and frames follow each other, so
+/// a short spin keeps the workers awake exactly when the next job comes.
+const SPIN: Duration = Duration::from_micros(200);
+
+/// Spins until `done()` or until [`SPIN`] has passed; returns `done()`.
+fn spin_until(done: impl Fn() -> bool) -> bool {
+    let started = Instant::now();
+    loop {
+        for _ in 0..64 {
+            if done() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        if started.elapsed() >= SPIN {
+            return done();
+        }
+    }
 }
 
 impl Shared {
@@ -87,6 +114,8 @@ impl WorkerPool {
             work_ready: Condvar::new(),
             work_done: Condvar::new(),
             next_task: AtomicUsize::new(0),
+            published_generation: AtomicU64::new(0),
+            busy_workers: AtomicUsize::new(0),
         });
         let workers = threads.saturating_sub(1);
         let mut handles = Vec::with_capacity(workers);
@@ -132,9 +161,16 @@ impl WorkerPool {
             state.busy_workers = self.threads.len();
             state.panicked = false;
             state.generation = state.generation.wrapping_add(1);
+            self.shared
+                .busy_workers
+                .store(self.threads.len(), Ordering::Release);
+            self.shared
+                .published_generation
+                .store(state.generation, Ordering::Release);
         }
         self.shared.work_ready.notify_all();
         let own_panic = self.shared.run_tasks(job, task_count);
+        spin_until(|| self.shared.busy_workers.load(Ordering::Acquire) == 0);
         let mut state = self.shared.lock();
         while state.busy_workers > 0 {
             state = self
@@ -159,6 +195,7 @@ impl WorkerPool {
 fn worker_loop(shared: &Shared) {
     let mut seen_generation = 0_u64;
     loop {
+        spin_until(|| shared.published_generation.load(Ordering::Acquire) != seen_generation);
         let (job, task_count) = {
             let mut state = shared.lock();
             while state.generation == seen_generation && !state.shutdown {
@@ -183,6 +220,7 @@ fn worker_loop(shared: &Shared) {
         let mut state = shared.lock();
         state.panicked |= panicked;
         state.busy_workers -= 1;
+        shared.busy_workers.fetch_sub(1, Ordering::Release);
         if state.busy_workers == 0 {
             shared.work_done.notify_all();
         }

@@ -16,6 +16,8 @@
 //! visible instances of each target are valid and n_top = `inst_count` (CosyPose's BOP19
 //! setting). BOP19 recalls always use targets.
 
+#[cfg(feature = "cuda")]
+mod gpu;
 mod report;
 mod vsd;
 
@@ -62,6 +64,19 @@ pub struct EvalOptions {
     /// estimated and ground-truth pose and reads the test depth images. Off, both are
     /// `None`.
     pub vsd: bool,
+    /// Where ADD and ADD-S are computed.
+    pub device: Device,
+}
+
+/// The device `posed eval` computes ADD and ADD-S on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    /// The CPU (exact nearest neighbours through a k-d tree), the default.
+    #[default]
+    Cpu,
+    /// The first CUDA device (brute-force nearest neighbours). Without a CUDA driver or
+    /// device, a warning is printed and the CPU is used.
+    Cuda,
 }
 
 /// Correctness thresholds of BOP19 MSSD, as fractions of the object diameter.
@@ -157,7 +172,50 @@ pub fn evaluate(
 
     let mut groups = build_groups(dataset, rows, options)?;
     let models = prepare_models(dataset, &groups)?;
-    compute_pair_errors(&mut groups, rows, &models, options.progress);
+    let mut device_note = None;
+    #[cfg(feature = "cuda")]
+    let cuda = match options.device {
+        Device::Cpu => None,
+        Device::Cuda => match gpu::open_device() {
+            Ok(device) => Some(device),
+            Err(reason) => {
+                eprintln!(
+                    "posed eval: no CUDA device ({reason}); computing ADD / ADD-S on the CPU"
+                );
+                device_note = Some(format!(
+                    "--device cuda: no CUDA device ({reason}); ADD / ADD-S ran on the CPU"
+                ));
+                None
+            }
+        },
+    };
+    #[cfg(not(feature = "cuda"))]
+    if options.device == Device::Cuda {
+        eprintln!("posed eval: this build has no CUDA support; computing ADD / ADD-S on the CPU");
+        device_note =
+            Some("--device cuda: built without CUDA; ADD / ADD-S ran on the CPU".to_string());
+    }
+    #[cfg(feature = "cuda")]
+    let add_adds_on_cpu = cuda.is_none();
+    #[cfg(not(feature = "cuda"))]
+    let add_adds_on_cpu = true;
+    compute_pair_errors(
+        &mut groups,
+        rows,
+        &models,
+        add_adds_on_cpu,
+        options.progress,
+    );
+    #[cfg(feature = "cuda")]
+    if let Some(device) = &cuda {
+        gpu::fill_add_adds(device, &mut groups, rows, &models)?;
+        device_note = Some(format!(
+            "ADD / ADD-S computed on CUDA device {} (compute capability {}.{})",
+            device.name(),
+            device.compute_capability().0,
+            device.compute_capability().1
+        ));
+    }
     if options.vsd {
         vsd::compute_vsd_errors(dataset, &mut groups, rows, options.progress)?;
     }
@@ -176,6 +234,7 @@ pub fn evaluate(
     cosypose_auc(&groups, rows, &is_symmetric, &mut report);
     cosypose_map(&groups, &models, rows, &mut report);
     bop_recalls(dataset, &groups, &models, rows, options.vsd, &mut report);
+    report.notes.extend(device_note);
     report.finish(options);
     Ok(report)
 }
@@ -374,6 +433,7 @@ fn compute_pair_errors(
     groups: &mut [Group<'_>],
     rows: &[EstimateRow],
     models: &BTreeMap<u32, PoseErrorModel>,
+    add_adds_on_cpu: bool,
     show_progress: bool,
 ) {
     let n_pairs: usize = groups.iter().map(|g| g.estimates.len() * g.gt.len()).sum();
@@ -401,12 +461,16 @@ fn compute_pair_errors(
                 let gt = &group.image.gt[gt_idx].camera_from_object;
                 let needs_bop = rank < group.bop_inst_count;
                 errors.push(PairErrors {
-                    add: if rank < group.cosypose_n_top {
+                    add: if add_adds_on_cpu && rank < group.cosypose_n_top {
                         model.add(gt, est)
                     } else {
                         f64::NAN
                     },
-                    adds: model.adds(gt, est),
+                    adds: if add_adds_on_cpu {
+                        model.adds(gt, est)
+                    } else {
+                        f64::NAN
+                    },
                     mssd: if needs_bop {
                         model.mssd(gt, est)
                     } else {
