@@ -13,7 +13,8 @@
 //    key `depth_bits << 32 | instance << 24 | triangle` per pixel (min wins, so the result
 //    does not depend on the order threads run in). clear_keys empties the keys first.
 // 5. shade_pixels: one thread per pixel; decodes the key, perspective weights in the mesh's
-//    corner order, vertex colour, optional Lambert, `(clamp(v, 0, 255) + 0.5)` truncated.
+//    corner order, vertex colour or, for a textured mesh, raster.rs's `sample_bilinear` at
+//    the interpolated corner UVs, optional Lambert, `(clamp(v, 0, 255) + 0.5)` truncated.
 //
 // Bit-identical to the CPU because:
 // - the host compiles with --fmad=false: every `a * b + c` is a rounded multiply and a
@@ -24,11 +25,17 @@
 // - a 64-bit integer becomes a float through __ll2float_rn, round to nearest even, as
 //   Rust's `i64 as f32`; coordinates and edge functions are exact integers;
 // - a float becomes a byte through __float2uint_rz (truncation, NaN -> 0), as Rust's
-//   saturating `f32 as u8` on values already clamped to [0, 255] + 0.5.
+//   saturating `f32 as u8` on values already clamped to [0, 255] + 0.5;
+// - texel coordinates: floorf, fmaxf / fminf (NaN -> the other operand, as Rust's
+//   f32::max / min), and __float2uint_rz of values already clamped to [0, side - 1]
+//   (exact integers), as Rust's `as usize`; texel bytes become floats exactly.
 //
 // Layout (all little-endian words, shared with render.rs; the sizes are asserted on both
 // sides): meshes are concatenated, positions / normals / colours as 3 floats per vertex,
-// triangles as 3 unsigned ints per triangle (indices into the mesh's own vertices). Per
+// triangles as 3 unsigned ints per triangle (indices into the mesh's own vertices);
+// textures as one byte buffer of RGB texels (row-major, top row first), each textured mesh's
+// starting at texture_first_byte, and 6 floats of corner UVs per triangle of each textured
+// mesh, starting at triangle first_uv of that buffer. Per
 // batch, one PosedItem per image (its pixels start at first_pixel in the batch's pixel
 // buffers, its instances at first_instance) and one PosedInstance per object (its projected
 // vertices start at first_vertex). The host keeps every index below 2^32.
@@ -46,13 +53,19 @@
 #define POSED_EMPTY_KEY 0xffffffffffffffffULL
 
 // One mesh in the concatenated vertex and triangle arrays; cull_back_faces is
-// `Mesh::cull_back_faces` (1 or 0).
+// `Mesh::cull_back_faces` (1 or 0); textured is 1 when the mesh has a texture (then the
+// texture_* fields and first_uv locate it), else 0.
 struct PosedMesh {
     unsigned int first_vertex;
     unsigned int vertex_count;
     unsigned int first_triangle;
     unsigned int triangle_count;
     unsigned int cull_back_faces;
+    unsigned int textured;
+    unsigned int texture_first_byte;
+    unsigned int texture_width;
+    unsigned int texture_height;
+    unsigned int first_uv;
 };
 
 // One image of the batch: size, where its pixels and instances start, and K in f32 (the
@@ -103,7 +116,7 @@ struct PosedEdge {
     long long bias;
 };
 
-static_assert(sizeof(PosedMesh) == 20, "PosedMesh must match GpuMesh in render.rs");
+static_assert(sizeof(PosedMesh) == 40, "PosedMesh must match GpuMesh in render.rs");
 static_assert(sizeof(PosedItem) == 40, "PosedItem must match GpuItem in render.rs");
 static_assert(sizeof(PosedInstance) == 84, "PosedInstance must match GpuInstance in render.rs");
 static_assert(sizeof(PosedVertex) == 24, "PosedVertex must match PROJECTED_VERTEX_WORDS");
@@ -154,6 +167,38 @@ __device__ __forceinline__ PosedEdge posed_edge(const PosedVertex& p, const Pose
 __device__ __forceinline__ long long posed_edge_at(const PosedEdge& edge, long long u,
                                                    long long v) {
     return edge.step_u * u + edge.step_v * v + edge.at_origin;
+}
+
+// raster.rs's `sample_bilinear`: the texture of `mesh` at (u, v), operation for operation.
+__device__ __forceinline__ void posed_sample_bilinear(const unsigned char* __restrict__ textures,
+                                                      const PosedMesh& mesh, float u, float v,
+                                                      float* out) {
+    const float x = u * (float)mesh.texture_width - 0.5f;
+    const float y = (1.0f - v) * (float)mesh.texture_height - 0.5f;
+    const float x_floor = floorf(x);
+    const float y_floor = floorf(y);
+    const float fx = x - x_floor;
+    const float fy = y - y_floor;
+    const float last_x = (float)(mesh.texture_width - 1);
+    const float last_y = (float)(mesh.texture_height - 1);
+    const unsigned int x0 = __float2uint_rz(fminf(fmaxf(x_floor, 0.0f), last_x));
+    const unsigned int x1 = __float2uint_rz(fminf(fmaxf(x_floor + 1.0f, 0.0f), last_x));
+    const unsigned int y0 = __float2uint_rz(fminf(fmaxf(y_floor, 0.0f), last_y));
+    const unsigned int y1 = __float2uint_rz(fminf(fmaxf(y_floor + 1.0f, 0.0f), last_y));
+    const unsigned char* texels = textures + mesh.texture_first_byte;
+    const unsigned int width = mesh.texture_width;
+    const unsigned char* t00 = texels + 3 * (y0 * width + x0);
+    const unsigned char* t10 = texels + 3 * (y0 * width + x1);
+    const unsigned char* t01 = texels + 3 * (y1 * width + x0);
+    const unsigned char* t11 = texels + 3 * (y1 * width + x1);
+    const float w00 = (1.0f - fx) * (1.0f - fy);
+    const float w10 = fx * (1.0f - fy);
+    const float w01 = (1.0f - fx) * fy;
+    const float w11 = fx * fy;
+    for (int channel = 0; channel < 3; ++channel) {
+        out[channel] = w00 * (float)t00[channel] + w10 * (float)t10[channel] +
+                       w01 * (float)t01[channel] + w11 * (float)t11[channel];
+    }
 }
 
 // Sets every key of the batch's pixels to EMPTY_KEY.
@@ -316,13 +361,16 @@ extern "C" __global__ void raster_triangles(const PosedInstance* __restrict__ in
 }
 
 // Step 5 for pixel blockIdx.x * blockDim.x + threadIdx.x of item blockIdx.y: CpuRenderer's
-// `shade_band` for one pixel (raster.rs's `perspective_weights` and `shade`). `lambert`
-// is 0 for Shading::Albedo, else the light is used.
+// `shade_band` for one pixel (raster.rs's `perspective_weights`, `interpolate`,
+// `sample_bilinear` and `shade_albedo`). `lambert` is 0 for Shading::Albedo, else the
+// light is used.
 extern "C" __global__ void shade_pixels(const PosedItem* __restrict__ items,
                                         const PosedInstance* __restrict__ instances,
                                         const PosedMesh* __restrict__ meshes,
                                         const unsigned int* __restrict__ triangles,
                                         const float* __restrict__ colors,
+                                        const unsigned char* __restrict__ textures,
+                                        const float* __restrict__ corner_uvs,
                                         const PosedVertex* __restrict__ vertices,
                                         const unsigned long long* __restrict__ keys,
                                         unsigned int lambert, float light_x, float light_y,
@@ -374,14 +422,22 @@ extern "C" __global__ void shade_pixels(const PosedItem* __restrict__ items,
     const float y_ray = __fdiv_rn(__ll2float_rn(v) - item.cy, item.fy);
     const float x_ray = __fdiv_rn(__ll2float_rn(u) - item.cx - item.skew * y_ray, item.fx);
 
-    // shade.
-    const float* ca = colors + 3 * (mesh.first_vertex + corner[0]);
-    const float* cb = colors + 3 * (mesh.first_vertex + corner[1]);
-    const float* cc = colors + 3 * (mesh.first_vertex + corner[2]);
+    // The albedo: interpolate the texture coordinates and sample, or the vertex colours.
     float value[3];
-    for (int channel = 0; channel < 3; ++channel) {
-        value[channel] = w0 * ca[channel] + w1 * cb[channel] + w2 * cc[channel];
+    if (mesh.textured != 0) {
+        const float* uv = corner_uvs + 6 * (mesh.first_uv + triangle);
+        const float tex_u = w0 * uv[0] + w1 * uv[2] + w2 * uv[4];
+        const float tex_v = w0 * uv[1] + w1 * uv[3] + w2 * uv[5];
+        posed_sample_bilinear(textures, mesh, tex_u, tex_v, value);
+    } else {
+        const float* ca = colors + 3 * (mesh.first_vertex + corner[0]);
+        const float* cb = colors + 3 * (mesh.first_vertex + corner[1]);
+        const float* cc = colors + 3 * (mesh.first_vertex + corner[2]);
+        for (int channel = 0; channel < 3; ++channel) {
+            value[channel] = w0 * ca[channel] + w1 * cb[channel] + w2 * cc[channel];
+        }
     }
+    // shade_albedo.
     if (lambert != 0) {
         float n[3];
         for (int axis = 0; axis < 3; ++axis) {

@@ -42,6 +42,10 @@ const MAX_GRID_Y: usize = 65_535;
 const MAX_PIXELS: usize = (u32::MAX / 3) as usize;
 /// Mesh vertices and triangles are indexed in 32 bits, 3 values per entry.
 const MAX_MESH_ENTRIES: usize = (u32::MAX / 3) as usize;
+/// Texture bytes of all meshes are indexed in 32 bits.
+const MAX_TEXTURE_BYTES: usize = u32::MAX as usize;
+/// Corner UVs of textured triangles are indexed in 32 bits, 6 floats per triangle.
+const MAX_UV_TRIANGLES: usize = (u32::MAX / 6) as usize;
 /// A projected vertex in device memory (`PosedVertex` in `render.cu`): `x_fp`, `y_fp`,
 /// `inv_z`, normal, as 32-bit words.
 const PROJECTED_VERTEX_WORDS: usize = 6;
@@ -56,6 +60,16 @@ struct GpuMesh {
     triangle_count: u32,
     /// [`Mesh::cull_back_faces`], 1 or 0.
     cull_back_faces: u32,
+    /// 1 when the mesh has a texture ([`Mesh::texture`]), else 0 (and the fields below 0).
+    textured: u32,
+    /// Where its texels start in the texture bytes.
+    texture_first_byte: u32,
+    /// Texture width, texels.
+    texture_width: u32,
+    /// Texture height, texels.
+    texture_height: u32,
+    /// Where its triangles' corner UVs start in the UV table, in triangles (6 floats each).
+    first_uv: u32,
 }
 
 /// One image of a chunk (`PosedItem` in `render.cu`).
@@ -92,7 +106,7 @@ struct GpuInstance {
 }
 
 // The sizes `render.cu` asserts for its structs (a unit test checks the two agree).
-const _: () = assert!(std::mem::size_of::<GpuMesh>() == 20);
+const _: () = assert!(std::mem::size_of::<GpuMesh>() == 40);
 const _: () = assert!(std::mem::size_of::<GpuItem>() == 40);
 const _: () = assert!(std::mem::size_of::<GpuInstance>() == 84);
 
@@ -191,7 +205,8 @@ impl GpuRenderLimits {
     }
 }
 
-/// The meshes as the kernels read them: concatenated, 3 values per vertex or triangle.
+/// The meshes as the kernels read them: concatenated, 3 values per vertex or triangle;
+/// the textures' texels as bytes, and 6 floats of corner UVs per textured triangle.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct MeshTables {
     extents: Vec<GpuMesh>,
@@ -199,6 +214,8 @@ struct MeshTables {
     normals: Vec<f32>,
     colors: Vec<f32>,
     triangles: Vec<u32>,
+    textures: Vec<u8>,
+    corner_uvs: Vec<f32>,
 }
 
 impl MeshTables {
@@ -223,22 +240,63 @@ impl MeshTables {
                 });
             }
         }
+        let texture_bytes: usize = meshes
+            .iter()
+            .filter_map(Mesh::texture)
+            .map(|texture| 3 * texture.rgb().len())
+            .sum();
+        let uv_triangles: usize = meshes.iter().map(|m| m.corner_uvs().len()).sum();
+        for (what, limit, found) in [
+            (
+                "texture bytes of all meshes (GpuRenderer, 32-bit indices)",
+                MAX_TEXTURE_BYTES,
+                texture_bytes,
+            ),
+            (
+                "textured triangles of all meshes (GpuRenderer, 32-bit indices)",
+                MAX_UV_TRIANGLES,
+                uv_triangles,
+            ),
+        ] {
+            if found > limit {
+                return Err(KernelError::LimitExceeded { what, limit, found });
+            }
+        }
         let mut tables = Self {
             extents: Vec::with_capacity(meshes.len()),
             positions_m: Vec::with_capacity(3 * vertices),
             normals: Vec::with_capacity(3 * vertices),
             colors: Vec::with_capacity(3 * vertices),
             triangles: Vec::with_capacity(3 * triangles),
+            textures: Vec::with_capacity(texture_bytes),
+            corner_uvs: Vec::with_capacity(6 * uv_triangles),
         };
         for mesh in meshes {
-            // Both fit in u32: checked above.
+            // All fit in u32: checked above (texture sides are at most MAX_TEXTURE_SIDE).
+            let (textured, texture_width, texture_height) = match mesh.texture() {
+                Some(texture) => (1, texture.width() as u32, texture.height() as u32),
+                None => (0, 0, 0),
+            };
             tables.extents.push(GpuMesh {
                 first_vertex: (tables.positions_m.len() / 3) as u32,
                 vertex_count: mesh.positions_m().len() as u32,
                 first_triangle: (tables.triangles.len() / 3) as u32,
                 triangle_count: mesh.triangles().len() as u32,
                 cull_back_faces: u32::from(mesh.cull_back_faces()),
+                textured,
+                texture_first_byte: tables.textures.len() as u32,
+                texture_width,
+                texture_height,
+                first_uv: (tables.corner_uvs.len() / 6) as u32,
             });
+            if let Some(texture) = mesh.texture() {
+                tables
+                    .textures
+                    .extend_from_slice(texture.rgb().as_flattened());
+                tables
+                    .corner_uvs
+                    .extend_from_slice(mesh.corner_uvs().as_flattened().as_flattened());
+            }
             tables
                 .positions_m
                 .extend_from_slice(mesh.positions_m().as_flattened());
@@ -402,6 +460,10 @@ pub struct GpuRenderer {
     normals: CudaSlice<f32>,
     colors: CudaSlice<f32>,
     triangles: CudaSlice<u32>,
+    /// Texels of every textured mesh (`GpuMesh::texture_first_byte`).
+    textures: CudaSlice<u8>,
+    /// Corner UVs of every textured mesh (`GpuMesh::first_uv`).
+    corner_uvs: CudaSlice<f32>,
     /// Host staging of a chunk's tables, capacity reserved at creation.
     items_host: Vec<GpuItem>,
     instances_host: Vec<GpuInstance>,
@@ -470,6 +532,14 @@ impl GpuRenderer {
             let positions_m = upload_f32(&tables.positions_m)?;
             let normals = upload_f32(&tables.normals)?;
             let colors = upload_f32(&tables.colors)?;
+            let corner_uvs = upload_f32(&tables.corner_uvs)?;
+            let textures = stream
+                .clone_htod(if tables.textures.is_empty() {
+                    &[0][..]
+                } else {
+                    &tables.textures
+                })
+                .map_err(driver_error("cuMemcpyHtoD"))?;
             let triangles = stream
                 .clone_htod(if tables.triangles.is_empty() {
                     &[0][..]
@@ -523,6 +593,8 @@ impl GpuRenderer {
                 normals,
                 colors,
                 triangles,
+                textures,
+                corner_uvs,
                 items_host: Vec::with_capacity(limits.max_items),
                 instances_host: Vec::with_capacity(limits.max_instances),
                 items,
@@ -717,6 +789,8 @@ impl GpuRenderer {
                 .arg(&self.mesh_table)
                 .arg(&self.triangles)
                 .arg(&self.colors)
+                .arg(&self.textures)
+                .arg(&self.corner_uvs)
                 .arg(&self.vertices)
                 .arg(&self.keys)
                 .arg(&lambert)
@@ -730,13 +804,16 @@ impl GpuRenderer {
                 .arg(&mut self.mask);
             // SAFETY: shade_pixels(const PosedItem*, const PosedInstance*,
             // const PosedMesh*, const unsigned int* triangles, const float* colors,
+            // const unsigned char* textures, const float* corner_uvs,
             // const PosedVertex*, const unsigned long long* keys, unsigned int lambert,
             // float x 5, unsigned char* rgb, float* depth_m, unsigned char* mask), in this
             // order and these types; row y is item y < n_items; threads past the item's
             // pixel count return; the others touch pixel first_pixel + p < shape.pixels
             // <= max_pixels (3 bytes of rgb each); a non-empty key was written by
             // raster_triangles (same stream) and names an instance of this item and a
-            // triangle of its mesh.
+            // triangle of its mesh; a textured mesh's 6 UVs of that triangle lie in
+            // corner_uvs (MeshTables), and the texel indices are clamped to its texture,
+            // which lies in textures from texture_first_byte on.
             unsafe { builder.launch(launch_config(shape.max_item_pixels, n_items, BLOCK_PIXELS)) }
                 .map_err(driver_error("launch of shade_pixels"))?;
         }
@@ -783,7 +860,9 @@ mod tests {
     )]
 
     use super::*;
-    use crate::render::{Camera, Instance, Light, EMPTY_KEY, FAR_M, NEAR_M};
+    use crate::render::{
+        Camera, Instance, Light, Texture, TextureCoords, EMPTY_KEY, FAR_M, NEAR_M,
+    };
     use crate::{Intrinsics, Pose};
     use nalgebra::{Rotation3, Vector3};
 
@@ -967,6 +1046,37 @@ mod tests {
         }
     }
 
+    /// `posed_sample_bilinear`.
+    fn sample_bilinear(textures: &[u8], mesh: &GpuMesh, u: f32, v: f32, out: &mut [f32; 3]) {
+        let x = u * mesh.texture_width as f32 - 0.5;
+        let y = (1.0 - v) * mesh.texture_height as f32 - 0.5;
+        let x_floor = x.floor();
+        let y_floor = y.floor();
+        let fx = x - x_floor;
+        let fy = y - y_floor;
+        let last_x = (mesh.texture_width - 1) as f32;
+        let last_y = (mesh.texture_height - 1) as f32;
+        // __float2uint_rz of clamped values; fmaxf / fminf as f32::max / min.
+        let x0 = x_floor.max(0.0).min(last_x) as u32;
+        let x1 = (x_floor + 1.0).max(0.0).min(last_x) as u32;
+        let y0 = y_floor.max(0.0).min(last_y) as u32;
+        let y1 = (y_floor + 1.0).max(0.0).min(last_y) as u32;
+        let texels = &textures[mesh.texture_first_byte as usize..];
+        let width = mesh.texture_width;
+        let texel = |x: u32, y: u32| &texels[(3 * (y * width + x)) as usize..];
+        let (t00, t10, t01, t11) = (texel(x0, y0), texel(x1, y0), texel(x0, y1), texel(x1, y1));
+        let w00 = (1.0 - fx) * (1.0 - fy);
+        let w10 = fx * (1.0 - fy);
+        let w01 = (1.0 - fx) * fy;
+        let w11 = fx * fy;
+        for channel in 0..3 {
+            out[channel] = w00 * t00[channel] as f32
+                + w10 * t10[channel] as f32
+                + w01 * t01[channel] as f32
+                + w11 * t11[channel] as f32;
+        }
+    }
+
     /// One pixel of `shade_pixels`: (rgb, depth, mask).
     #[allow(clippy::too_many_arguments)]
     fn shade_pixel(
@@ -1002,14 +1112,21 @@ mod tests {
         let (w0, w1, w2) = (q0 / sum, q1 / sum, q2 / sum);
         let y_ray = (v as f32 - item.cy) / item.fy;
         let x_ray = (u as f32 - item.cx - item.skew * y_ray) / item.fx;
-        let color = |i: usize| {
-            let at = (3 * (mesh.first_vertex + corner[i])) as usize;
-            &tables.colors[at..at + 3]
-        };
-        let (ca, cb, cc) = (color(0), color(1), color(2));
         let mut value = [0.0_f32; 3];
-        for channel in 0..3 {
-            value[channel] = w0 * ca[channel] + w1 * cb[channel] + w2 * cc[channel];
+        if mesh.textured != 0 {
+            let uv = &tables.corner_uvs[(6 * (mesh.first_uv + triangle)) as usize..];
+            let tex_u = w0 * uv[0] + w1 * uv[2] + w2 * uv[4];
+            let tex_v = w0 * uv[1] + w1 * uv[3] + w2 * uv[5];
+            sample_bilinear(&tables.textures, &mesh, tex_u, tex_v, &mut value);
+        } else {
+            let color = |i: usize| {
+                let at = (3 * (mesh.first_vertex + corner[i])) as usize;
+                &tables.colors[at..at + 3]
+            };
+            let (ca, cb, cc) = (color(0), color(1), color(2));
+            for channel in 0..3 {
+                value[channel] = w0 * ca[channel] + w1 * cb[channel] + w2 * cc[channel];
+            }
         }
         if lambert != 0 {
             let mut n = [0.0_f32; 3];
@@ -1306,9 +1423,95 @@ mod tests {
 
     #[test]
     fn the_kernel_transcription_is_bit_identical_to_the_cpu_renderer() {
-        let meshes = meshes();
+        assert_transcription_matches(meshes(), &scenes(), 3000);
+    }
+
+    /// A texture of `width` x `height` texels with a smooth gradient and a checker.
+    fn pattern_texture(width: usize, height: usize) -> Texture {
+        let rgb = (0..height)
+            .flat_map(|y| {
+                (0..width).map(move |x| {
+                    let checker = if (x / 3 + y / 3) % 2 == 0 { 200 } else { 30 };
+                    [(x * 255 / width) as u8, (y * 255 / height) as u8, checker]
+                })
+            })
+            .collect();
+        Texture::new(width, height, rgb).unwrap()
+    }
+
+    #[test]
+    fn textured_meshes_transcribe_bit_identically() {
+        let mut meshes = meshes();
+        // A square with UVs beyond [0, 1] (clamped), per corner; a sphere with per-vertex
+        // UVs; a closed box wound inwards (turned by `Mesh::new`) with per-corner UVs.
+        let corner_uvs = vec![
+            [[-0.2, -0.1], [1.3, -0.1], [1.3, 1.2]],
+            [[-0.2, -0.1], [1.3, 1.2], [-0.2, 1.2]],
+        ];
+        meshes.push(
+            square(0.1)
+                .with_texture(
+                    pattern_texture(17, 11),
+                    TextureCoords::PerCorner(corner_uvs),
+                )
+                .unwrap(),
+        );
+        let ball = sphere(0.05, 12, 24);
+        let vertex_uvs = ball
+            .positions_m()
+            .iter()
+            .map(|p| [0.5 + p[0] * 9.0, 0.5 - p[2] * 9.0])
+            .collect();
+        meshes.push(
+            ball.with_texture(
+                pattern_texture(64, 32),
+                TextureCoords::PerVertex(vertex_uvs),
+            )
+            .unwrap(),
+        );
+        let cube = closed_cube(0.04, true);
+        let cube_uvs = (0..cube.triangles().len())
+            .map(|t| {
+                let s = t as f32 * 0.07;
+                [[s, 0.0], [1.0 - s, 0.3], [0.5, 1.0 - s]]
+            })
+            .collect();
+        meshes.push(
+            cube.with_texture(pattern_texture(5, 9), TextureCoords::PerCorner(cube_uvs))
+                .unwrap(),
+        );
         let tables = MeshTables::new(&meshes).unwrap();
-        let scenes = scenes();
+        assert_eq!(tables.extents[5].textured, 0);
+        assert_eq!(tables.extents[6].textured, 1);
+        assert_eq!(tables.extents[7].texture_first_byte, 3 * 17 * 11);
+        assert_eq!(tables.extents[7].first_uv, 2);
+        assert_eq!(tables.extents[8].first_uv, 2 + 12 * 24 * 2);
+        assert_eq!(tables.textures.len(), 3 * (17 * 11 + 64 * 32 + 5 * 9));
+        let at = |mesh, euler, t| Instance {
+            mesh,
+            camera_from_object: pose(euler, t),
+        };
+        let mut scenes = scenes();
+        scenes.push((
+            camera(160, 120, 0.4),
+            vec![
+                at(6, [0.2, -0.3, 0.1], [0.0, 0.0, 0.5]),
+                at(7, [0.5, 0.1, -0.4], [0.05, 0.02, 0.4]),
+                at(8, [0.3, 0.6, 0.9], [-0.06, -0.03, 0.35]),
+                at(1, [0.1, 0.1, 0.1], [0.0, 0.06, 0.3]),
+            ],
+        ));
+        assert_transcription_matches(meshes, &scenes, 3000);
+    }
+
+    /// Renders `scenes` with the CPU renderer and the transcription, for several shadings,
+    /// and asserts identical bits and more than `min_covered` object pixels.
+    fn assert_transcription_matches(
+        meshes: Vec<Mesh>,
+        scenes: &[(Camera, Vec<Instance>)],
+        min_covered: usize,
+    ) {
+        let tables = MeshTables::new(&meshes).unwrap();
         let items: Vec<RenderItem<'_>> = scenes
             .iter()
             .map(|(camera, instances)| RenderItem {
@@ -1345,7 +1548,7 @@ mod tests {
                 covered += mask.iter().filter(|&&m| m != 0).count();
             }
             // The scenes are not empty: most of the first image is covered.
-            assert!(covered > 3000, "{covered} pixels covered");
+            assert!(covered > min_covered, "{covered} pixels covered");
         }
     }
 

@@ -6,8 +6,77 @@ use crate::KernelError;
 /// bits (see `raster.rs`).
 pub const MAX_TRIANGLES_PER_MESH: usize = 1 << 24;
 
+/// The longest side of a texture, in texels (keeps texel coordinates exact in `f32` and
+/// a texture's bytes indexable in 32 bits on the GPU).
+pub const MAX_TEXTURE_SIDE: usize = 1 << 14;
+
+/// A texture map: 8-bit RGB texels, row-major, row 0 the top of the image (as image
+/// files store it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Texture {
+    width: usize,
+    height: usize,
+    rgb: Vec<[u8; 3]>,
+}
+
+impl Texture {
+    /// A `width` x `height` texture from its texels, row-major, top row first.
+    ///
+    /// # Errors
+    /// [`KernelError::InvalidValue`] for a zero width or height;
+    /// [`KernelError::LimitExceeded`] for a side longer than [`MAX_TEXTURE_SIDE`];
+    /// [`KernelError::SizeMismatch`] when `rgb` does not hold `width * height` texels.
+    pub fn new(width: usize, height: usize, rgb: Vec<[u8; 3]>) -> Result<Self, KernelError> {
+        if width == 0 || height == 0 {
+            return Err(KernelError::InvalidValue {
+                what: "texture size",
+                reason: "width and height must be at least 1",
+            });
+        }
+        let side = width.max(height);
+        if side > MAX_TEXTURE_SIDE {
+            return Err(KernelError::LimitExceeded {
+                what: "texture width or height, texels",
+                limit: MAX_TEXTURE_SIDE,
+                found: side,
+            });
+        }
+        check_len("texture texels (width x height)", width * height, rgb.len())?;
+        Ok(Self { width, height, rgb })
+    }
+
+    /// Width in texels.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Height in texels.
+    pub fn height(&self) -> usize {
+        self.height
+    }
+
+    /// The texels, row-major, top row first.
+    pub fn rgb(&self) -> &[[u8; 3]] {
+        &self.rgb
+    }
+}
+
+/// Texture coordinates `(u, v)` of a mesh: `u` grows to the right, `v` upwards (the
+/// OBJ / PLY convention: `v = 0` is the bottom row of the image), `[0, 1]` spanning the
+/// texture (see `sample_bilinear` in `raster.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TextureCoords {
+    /// One `(u, v)` per vertex.
+    PerVertex(Vec<[f32; 2]>),
+    /// One `(u, v)` per corner of each triangle, in the order of the triangles and
+    /// corners given to [`Mesh::new`] (a PLY's face `texcoord`).
+    PerCorner(Vec<[[f32; 2]; 3]>),
+}
+
 /// A triangle mesh ready to render: positions in metres (object frame), one unit normal
-/// and one colour per vertex, and triangles as vertex indices.
+/// and one colour per vertex, triangles as vertex indices, and optionally a texture with
+/// coordinates per triangle corner (then the texture, not the vertex colour, is the
+/// albedo).
 ///
 /// Built once per object model and kept for the life of the renderer.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,6 +86,13 @@ pub struct Mesh {
     colors: Vec<[f32; 3]>,
     triangles: Vec<[u32; 3]>,
     cull_back_faces: bool,
+    /// Whether `new` swapped corners 1 and 2 of every triangle (a closed mesh wound
+    /// inwards), so that per-corner data given later follows the same turn.
+    turned: bool,
+    texture: Option<Texture>,
+    /// `(u, v)` of each corner of each triangle (in `triangles`' corner order) when
+    /// `texture` is set, else empty.
+    corner_uvs: Vec<[[f32; 2]; 3]>,
 }
 
 /// Vertex colour of a mesh that has none: white, as CosyPose's URDF material.
@@ -64,17 +140,15 @@ impl Mesh {
             return invalid("a triangle refers to a vertex past the end of the vertex list");
         }
         let mut triangles = triangles;
-        let cull_back_faces = match closed_surface_volume(&positions_m, &triangles) {
-            Some(volume) if volume < 0.0 => {
-                // Closed but wound inwards: turn every triangle around.
-                for triangle in &mut triangles {
-                    triangle.swap(1, 2);
-                }
-                true
+        let volume = closed_surface_volume(&positions_m, &triangles);
+        let turned = matches!(volume, Some(volume) if volume < 0.0);
+        if turned {
+            // Closed but wound inwards: turn every triangle around.
+            for triangle in &mut triangles {
+                triangle.swap(1, 2);
             }
-            Some(volume) => volume > 0.0,
-            None => false,
-        };
+        }
+        let cull_back_faces = volume.is_some_and(|volume| volume != 0.0);
         let normals = match normals {
             Some(normals) => {
                 check_len("vertex normals", vertex_count, normals.len())?;
@@ -98,7 +172,63 @@ impl Mesh {
             colors,
             triangles,
             cull_back_faces,
+            turned,
+            texture: None,
+            corner_uvs: Vec::new(),
         })
+    }
+
+    /// The same mesh with a texture map as its albedo (replacing the vertex colours when
+    /// rendered) and the texture coordinates of its vertices or triangle corners.
+    ///
+    /// # Errors
+    /// [`KernelError::SizeMismatch`] when `uvs` do not have one entry per vertex
+    /// ([`TextureCoords::PerVertex`]) or per triangle ([`TextureCoords::PerCorner`]);
+    /// [`KernelError::NotFinite`] for a non-finite coordinate.
+    pub fn with_texture(
+        mut self,
+        texture: Texture,
+        uvs: TextureCoords,
+    ) -> Result<Mesh, KernelError> {
+        let corner_uvs: Vec<[[f32; 2]; 3]> = match uvs {
+            TextureCoords::PerVertex(uvs) => {
+                check_len(
+                    "texture coordinates (one per vertex)",
+                    self.positions_m.len(),
+                    uvs.len(),
+                )?;
+                self.triangles
+                    .iter()
+                    .map(|triangle| triangle.map(|i| uvs[i as usize]))
+                    .collect()
+            }
+            TextureCoords::PerCorner(mut uvs) => {
+                check_len(
+                    "texture coordinates (one triple per triangle)",
+                    self.triangles.len(),
+                    uvs.len(),
+                )?;
+                if self.turned {
+                    for corners in &mut uvs {
+                        corners.swap(1, 2);
+                    }
+                }
+                uvs
+            }
+        };
+        if corner_uvs
+            .iter()
+            .flatten()
+            .flatten()
+            .any(|v| !v.is_finite())
+        {
+            return Err(KernelError::NotFinite {
+                what: "texture coordinates",
+            });
+        }
+        self.texture = Some(texture);
+        self.corner_uvs = corner_uvs;
+        Ok(self)
     }
 
     /// A UV sphere of `radius_m` around the origin with `rings` x `segments` quads and a
@@ -183,6 +313,17 @@ impl Mesh {
     /// Triangles as indices into the vertex lists.
     pub fn triangles(&self) -> &[[u32; 3]] {
         &self.triangles
+    }
+
+    /// The texture map, if the mesh has one (see [`Mesh::with_texture`]).
+    pub fn texture(&self) -> Option<&Texture> {
+        self.texture.as_ref()
+    }
+
+    /// Texture coordinates of each corner of each triangle, in the corner order of
+    /// [`Mesh::triangles`]; empty when the mesh has no texture.
+    pub fn corner_uvs(&self) -> &[[[f32; 2]; 3]] {
+        &self.corner_uvs
     }
 }
 

@@ -1,4 +1,4 @@
-//! The renderer: triangle meshes with per-vertex colour drawn into RGB, depth and an
+//! The renderer: triangle meshes with per-vertex colour or a texture map drawn into RGB, depth and an
 //! instance mask, with CosyPose's conventions (OpenCV camera, pixel centres at integer
 //! coordinates, near 0.01 m, far 10 m, black background).
 //!
@@ -12,16 +12,19 @@ mod raster;
 
 use std::sync::Mutex;
 
-pub use mesh::{Mesh, DEFAULT_VERTEX_COLOR, MAX_TRIANGLES_PER_MESH};
+pub use mesh::{
+    Mesh, Texture, TextureCoords, DEFAULT_VERTEX_COLOR, MAX_TEXTURE_SIDE, MAX_TRIANGLES_PER_MESH,
+};
 pub use pool::WorkerPool;
 pub use raster::{
-    decode_key, Light, ProjectedVertex, Projection, Shading, EMPTY_KEY, FAR_M,
-    MAX_INSTANCES_PER_IMAGE, NEAR_M, SUBPIXEL_BITS,
+    decode_key, interpolate, sample_bilinear, Light, ProjectedVertex, Projection, Shading,
+    EMPTY_KEY, FAR_M, MAX_INSTANCES_PER_IMAGE, NEAR_M, SUBPIXEL_BITS,
 };
 
 use crate::{Intrinsics, KernelError, Pose};
 use raster::{
-    fragment_depth_m, perspective_weights, project_vertex, setup_triangle, shade, visibility_key,
+    fragment_depth_m, perspective_weights, project_vertex, setup_triangle, shade_albedo,
+    visibility_key,
 };
 
 /// An image to render into: intrinsics and size in pixels.
@@ -494,11 +497,17 @@ impl CpuRenderer {
             let triangle = mesh.triangles()[triangle_index];
             let corners = triangle.map(|i| vertices[i as usize]);
             let weights = perspective_weights(&corners, u, v);
-            let colors = triangle.map(|i| mesh.colors()[i as usize]);
+            let albedo = match mesh.texture() {
+                Some(texture) => sample_bilinear(
+                    texture,
+                    interpolate(weights, mesh.corner_uvs()[triangle_index]),
+                ),
+                None => interpolate(weights, triangle.map(|i| mesh.colors()[i as usize])),
+            };
             let normals = corners.map(|c| c.normal);
             let y_ray = (v as f32 - cy) / fy;
             let x_ray = (u as f32 - cx - skew * y_ray) / fx;
-            task.rgb[pixel] = shade(shading, weights, colors, normals, [x_ray, y_ray, 1.0]);
+            task.rgb[pixel] = shade_albedo(shading, albedo, weights, normals, [x_ray, y_ray, 1.0]);
             task.depth_m[pixel] = depth_m;
             task.mask[pixel] = (instance_index + 1) as u8;
         }

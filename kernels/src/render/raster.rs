@@ -20,8 +20,15 @@
 //!    24 | triangle`. Depth bits of positive floats order like the floats, so the nearest
 //!    fragment wins and an exact tie goes to the lower instance, then the lower triangle,
 //!    whatever order threads ran in.
-//! 5. Shading reads the winning triangle back from the key: perspective-correct vertex
-//!    colour, optionally Lambert-lit with the interpolated normal.
+//! 5. Shading reads the winning triangle back from the key. The albedo is the
+//!    perspective-correct vertex colour or, for a textured mesh (`Mesh::with_texture`),
+//!    the texture sampled at the perspective-correct texture coordinates (the same
+//!    [`perspective_weights`]); then it is optionally Lambert-lit with the interpolated
+//!    normal. Texture conventions ([`sample_bilinear`]): `u` grows to the right and `v`
+//!    upwards (OBJ / PLY: `v = 0` is the bottom row of the image, stored last), so the
+//!    texel coordinates are `x = u * width - 0.5`, `y = (1 - v) * height - 0.5` (texel
+//!    centres at integers); bilinear filtering with weights in `f32`, clamped to the edge
+//!    (coordinates outside `[0, 1]` repeat the border texels; no wrapping, no mipmaps).
 
 /// Near plane, metres (CosyPose's `Camera` default).
 pub const NEAR_M: f32 = 0.01;
@@ -36,6 +43,8 @@ pub const GUARD_BAND_PX: f32 = (1 << 20) as f32;
 pub const EMPTY_KEY: u64 = u64::MAX;
 /// The most object instances one image may hold (the key keeps the index in 8 bits).
 pub const MAX_INSTANCES_PER_IMAGE: usize = 255;
+
+use super::mesh::Texture;
 
 const SUBPIXEL_SCALE: f32 = (1 << SUBPIXEL_BITS) as f32;
 const SUBPIXEL_ONE: i64 = 1 << SUBPIXEL_BITS;
@@ -348,9 +357,8 @@ impl Default for Light {
 
 /// Step 5: the colour of a pixel from the corner colours and normals of the winning
 /// triangle, its perspective weights, and the pixel's viewing ray (camera frame, any
-/// length). Normals facing away from the camera are flipped, so back faces of open
-/// meshes are lit like front faces.
-#[inline]
+/// length): [`shade_albedo`] of the interpolated colour.
+#[cfg(test)]
 pub fn shade(
     shading: &Shading,
     weights: [f32; 3],
@@ -358,12 +366,78 @@ pub fn shade(
     normals: [[f32; 3]; 3],
     ray: [f32; 3],
 ) -> [u8; 3] {
-    let mut rgb = [0.0_f32; 3];
-    for (channel, value) in rgb.iter_mut().enumerate() {
-        *value = weights[0] * colors[0][channel]
-            + weights[1] * colors[1][channel]
-            + weights[2] * colors[2][channel];
+    shade_albedo(shading, interpolate(weights, colors), weights, normals, ray)
+}
+
+/// Step 5: `weights[0] * values[0] + weights[1] * values[1] + weights[2] * values[2]`
+/// per component, left to right (vertex colours, texture coordinates).
+#[inline]
+pub fn interpolate<const N: usize>(weights: [f32; 3], values: [[f32; N]; 3]) -> [f32; N] {
+    let mut out = [0.0_f32; N];
+    for (component, value) in out.iter_mut().enumerate() {
+        *value = weights[0] * values[0][component]
+            + weights[1] * values[1][component]
+            + weights[2] * values[2][component];
     }
+    out
+}
+
+/// Step 5: the texture's colour at `uv` (`0.0..=255.0` per channel), bilinear and
+/// clamped to the edge, in this order of operations (see the module docs):
+/// `x = u * width - 0.5`, `y = (1 - v) * height - 0.5`; `fx = x - floor(x)`,
+/// `fy = y - floor(y)`; columns `floor(x)` and `floor(x) + 1`, rows `floor(y)` and
+/// `floor(y) + 1`, each clamped to the texture with `max(0)` then `min(side - 1)` in `f32`
+/// (NaN becomes 0) and truncated to an integer; weights `(1 - fx)(1 - fy)`, `fx (1 - fy)`,
+/// `(1 - fx) fy`, `fx fy`; the colour `w00 t00 + w10 t10 + w01 t01 + w11 t11`, left to
+/// right, with the texels converted exactly to `f32`.
+#[inline]
+pub fn sample_bilinear(texture: &Texture, uv: [f32; 2]) -> [f32; 3] {
+    let (width, height) = (texture.width(), texture.height());
+    let x = uv[0] * width as f32 - 0.5;
+    let y = (1.0 - uv[1]) * height as f32 - 0.5;
+    let x_floor = x.floor();
+    let y_floor = y.floor();
+    let fx = x - x_floor;
+    let fy = y - y_floor;
+    // Sides are at most 2^14: `side - 1` is exact in f32, and so are the clamped values.
+    let last_x = (width - 1) as f32;
+    let last_y = (height - 1) as f32;
+    let x0 = x_floor.max(0.0).min(last_x) as usize;
+    let x1 = (x_floor + 1.0).max(0.0).min(last_x) as usize;
+    let y0 = y_floor.max(0.0).min(last_y) as usize;
+    let y1 = (y_floor + 1.0).max(0.0).min(last_y) as usize;
+    let rgb = texture.rgb();
+    let t00 = rgb[y0 * width + x0];
+    let t10 = rgb[y0 * width + x1];
+    let t01 = rgb[y1 * width + x0];
+    let t11 = rgb[y1 * width + x1];
+    let w00 = (1.0 - fx) * (1.0 - fy);
+    let w10 = fx * (1.0 - fy);
+    let w01 = (1.0 - fx) * fy;
+    let w11 = fx * fy;
+    let mut out = [0.0_f32; 3];
+    for (channel, value) in out.iter_mut().enumerate() {
+        *value = w00 * f32::from(t00[channel])
+            + w10 * f32::from(t10[channel])
+            + w01 * f32::from(t01[channel])
+            + w11 * f32::from(t11[channel]);
+    }
+    out
+}
+
+/// Step 5: the colour of a pixel from its albedo (`0.0..=255.0`, interpolated colour or
+/// texture sample), the corner normals of the winning triangle, its perspective weights
+/// and the pixel's viewing ray (camera frame, any length). Normals facing away from the
+/// camera are flipped, so back faces of open meshes are lit like front faces.
+#[inline]
+pub fn shade_albedo(
+    shading: &Shading,
+    albedo: [f32; 3],
+    weights: [f32; 3],
+    normals: [[f32; 3]; 3],
+    ray: [f32; 3],
+) -> [u8; 3] {
+    let mut rgb = albedo;
     if let Shading::Lambert(light) = shading {
         let mut n = [0.0_f32; 3];
         for (axis, value) in n.iter_mut().enumerate() {

@@ -350,3 +350,214 @@ fn a_renderer_without_meshes_draws_background() {
     assert!(target.mask().iter().all(|&m| m == 0));
     assert!(target.depth_m().iter().all(|&d| d == 0.0));
 }
+
+/// 2 x 2 texels: red, green on the top row; blue, grey on the bottom row.
+fn quad_texture() -> Texture {
+    Texture::new(
+        2,
+        2,
+        vec![[255, 0, 0], [0, 255, 0], [0, 0, 255], [100, 100, 100]],
+    )
+    .unwrap()
+}
+
+/// `(u, v)` of [`square`]'s corners with the identity pose: the object's -y is the top of
+/// the image, where `v = 1`.
+const SQUARE_UVS: [[f32; 2]; 4] = [[0.0, 1.0], [1.0, 1.0], [1.0, 0.0], [0.0, 0.0]];
+
+fn textured_square(half_m: f32, texture: Texture) -> Mesh {
+    square(half_m, [1, 2, 3])
+        .with_texture(texture, TextureCoords::PerVertex(SQUARE_UVS.to_vec()))
+        .unwrap()
+}
+
+#[test]
+fn bilinear_samples_hit_texel_centres_and_average_between_them() {
+    let texture = quad_texture();
+    // Texel centres: (u, v) = ((x + 0.5) / 2, 1 - (y + 0.5) / 2).
+    assert_eq!(sample_bilinear(&texture, [0.25, 0.75]), [255.0, 0.0, 0.0]);
+    assert_eq!(sample_bilinear(&texture, [0.75, 0.75]), [0.0, 255.0, 0.0]);
+    assert_eq!(sample_bilinear(&texture, [0.25, 0.25]), [0.0, 0.0, 255.0]);
+    assert_eq!(sample_bilinear(&texture, [0.75, 0.25]), [100.0; 3]);
+    // The midpoint: the mean of the four.
+    assert_eq!(sample_bilinear(&texture, [0.5, 0.5]), [88.75; 3]);
+    // Halfway along the top row.
+    assert_eq!(sample_bilinear(&texture, [0.5, 0.75]), [127.5, 127.5, 0.0]);
+}
+
+#[test]
+fn bilinear_samples_clamp_to_the_edge() {
+    let texture = quad_texture();
+    // The corners of [0, 1]^2 and far outside it: the corner texels.
+    assert_eq!(sample_bilinear(&texture, [0.0, 1.0]), [255.0, 0.0, 0.0]);
+    assert_eq!(sample_bilinear(&texture, [-3.0, 7.0]), [255.0, 0.0, 0.0]);
+    assert_eq!(sample_bilinear(&texture, [1.0, 0.0]), [100.0; 3]);
+    assert_eq!(sample_bilinear(&texture, [40.0, -2.5]), [100.0; 3]);
+    // Beyond the right edge, halfway down: the right column's mean.
+    assert_eq!(sample_bilinear(&texture, [1.5, 0.5]), [50.0, 177.5, 50.0]);
+    // NaN clamps to texel 0 and its weight is NaN: black after shading.
+    let nan = sample_bilinear(&texture, [f32::NAN, 0.5]);
+    assert!(nan.iter().all(|v| v.is_nan()));
+    assert_eq!(
+        shade_albedo(
+            &Shading::Albedo,
+            nan,
+            [1.0, 0.0, 0.0],
+            [[0.0; 3]; 3],
+            [0.0; 3]
+        ),
+        [0, 0, 0]
+    );
+    // A 1 x 1 texture is a constant.
+    let one = Texture::new(1, 1, vec![[9, 8, 7]]).unwrap();
+    assert_eq!(sample_bilinear(&one, [0.3, 0.9]), [9.0, 8.0, 7.0]);
+}
+
+#[test]
+fn a_textured_square_shows_its_texture_the_right_way_up() {
+    // Half-size 0.1 m at 1 m, f = 100: columns 22..42 and rows 14..34 of the image.
+    let mut renderer = CpuRenderer::new(vec![textured_square(0.1, quad_texture())], 1);
+    let instances = [Instance {
+        mesh: 0,
+        camera_from_object: at([0.0, 0.0, 1.0]),
+    }];
+    let target = render_one(
+        &mut renderer,
+        camera(WIDTH, HEIGHT),
+        &instances,
+        &Shading::Albedo,
+    );
+    let rgb = |u: usize, v: usize| target.rgb()[v * WIDTH + u];
+    // Quarters of the square away from the centre lines: one texel each (clamped or a
+    // texel-centre region), top left red, top right green, bottom left blue.
+    assert_eq!(rgb(24, 16), [255, 0, 0]);
+    assert_eq!(rgb(40, 16), [0, 255, 0]);
+    assert_eq!(rgb(24, 32), [0, 0, 255]);
+    assert_eq!(rgb(40, 32), [100, 100, 100]);
+    // The centre: the mean of the four texels, 88.75 (rounded, up to the interpolation).
+    for channel in rgb(32, 24) {
+        assert!((88..=90).contains(&channel), "{:?}", rgb(32, 24));
+    }
+    // Along the top row of texels, halfway across: red and green mixed.
+    let top_middle = rgb(32, 16);
+    assert!(top_middle[0].abs_diff(128) <= 2 && top_middle[1].abs_diff(128) <= 2);
+    assert_eq!(top_middle[2], 0);
+    // The vertex colours are not used, the background stays black.
+    assert_eq!(rgb(0, 0), [0, 0, 0]);
+    // Lambert scales the texture colour as it scales vertex colours (head light: 0.95).
+    let lit = render_one(
+        &mut renderer,
+        camera(WIDTH, HEIGHT),
+        &instances,
+        &Shading::default(),
+    );
+    assert_eq!(lit.rgb()[16 * WIDTH + 24], [242, 0, 0]);
+}
+
+#[test]
+fn per_vertex_and_per_corner_coordinates_render_the_same() {
+    let per_vertex = textured_square(0.1, quad_texture());
+    let corners: Vec<[[f32; 2]; 3]> = [[0_usize, 1, 2], [0, 2, 3]]
+        .iter()
+        .map(|t| t.map(|i| SQUARE_UVS[i]))
+        .collect();
+    let per_corner = square(0.1, [1, 2, 3])
+        .with_texture(quad_texture(), TextureCoords::PerCorner(corners))
+        .unwrap();
+    assert_eq!(per_vertex.corner_uvs(), per_corner.corner_uvs());
+    let mut renderer = CpuRenderer::new(vec![per_vertex, per_corner], 2);
+    let pose = Pose {
+        rotation: *Rotation3::from_euler_angles(0.3, -0.4, 0.2).matrix(),
+        translation_m: Vector3::new(0.01, -0.02, 0.8),
+    };
+    let images: Vec<RenderTarget> = (0..2)
+        .map(|mesh| {
+            let instances = [Instance {
+                mesh,
+                camera_from_object: pose,
+            }];
+            render_one(
+                &mut renderer,
+                camera(WIDTH, HEIGHT),
+                &instances,
+                &Shading::default(),
+            )
+        })
+        .collect();
+    assert_eq!(images[0].rgb(), images[1].rgb());
+    assert!(images[0].mask().iter().filter(|&&m| m != 0).count() > 300);
+}
+
+#[test]
+fn per_corner_coordinates_follow_triangles_that_new_turned_around() {
+    // A tetrahedron wound inwards: `Mesh::new` swaps corners 1 and 2 of every triangle.
+    let positions = vec![
+        [0.0, 0.0, 0.0],
+        [0.1, 0.0, 0.0],
+        [0.0, 0.1, 0.0],
+        [0.0, 0.0, 0.1],
+    ];
+    let inwards = vec![[0, 1, 2], [0, 3, 1], [0, 2, 3], [1, 3, 2]];
+    let uvs = [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.5, 0.5]];
+    let corners: Vec<[[f32; 2]; 3]> = inwards
+        .iter()
+        .map(|t: &[u32; 3]| t.map(|i| uvs[i as usize]))
+        .collect();
+    let mesh = Mesh::new(positions, inwards.clone(), None, None).unwrap();
+    assert_ne!(mesh.triangles(), inwards.as_slice());
+    let per_corner = mesh
+        .clone()
+        .with_texture(quad_texture(), TextureCoords::PerCorner(corners))
+        .unwrap();
+    let per_vertex = mesh
+        .with_texture(quad_texture(), TextureCoords::PerVertex(uvs.to_vec()))
+        .unwrap();
+    assert_eq!(per_corner.corner_uvs(), per_vertex.corner_uvs());
+}
+
+#[test]
+fn bad_textures_and_coordinates_are_errors() {
+    assert!(matches!(
+        Texture::new(0, 2, vec![]),
+        Err(KernelError::InvalidValue { .. })
+    ));
+    assert!(matches!(
+        Texture::new(2, 2, vec![[0; 3]; 3]),
+        Err(KernelError::SizeMismatch {
+            expected: 4,
+            found: 3,
+            ..
+        })
+    ));
+    assert!(matches!(
+        Texture::new(MAX_TEXTURE_SIDE + 1, 1, vec![[0; 3]; MAX_TEXTURE_SIDE + 1]),
+        Err(KernelError::LimitExceeded { .. })
+    ));
+    let mesh = square(0.1, [1, 2, 3]);
+    assert!(matches!(
+        mesh.clone()
+            .with_texture(quad_texture(), TextureCoords::PerVertex(vec![[0.0; 2]; 3])),
+        Err(KernelError::SizeMismatch {
+            expected: 4,
+            found: 3,
+            ..
+        })
+    ));
+    assert!(matches!(
+        mesh.clone().with_texture(
+            quad_texture(),
+            TextureCoords::PerCorner(vec![[[0.0; 2]; 3]])
+        ),
+        Err(KernelError::SizeMismatch {
+            expected: 2,
+            found: 1,
+            ..
+        })
+    ));
+    let mut uvs = SQUARE_UVS.to_vec();
+    uvs[2][1] = f32::INFINITY;
+    assert!(matches!(
+        mesh.with_texture(quad_texture(), TextureCoords::PerVertex(uvs)),
+        Err(KernelError::NotFinite { .. })
+    ));
+}
