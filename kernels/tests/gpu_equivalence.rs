@@ -6,8 +6,9 @@
 
 #![cfg(feature = "cuda")]
 
-use std::path::PathBuf;
+mod common;
 
+use common::{model_path, open_or_skip, read_ply};
 use nalgebra::{Rotation3, Vector3};
 use posed_kernels::cuda::{driver_present, CudaDevice, GpuPoseMetrics};
 use posed_kernels::metrics::PoseErrorModel;
@@ -25,72 +26,12 @@ const TOLERANCE_ABSOLUTE_M: f64 = 1e-15;
 
 const SEED: u64 = 0x5eed_0ad5;
 
-fn model_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/ycbv-mini/models/obj_000001.ply")
-}
-
-/// The vertex positions of a binary little-endian PLY, converted from millimetres (BOP
-/// models) to metres. Just enough PLY for the bundled models.
-fn read_ply_vertices_m(path: &PathBuf) -> Vec<[f64; 3]> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let end = b"end_header\n";
-    let header_len = bytes
-        .windows(end.len())
-        .position(|w| w == end)
-        .expect("PLY header end")
-        + end.len();
-    let header = std::str::from_utf8(&bytes[..header_len]).expect("ASCII header");
-    assert!(header.contains("format binary_little_endian 1.0"));
-    let mut n_vertices = 0;
-    let mut in_vertex = false;
-    let mut properties: Vec<(String, usize)> = Vec::new();
-    for line in header.lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["element", "vertex", n] => {
-                n_vertices = n.parse().expect("vertex count");
-                in_vertex = true;
-            }
-            ["element", ..] => in_vertex = false,
-            ["property", ty, name] if in_vertex => {
-                let size = match *ty {
-                    "char" | "uchar" | "int8" | "uint8" => 1,
-                    "short" | "ushort" | "int16" | "uint16" => 2,
-                    "int" | "uint" | "float" | "int32" | "uint32" | "float32" => 4,
-                    "double" | "float64" => 8,
-                    other => panic!("property type {other}"),
-                };
-                properties.push((format!("{ty} {name}"), size));
-            }
-            _ => {}
-        }
-    }
-    let stride: usize = properties.iter().map(|(_, size)| size).sum();
-    let offset_of = |name: &str| {
-        let index = properties
-            .iter()
-            .position(|(p, _)| p == name)
-            .unwrap_or_else(|| panic!("no vertex property {name}"));
-        properties[..index]
-            .iter()
-            .map(|(_, size)| size)
-            .sum::<usize>()
-    };
-    let offsets = [
-        offset_of("float x"),
-        offset_of("float y"),
-        offset_of("float z"),
-    ];
-    let body = &bytes[header_len..];
-    assert!(body.len() >= n_vertices * stride, "truncated vertex list");
-    (0..n_vertices)
-        .map(|i| {
-            offsets.map(|offset| {
-                let at = i * stride + offset;
-                let value = f32::from_le_bytes(body[at..at + 4].try_into().expect("4 bytes"));
-                f64::from(value) / 1000.0
-            })
-        })
+/// Object 1's vertex positions in metres.
+fn model_points_m() -> Vec<[f64; 3]> {
+    read_ply(&model_path(0))
+        .positions_m
+        .iter()
+        .map(|p| p.map(f64::from))
         .collect()
 }
 
@@ -153,28 +94,6 @@ fn pose_pairs(n: usize) -> Vec<(Pose, Pose)> {
         .collect()
 }
 
-fn open_or_skip() -> Option<CudaDevice> {
-    match CudaDevice::open(0) {
-        Ok(device) => {
-            eprintln!(
-                "CUDA device 0: {} (sm_{}{}), driver CUDA {}.{}",
-                device.name(),
-                device.compute_capability().0,
-                device.compute_capability().1,
-                device.driver_version().0,
-                device.driver_version().1
-            );
-            Some(device)
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: no CUDA device ({e})");
-            None
-        }
-    }
-}
-
-/// Asserts `gpu` matches `cpu` within the named tolerance; returns how many are
-/// bit-identical.
 fn compare(metric: &str, pairs: &[(Pose, Pose)], cpu: &[f64], gpu: &[f64]) -> usize {
     let mut identical = 0;
     let mut worst = 0.0_f64;
@@ -231,7 +150,7 @@ fn gpu_add_and_adds_match_the_cpu_twin() {
     let Some(device) = open_or_skip() else {
         return;
     };
-    let points = read_ply_vertices_m(&model_path());
+    let points = model_points_m();
     assert_eq!(points.len(), 3785);
     let cpu_model =
         PoseErrorModel::new(points.clone(), 0.17, vec![Pose::identity()]).expect("CPU model");
@@ -275,7 +194,7 @@ fn gpu_metrics_refuse_what_the_cpu_twin_refuses() {
         GpuPoseMetrics::new(&device, &[[0.0, f64::NAN, 0.0]]),
         Err(KernelError::NotFinite { .. })
     ));
-    let points = read_ply_vertices_m(&model_path());
+    let points = model_points_m();
     let mut gpu = GpuPoseMetrics::new(&device, &points).expect("GPU metrics");
     let pairs = pose_pairs(3);
     let mut short = [f64::NAN; 2];
@@ -304,7 +223,7 @@ fn gpu_metrics_refuse_what_the_cpu_twin_refuses() {
 #[test]
 fn the_model_reader_finds_the_bundled_model() {
     // Runs everywhere, so that a moved data file fails here and not only on a GPU machine.
-    let points = read_ply_vertices_m(&model_path());
+    let points = model_points_m();
     assert_eq!(points.len(), 3785);
     let radius_m = points
         .iter()

@@ -643,16 +643,7 @@ impl GpuRenderer {
         targets: &mut [RenderTarget],
         shading: &Shading,
     ) -> Result<(), KernelError> {
-        if items.len() != targets.len() {
-            return Err(KernelError::SizeMismatch {
-                what: "render targets (one per item)",
-                expected: items.len(),
-                found: targets.len(),
-            });
-        }
-        for (item, target) in items.iter().zip(targets.iter()) {
-            CpuRenderer::check_item(item, target, self.meshes.len())?;
-        }
+        CpuRenderer::check_batch(items, targets, self.meshes.len())?;
         for item in items {
             self.check_fits(item)?;
         }

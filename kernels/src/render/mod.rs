@@ -201,16 +201,7 @@ impl CpuRenderer {
         targets: &mut [RenderTarget],
         shading: &Shading,
     ) -> Result<(), KernelError> {
-        if items.len() != targets.len() {
-            return Err(KernelError::SizeMismatch {
-                what: "render targets (one per item)",
-                expected: items.len(),
-                found: targets.len(),
-            });
-        }
-        for (item, target) in items.iter().zip(targets.iter()) {
-            Self::check_item(item, target, self.meshes.len())?;
-        }
+        Self::check_batch(items, targets, self.meshes.len())?;
         // Chunks of items small enough that their bands fit one pool run.
         let plan = self.band_plan(items);
         let items_per_chunk = (MAX_TASKS_PER_RUN / plan.bands_per_item).max(1);
@@ -220,6 +211,26 @@ impl CpuRenderer {
         {
             self.project_chunk(item_chunk);
             self.raster_chunk(item_chunk, target_chunk, plan, shading);
+        }
+        Ok(())
+    }
+
+    /// The checks every renderer makes before drawing anything: one target per item, and
+    /// [`Self::check_item`] for each.
+    pub(crate) fn check_batch(
+        items: &[RenderItem<'_>],
+        targets: &[RenderTarget],
+        mesh_count: usize,
+    ) -> Result<(), KernelError> {
+        if items.len() != targets.len() {
+            return Err(KernelError::SizeMismatch {
+                what: "render targets (one per item)",
+                expected: items.len(),
+                found: targets.len(),
+            });
+        }
+        for (item, target) in items.iter().zip(targets) {
+            Self::check_item(item, target, mesh_count)?;
         }
         Ok(())
     }
