@@ -13,6 +13,8 @@ use crate::bop::dataset::ImageFile;
 use crate::bop::images::{read_rgb, write_depth_png_u16, write_gray_png_u8, write_rgb_png};
 use crate::bop::results::{read_results, write_results};
 use crate::bop::targets::read_targets;
+use crate::config::Config;
+use crate::engines;
 use crate::eval::{all_instance_targets, evaluate, Device, EvalOptions, TargetSource};
 use crate::overlay::{
     blend_overlay, depth_for_png, draw_contours, estimated_objects, find_image,
@@ -43,6 +45,72 @@ pub enum Command {
     /// Draw objects over a dataset image as CosyPose's overlays do (ground-truth poses, or
     /// the estimates of a results CSV), optionally writing the rendered depth and mask.
     Render(RenderArgs),
+    /// Networks and engines: check an ONNX file against its role's contract, build the
+    /// engines a configuration names ahead of time, list the engine cache, run one batch.
+    #[command(subcommand)]
+    Engines(EnginesCommand),
+}
+
+/// `posed engines ...`.
+#[derive(Debug, Subcommand)]
+pub enum EnginesCommand {
+    /// Check ONNX files and their sidecars against the contracts; print what they declare.
+    Check(EnginesCheckArgs),
+    /// Build (or verify in the cache) the engine of every network in a configuration file,
+    /// so that `posed run` starts without building.
+    Build(EnginesBuildArgs),
+    /// List the engine cache: what is cached, for which device and precision, how old.
+    List(EnginesListArgs),
+    /// Run one batch (a float32 .npy, the model's input) through a backend and write the
+    /// first output as .npy, for debugging and comparing backends with other runtimes.
+    Run(EnginesRunArgs),
+}
+
+/// Arguments of `posed engines check`.
+#[derive(Debug, clap::Args)]
+pub struct EnginesCheckArgs {
+    /// ONNX files (each with its sidecar .toml next to it).
+    #[arg(required = true)]
+    pub models: Vec<PathBuf>,
+}
+
+/// Arguments of `posed engines build`.
+#[derive(Debug, clap::Args)]
+pub struct EnginesBuildArgs {
+    /// Configuration file ([networks] and [engines]).
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+/// Arguments of `posed engines list`.
+#[derive(Debug, clap::Args)]
+pub struct EnginesListArgs {
+    /// Cache directory (default: the configuration's, else $POSED_CACHE_DIR,
+    /// $XDG_CACHE_HOME/posed/engines or ~/.cache/posed/engines).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Configuration file whose [engines] cache_dir to list.
+    #[arg(long, conflicts_with = "cache_dir")]
+    pub config: Option<PathBuf>,
+}
+
+/// Arguments of `posed engines run`.
+#[derive(Debug, clap::Args)]
+pub struct EnginesRunArgs {
+    /// The ONNX file (with its sidecar).
+    pub model: PathBuf,
+    /// Input batch: float32 .npy in the contract's shape (e.g. [B, 6, 240, 320]).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Output .npy: the model's first contract output (pose_update, or boxes).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Backend.
+    #[arg(long, default_value = "cpu")]
+    pub backend: posed_engines::BackendKind,
+    /// Configuration file for the backend's settings (precision, cache, ...).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 /// `--device` of `posed eval`.
@@ -190,6 +258,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => run_eval(&args),
         Command::SynthResults(args) => run_synth(&args),
         Command::Render(args) => run_render(&args),
+        Command::Engines(command) => run_engines(command),
     }
 }
 
@@ -347,4 +416,160 @@ fn run_render(args: &RenderArgs) -> anyhow::Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+fn run_engines(command: EnginesCommand) -> anyhow::Result<()> {
+    match command {
+        EnginesCommand::Check(args) => {
+            let mut failed = 0;
+            for path in &args.models {
+                match engines::open_network(path) {
+                    Ok(network) => {
+                        let sidecar = network.sidecar();
+                        println!(
+                            "{}: ok: {} network, {} labels, sha256 {}",
+                            path.display(),
+                            sidecar.role,
+                            sidecar.labels.len(),
+                            network.sha256_hex()
+                        );
+                        let signature = network.signature();
+                        for input in &signature.inputs {
+                            println!("  input  {}: {input}", input.name);
+                        }
+                        for output in &signature.outputs {
+                            println!("  output {}: {output}", output.name);
+                        }
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("posed engines check: {e}");
+                    }
+                }
+            }
+            anyhow::ensure!(
+                failed == 0,
+                "{failed} of {} networks failed the check",
+                args.models.len()
+            );
+            Ok(())
+        }
+        EnginesCommand::Build(args) => {
+            let config = Config::load(&args.config)?;
+            let networks = config.networks.by_role();
+            anyhow::ensure!(
+                !networks.is_empty(),
+                "{}: [networks] names no network (detector, coarse or refiner)",
+                args.config.display()
+            );
+            let options = config.engines.model_options();
+            eprintln!(
+                "posed engines build: {} networks, backend {}, {}, batch up to {}, cache {}",
+                networks.len(),
+                config.engines.backend,
+                config.engines.precision.name(),
+                options.max_batch,
+                config.engines.cache_dir().display()
+            );
+            for (role, path) in networks {
+                let network = engines::open_network(path)?;
+                anyhow::ensure!(
+                    network.sidecar().role == role,
+                    "{}: configured as the {role} but its sidecar says {}",
+                    path.display(),
+                    network.sidecar().role
+                );
+                let spinner = indicatif::ProgressBar::new_spinner();
+                spinner.set_message(format!("{role}: {}", path.display()));
+                spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+                let built = engines::build_engine(&config.engines, network, options);
+                spinner.finish_and_clear();
+                let (_, report) = built?;
+                eprintln!(
+                    "  {role:<8} {}: {} in {:.2} s",
+                    path.display(),
+                    match report.outcome {
+                        posed_engines::CacheOutcome::Hit => "cached, verified",
+                        posed_engines::CacheOutcome::Built => "built",
+                        posed_engines::CacheOutcome::Rebuilt =>
+                            "rebuilt (the cached entry was unusable)",
+                        posed_engines::CacheOutcome::BuiltByOther => "built by another process",
+                    },
+                    report.elapsed.as_secs_f64()
+                );
+            }
+            Ok(())
+        }
+        EnginesCommand::List(args) => {
+            let dir = match (&args.cache_dir, &args.config) {
+                (Some(dir), _) => dir.clone(),
+                (None, Some(config)) => Config::load(config)?.engines.cache_dir(),
+                (None, None) => posed_engines::EngineCache::default_dir(),
+            };
+            if !dir.exists() {
+                println!(
+                    "posed engines: no cache at {} (nothing built yet)",
+                    dir.display()
+                );
+                return Ok(());
+            }
+            let cache = posed_engines::EngineCache::open(&dir)?;
+            let entries = cache.list()?;
+            println!(
+                "posed engines: {} entries in {}",
+                entries.len(),
+                dir.display()
+            );
+            let now = std::time::SystemTime::now();
+            for entry in &entries {
+                println!("  {}", engines::describe_entry(entry, now));
+            }
+            Ok(())
+        }
+        EnginesCommand::Run(args) => {
+            let network = engines::open_network(&args.model)?;
+            let (shape, input) =
+                posed_engines::npy::read_npy(&args.input)?.into_f32(&args.input)?;
+            let mut engines_config = match &args.config {
+                Some(path) => Config::load(path)?.engines,
+                None => crate::config::EnginesConfig::default(),
+            };
+            engines_config.backend = args.backend;
+            let options = engines::options_for_input(&network, &shape);
+            let started = Instant::now();
+            // The CPU backend loads in milliseconds: no need to write to the cache for it.
+            let model = match args.backend {
+                posed_engines::BackendKind::Cpu => posed_engines::Backend::load(
+                    &posed_engines::CpuBackend::new(),
+                    network,
+                    options,
+                )?,
+                posed_engines::BackendKind::TensorRt => {
+                    engines::build_engine(&engines_config, network, options)?.0
+                }
+            };
+            let loaded = started.elapsed();
+            let started = Instant::now();
+            let output = engines::run_once(model.as_ref(), &input, &shape).with_context(|| {
+                format!(
+                    "running {} on {}",
+                    args.model.display(),
+                    args.input.display()
+                )
+            })?;
+            let ran = started.elapsed();
+            posed_engines::npy::write_npy(&args.out, &output)?;
+            eprintln!(
+                "posed engines run: {} on {}: input {:?} -> output {:?}, load {:.1} ms, run {:.1} ms, wrote {}",
+                args.model.display(),
+                args.backend,
+                shape,
+                output.shape,
+                loaded.as_secs_f64() * 1e3,
+                ran.as_secs_f64() * 1e3,
+                args.out.display()
+            );
+            Ok(())
+        }
+    }
 }

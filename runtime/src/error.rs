@@ -74,6 +74,19 @@ pub enum Error {
         /// The kernel's error.
         source: posed_kernels::KernelError,
     },
+    /// A configuration file that does not parse or holds a bad value.
+    #[error("{path}: {key}: {reason}")]
+    Config {
+        /// The configuration file.
+        path: PathBuf,
+        /// The key, dotted (e.g. `engines.max_batch`), or `(file)`.
+        key: String,
+        /// What was expected and what was found.
+        reason: String,
+    },
+    /// A network, backend or engine cache error (it names its file).
+    #[error(transparent)]
+    Engine(#[from] posed_engines::EngineError),
 }
 
 /// Result with the library's error.

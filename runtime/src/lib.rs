@@ -7,6 +7,8 @@
 
 pub mod bop;
 pub mod cli;
+pub mod config;
+pub mod engines;
 mod error;
 pub mod eval;
 pub mod overlay;

@@ -1,0 +1,259 @@
+//! The CPU backend (tract) against onnxruntime's outputs on the test networks
+//! (data/networks/golden, made by tools/onnx_golden.py), and its behaviour on bad runs.
+
+use std::path::{Path, PathBuf};
+
+use posed_engines::npy::{read_npy, NpyData};
+use posed_engines::{Backend, CpuBackend, ModelOptions, Network, Outputs, Session};
+use serde::Deserialize;
+
+/// tract and onnxruntime sum in different orders; the networks are small and in [0, 1].
+const MAX_ABS_DIFFERENCE: f32 = 1e-5;
+
+fn networks_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/networks")
+}
+
+#[derive(Deserialize)]
+struct Manifest {
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    network: String,
+    input: TensorFile,
+    outputs: Vec<TensorFile>,
+}
+
+#[derive(Deserialize)]
+struct TensorFile {
+    name: String,
+    file: String,
+    shape: Vec<usize>,
+}
+
+fn manifest() -> Manifest {
+    let path = networks_dir().join("golden/manifest.json");
+    let text = std::fs::read_to_string(&path).expect("golden manifest");
+    serde_json::from_str(&text).expect("manifest parses")
+}
+
+fn session(network: &Path, max_batch: usize) -> Box<dyn Session> {
+    let network = Network::open(network).expect("network");
+    let options = ModelOptions {
+        max_batch,
+        max_image_hw: (240, 320),
+    };
+    let model = CpuBackend::new().load(network, options).expect("load");
+    model.new_session().expect("session")
+}
+
+fn read_input(file: &str) -> (Vec<usize>, Vec<f32>) {
+    let path = networks_dir().join("golden").join(file);
+    read_npy(&path)
+        .expect("input")
+        .into_f32(&path)
+        .expect("f32 input")
+}
+
+#[test]
+fn matches_onnxruntime_on_every_golden_case() {
+    let cases = manifest().cases;
+    assert_eq!(cases.len(), 8, "every network at every golden batch size");
+    for case in cases {
+        let mut session = session(&networks_dir().join(&case.network), 4);
+        let (shape, input) = read_input(&case.input.file);
+        assert_eq!(shape, case.input.shape);
+        let mut outputs = session.allocate_outputs();
+        session
+            .run(&input, &shape, &mut outputs)
+            .unwrap_or_else(|e| panic!("{}: {e}", case.network));
+        let mut compared = 0;
+        for golden in &case.outputs {
+            // Outputs outside the contract (torchvision's masks) are not produced.
+            let Some(ours) = outputs.get(&golden.name) else {
+                assert_eq!(golden.name, "masks", "{}", case.network);
+                continue;
+            };
+            assert_eq!(
+                ours.shape().dims(),
+                golden.shape.as_slice(),
+                "{} {}",
+                case.network,
+                golden.name
+            );
+            let path = networks_dir().join("golden").join(&golden.file);
+            match read_npy(&path).expect("golden output").data {
+                NpyData::F32(expected) => {
+                    let got = ours.f32s().expect("float output");
+                    let worst = got
+                        .iter()
+                        .zip(&expected)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0.0f32, f32::max);
+                    assert!(
+                        worst <= MAX_ABS_DIFFERENCE,
+                        "{} {}: max |tract - onnxruntime| = {worst:e}",
+                        case.network,
+                        golden.name
+                    );
+                }
+                NpyData::I64(expected) => {
+                    assert_eq!(
+                        ours.i64s().expect("int output"),
+                        expected.as_slice(),
+                        "{}",
+                        case.network
+                    );
+                }
+            }
+            compared += 1;
+        }
+        assert_eq!(
+            compared,
+            outputs.tensors().len(),
+            "{}: every contract output compared",
+            case.network
+        );
+    }
+}
+
+#[test]
+fn identity_network_returns_the_identity_update_exactly() {
+    let mut session = session(&networks_dir().join("refiner-identity.onnx"), 2);
+    let (shape, input) = read_input("refiner-tiny.b2.input.npy");
+    let mut outputs = session.allocate_outputs();
+    session.run(&input, &shape, &mut outputs).expect("run");
+    let update = outputs
+        .get("pose_update")
+        .expect("pose_update")
+        .f32s()
+        .expect("f32");
+    let identity = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
+    assert_eq!(update, [identity, identity].concat().as_slice());
+}
+
+#[test]
+fn batch_rows_are_independent_and_sessions_reusable() {
+    let mut session = session(&networks_dir().join("refiner-tiny.onnx"), 4);
+    let (shape2, input2) = read_input("refiner-tiny.b2.input.npy");
+    let mut outputs = session.allocate_outputs();
+    session
+        .run(&input2, &shape2, &mut outputs)
+        .expect("batch 2");
+    let both: Vec<f32> = outputs.tensors()[0].f32s().expect("f32").to_vec();
+    // The second image alone gives the second row (up to summation order).
+    let per_image = input2.len() / 2;
+    for _ in 0..2 {
+        session
+            .run(&input2[per_image..], &[1, 6, 240, 320], &mut outputs)
+            .expect("batch 1");
+        let second = outputs.tensors()[0].f32s().expect("f32");
+        assert_eq!(outputs.tensors()[0].shape().dims(), &[1, 9]);
+        for (a, b) in second.iter().zip(&both[9..]) {
+            assert!((a - b).abs() <= MAX_ABS_DIFFERENCE, "{a} vs {b}");
+        }
+    }
+}
+
+#[test]
+fn bad_runs_are_errors_not_panics() {
+    let mut session = session(&networks_dir().join("refiner-tiny.onnx"), 1);
+    let mut outputs = session.allocate_outputs();
+    let (shape, input) = read_input("refiner-tiny.b2.input.npy");
+    let err = session
+        .run(&input, &shape, &mut outputs)
+        .expect_err("batch 2 > max 1");
+    assert!(err.to_string().contains("max_batch"), "{err}");
+    let err = session
+        .run(&input[..100], &[1, 6, 240, 320], &mut outputs)
+        .expect_err("short input");
+    assert!(err.to_string().contains("input length"), "{err}");
+    let err = session
+        .run(&input, &[2, 3, 240, 640], &mut outputs)
+        .expect_err("wrong shape");
+    assert!(err.to_string().contains("[batch, 6, 240, 320]"), "{err}");
+    // Outputs from another session with smaller buffers are refused, not overrun.
+    let mut small = Outputs::new(vec![posed_engines::OutputTensor::with_capacity(
+        "pose_update",
+        posed_engines::DType::F32,
+        4,
+    )]);
+    let err = session
+        .run(&input[..input.len() / 2], &[1, 6, 240, 320], &mut small)
+        .expect_err("small");
+    assert!(err.to_string().contains("pose_update"), "{err}");
+}
+
+#[test]
+fn torchvision_layout_runs_one_image() {
+    let mut session = session(&networks_dir().join("detector-torchvision.onnx"), 1);
+    let (shape, input) = read_input("detector-torchvision.b1.input.npy");
+    let mut outputs = session.allocate_outputs();
+    session.run(&input, &shape, &mut outputs).expect("run");
+    let boxes = outputs.get("boxes").expect("boxes");
+    assert_eq!(boxes.shape().dims(), &[5, 4]);
+    let labels = outputs.get("labels").expect("labels").i64s().expect("i64");
+    assert!(labels.iter().all(|&l| (1..=21).contains(&l)), "{labels:?}");
+}
+
+#[test]
+fn engine_cache_round_trip_and_recovery() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = posed_engines::EngineCache::open(dir.path()).expect("cache");
+    let backend = CpuBackend::with_cache(cache.clone());
+    let path = networks_dir().join("refiner-tiny.onnx");
+    let options = ModelOptions {
+        max_batch: 2,
+        max_image_hw: (240, 320),
+    };
+    let (shape, input) = read_input("refiner-tiny.b2.input.npy");
+    let golden_path = networks_dir().join("golden/refiner-tiny.b2.pose_update.npy");
+    let NpyData::F32(golden) = read_npy(&golden_path).expect("golden").data else {
+        panic!("golden is float32");
+    };
+    let run = |outcome_expected: posed_engines::CacheOutcome| {
+        let network = Network::open(&path).expect("network");
+        let (model, outcome) = backend.load_with_outcome(network, options).expect("load");
+        assert_eq!(outcome, outcome_expected);
+        let mut session = posed_engines::Model::new_session(&model).expect("session");
+        let mut outputs = session.allocate_outputs();
+        session.run(&input, &shape, &mut outputs).expect("run");
+        let got = outputs.tensors()[0].f32s().expect("f32");
+        for (a, b) in got.iter().zip(&golden) {
+            assert!((a - b).abs() <= MAX_ABS_DIFFERENCE, "{a} vs {b}");
+        }
+    };
+    run(posed_engines::CacheOutcome::Built);
+    run(posed_engines::CacheOutcome::Hit);
+
+    // A damaged entry is detected, set aside and rebuilt; the model still matches.
+    let network = Network::open(&path).expect("network");
+    let entry = cache.entry_path(&CpuBackend::engine_key(&network, &options));
+    let mut bytes = std::fs::read(&entry).expect("entry");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&entry, &bytes).expect("damage");
+    run(posed_engines::CacheOutcome::Rebuilt);
+    run(posed_engines::CacheOutcome::Hit);
+
+    // An entry that verifies but that tract cannot read is not trusted: the ONNX is used.
+    cache
+        .store(
+            &CpuBackend::engine_key(&network, &options),
+            b"not an NNEF archive",
+        )
+        .expect("store");
+    run(posed_engines::CacheOutcome::Hit);
+
+    // Other options are another entry.
+    let other = ModelOptions {
+        max_batch: 4,
+        ..options
+    };
+    assert_ne!(
+        CpuBackend::engine_key(&network, &options).digest(),
+        CpuBackend::engine_key(&network, &other).digest()
+    );
+}

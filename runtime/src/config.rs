@@ -1,0 +1,296 @@
+//! The configuration file (TOML), shared by `posed engines build`, `posed predict` and the
+//! daemon. Paths inside are relative to the file's folder. Unknown keys are errors, and
+//! every error names the key.
+//!
+//! ```toml
+//! [networks]
+//! detector = "networks/detector.onnx"   # each optional; a sidecar .toml next to each
+//! coarse = "networks/coarse.onnx"
+//! refiner = "networks/refiner.onnx"
+//!
+//! [engines]
+//! backend = "cpu"          # "cpu" (default) or "tensorrt"
+//! precision = "fp16"       # "fp32" (default), "fp16" or "int8" (TensorRT only)
+//! dla_core = 0             # TensorRT: run on this DLA core (GPU fallback); omit for the GPU
+//! workspace_mib = 1024     # TensorRT builder workspace limit
+//! max_batch = 16           # objects per coarse / refiner pass, images per detector pass
+//! max_image = [480, 640]   # largest detector input, height and width in pixels
+//! cache_dir = "/var/cache/posed/engines"  # default: $POSED_CACHE_DIR, $XDG_CACHE_HOME/posed/engines
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use posed_engines::{BackendKind, ModelOptions, Precision, Role};
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The networks.
+    #[serde(default)]
+    pub networks: NetworksConfig,
+    /// How networks run.
+    #[serde(default)]
+    pub engines: EnginesConfig,
+}
+
+/// `[networks]`: ONNX files by role.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworksConfig {
+    /// Detector ONNX file.
+    pub detector: Option<PathBuf>,
+    /// Coarse ONNX file.
+    pub coarse: Option<PathBuf>,
+    /// Refiner ONNX file.
+    pub refiner: Option<PathBuf>,
+}
+
+impl NetworksConfig {
+    /// The configured networks with their roles, detector first.
+    pub fn by_role(&self) -> Vec<(Role, &Path)> {
+        [
+            (Role::Detector, &self.detector),
+            (Role::Coarse, &self.coarse),
+            (Role::Refiner, &self.refiner),
+        ]
+        .into_iter()
+        .filter_map(|(role, path)| path.as_deref().map(|p| (role, p)))
+        .collect()
+    }
+}
+
+/// `[engines]`: backend and engine settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnginesConfig {
+    /// The backend.
+    #[serde(default)]
+    pub backend: BackendKind,
+    /// Numeric precision (TensorRT; the CPU backend computes in fp32).
+    #[serde(default)]
+    pub precision: Precision,
+    /// DLA core for TensorRT.
+    pub dla_core: Option<u32>,
+    /// TensorRT builder workspace limit, MiB.
+    #[serde(default = "default_workspace_mib")]
+    pub workspace_mib: usize,
+    /// Largest batch.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// Largest detector input, [height, width].
+    #[serde(default = "default_max_image")]
+    pub max_image: [usize; 2],
+    /// Engine cache directory.
+    pub cache_dir: Option<PathBuf>,
+}
+
+fn default_workspace_mib() -> usize {
+    1024
+}
+
+fn default_max_batch() -> usize {
+    ModelOptions::default().max_batch
+}
+
+fn default_max_image() -> [usize; 2] {
+    let (h, w) = ModelOptions::default().max_image_hw;
+    [h, w]
+}
+
+impl Default for EnginesConfig {
+    fn default() -> Self {
+        EnginesConfig {
+            backend: BackendKind::default(),
+            precision: Precision::default(),
+            dla_core: None,
+            workspace_mib: default_workspace_mib(),
+            max_batch: default_max_batch(),
+            max_image: default_max_image(),
+            cache_dir: None,
+        }
+    }
+}
+
+impl EnginesConfig {
+    /// The model options these settings give.
+    pub fn model_options(&self) -> ModelOptions {
+        ModelOptions {
+            max_batch: self.max_batch,
+            max_image_hw: (self.max_image[0], self.max_image[1]),
+        }
+    }
+
+    /// The cache directory: the configured one or the default.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache_dir
+            .clone()
+            .unwrap_or_else(posed_engines::EngineCache::default_dir)
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(path, &text, base)
+    }
+
+    /// Parses configuration text read from `path`; relative paths are resolved against
+    /// `base`.
+    pub fn parse(path: &Path, text: &str, base: &Path) -> Result<Config> {
+        let error = |key: &str, reason: String| Error::Config {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            reason,
+        };
+        let deserializer =
+            toml::Deserializer::parse(text).map_err(|e| error("(file)", e.to_string()))?;
+        let mut config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = match e.path().to_string() {
+                root if root == "." => "(top level)".to_owned(),
+                path => path,
+            };
+            error(&key, e.into_inner().message().trim().to_owned())
+        })?;
+        for path in [
+            &mut config.networks.detector,
+            &mut config.networks.coarse,
+            &mut config.networks.refiner,
+            &mut config.engines.cache_dir,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+        config
+            .engines
+            .model_options()
+            .validate()
+            .map_err(|e| match e {
+                posed_engines::EngineError::Config { what, reason } => {
+                    let key = match what {
+                        "max_image_hw" => "engines.max_image",
+                        _ => "engines.max_batch",
+                    };
+                    error(key, reason)
+                }
+                other => error("engines", other.to_string()),
+            })?;
+        if config.engines.workspace_mib == 0 {
+            return Err(error(
+                "engines.workspace_mib",
+                "expected at least 1 MiB, found 0".to_owned(),
+            ));
+        }
+        if config.engines.backend == BackendKind::Cpu {
+            if config.engines.precision != Precision::Fp32 {
+                return Err(error(
+                    "engines.precision",
+                    format!(
+                        "the cpu backend computes in fp32, found \"{}\" (use backend = \"tensorrt\")",
+                        config.engines.precision.name()
+                    ),
+                ));
+            }
+            if config.engines.dla_core.is_some() {
+                return Err(error(
+                    "engines.dla_core",
+                    "a DLA core needs backend = \"tensorrt\"".to_owned(),
+                ));
+            }
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(Path::new("posed.toml"), text, Path::new("/etc/posed"))
+    }
+
+    #[test]
+    fn full_file_parses_and_resolves_paths() {
+        let config = parse(
+            r#"
+            [networks]
+            refiner = "networks/refiner.onnx"
+            detector = "/opt/det.onnx"
+            [engines]
+            backend = "tensorrt"
+            precision = "fp16"
+            dla_core = 1
+            max_batch = 8
+            max_image = [540, 720]
+            cache_dir = "cache"
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(
+            config.networks.refiner.as_deref(),
+            Some(Path::new("/etc/posed/networks/refiner.onnx"))
+        );
+        assert_eq!(
+            config.networks.detector.as_deref(),
+            Some(Path::new("/opt/det.onnx"))
+        );
+        assert_eq!(config.engines.backend, BackendKind::TensorRt);
+        assert_eq!(config.engines.precision, Precision::Fp16);
+        assert_eq!(config.engines.model_options().max_image_hw, (540, 720));
+        assert_eq!(
+            config.engines.cache_dir(),
+            PathBuf::from("/etc/posed/cache")
+        );
+        let roles: Vec<Role> = config.networks.by_role().iter().map(|(r, _)| *r).collect();
+        assert_eq!(roles, [Role::Detector, Role::Refiner]);
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config = parse("").expect("empty is valid");
+        assert_eq!(config.engines, EnginesConfig::default());
+        assert_eq!(config.engines.backend, BackendKind::Cpu);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let check = |text: &str, key: &str, part: &str| {
+            let message = parse(text).expect_err(text).to_string();
+            assert!(message.starts_with("posed.toml: "), "{message}");
+            assert!(message.contains(key), "expected key {key} in: {message}");
+            assert!(message.contains(part), "expected {part:?} in: {message}");
+        };
+        check(
+            "[engines]\nmax_batch = \"many\"",
+            "engines.max_batch",
+            "string",
+        );
+        check("[engines]\nmax_batch = 0", "engines.max_batch", "found 0");
+        check(
+            "[engines]\nbackend = \"onnxruntime\"",
+            "engines.backend",
+            "onnxruntime",
+        );
+        check(
+            "[engines]\nprecision = \"fp16\"",
+            "engines.precision",
+            "cpu backend",
+        );
+        check("[engines]\nmax_image = [480]", "engines.max_image", "");
+        check("[networks]\nrefinr = \"x.onnx\"", "networks", "refinr");
+        check("[engines\nbackend = 1", "(file)", "");
+    }
+}

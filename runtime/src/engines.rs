@@ -1,0 +1,202 @@
+//! Backends as the configuration asks for them: building engines ahead of time (so the
+//! service starts fast), listing the cache, and running one batch for debugging.
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use posed_engines::cache::EntryInfo;
+use posed_engines::cpu::CpuModel;
+use posed_engines::npy::{NpyArray, NpyData};
+use posed_engines::{
+    Backend, BackendKind, CacheOutcome, CpuBackend, EngineCache, Model, ModelOptions, Network,
+    OutputTensor,
+};
+
+use crate::config::EnginesConfig;
+use crate::{Error, Result};
+
+/// The backend `config` names, with its engine cache.
+pub fn make_backend(config: &EnginesConfig) -> Result<Box<dyn Backend>> {
+    let cache = EngineCache::open(config.cache_dir())?;
+    match config.backend {
+        BackendKind::Cpu => Ok(Box::new(CpuBackend::with_cache(cache))),
+        BackendKind::TensorRt => tensorrt_backend(config, cache),
+    }
+}
+
+#[cfg(feature = "tensorrt")]
+fn tensorrt_backend(config: &EnginesConfig, cache: EngineCache) -> Result<Box<dyn Backend>> {
+    use posed_engines::tensorrt::{TensorRtBackend, TensorRtOptions};
+    let options = TensorRtOptions {
+        cache,
+        precision: config.precision,
+        dla_core: config.dla_core,
+        workspace_mib: config.workspace_mib,
+        device_ordinal: 0,
+    };
+    Ok(Box::new(TensorRtBackend::new(options)?))
+}
+
+#[cfg(not(feature = "tensorrt"))]
+fn tensorrt_backend(_config: &EnginesConfig, _cache: EngineCache) -> Result<Box<dyn Backend>> {
+    Err(posed_engines::EngineError::BackendUnavailable {
+        backend: "tensorrt",
+        reason: "this posed was built without the `tensorrt` feature (cargo build --features tensorrt, with TensorRT's headers installed)".to_owned(),
+    }
+    .into())
+}
+
+/// What building one network's engine did.
+#[derive(Debug, Clone)]
+pub struct BuildReport {
+    /// Where the engine came from.
+    pub outcome: CacheOutcome,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+/// Builds (or finds in the cache) the engine of `network` for `options` with the backend
+/// and cache `config` names.
+pub fn build_engine(
+    config: &EnginesConfig,
+    network: Network,
+    options: ModelOptions,
+) -> Result<(Box<dyn Model>, BuildReport)> {
+    let started = Instant::now();
+    let cache = EngineCache::open(config.cache_dir())?;
+    let (model, outcome): (Box<dyn Model>, CacheOutcome) = match config.backend {
+        BackendKind::Cpu => {
+            let (model, outcome): (CpuModel, CacheOutcome) =
+                CpuBackend::with_cache(cache).load_with_outcome(network, options)?;
+            (Box::new(model), outcome)
+        }
+        BackendKind::TensorRt => (
+            tensorrt_backend(config, cache)?.load(network, options)?,
+            CacheOutcome::Built,
+        ),
+    };
+    Ok((
+        model,
+        BuildReport {
+            outcome,
+            elapsed: started.elapsed(),
+        },
+    ))
+}
+
+/// One line of `posed engines list`.
+pub fn describe_entry(entry: &EntryInfo, now: SystemTime) -> String {
+    let name = entry
+        .path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("?");
+    let short = name.get(..12).unwrap_or(name);
+    let Some(key) = &entry.key else {
+        return format!(
+            "{short}  unusable: {}",
+            entry.problem.as_deref().unwrap_or("?")
+        );
+    };
+    let age_s = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .saturating_sub(entry.created_unix_s);
+    let (min_batch, _, max_batch) = key.batch_profile;
+    let dla = key
+        .dla_core
+        .map_or_else(String::new, |core| format!(" dla{core}"));
+    let status = entry.problem.as_deref().unwrap_or("ok");
+    format!(
+        "{short}  {:<8} {:<18} {:<22} {:<5} batch {min_batch}..{max_batch:<4} {:>10}  {:>9} old  onnx {}  {status}",
+        key.role,
+        format!("{} {}", key.backend, key.backend_version),
+        format!("{} (cc {}){dla}", key.device_name, key.compute_capability),
+        key.precision.name(),
+        human_bytes(entry.payload_len),
+        human_age(age_s),
+        key.onnx_sha256.get(..12).unwrap_or(&key.onnx_sha256),
+    )
+}
+
+fn human_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", b / (1024.0 * 1024.0))
+    } else if b >= 1024.0 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+fn human_age(seconds: u64) -> String {
+    match seconds {
+        s if s < 120 => format!("{s} s"),
+        s if s < 2 * 3600 => format!("{} min", s / 60),
+        s if s < 2 * 86_400 => format!("{} h", s / 3600),
+        s => format!("{} days", s / 86_400),
+    }
+}
+
+/// Runs one batch of `input` through `model` (a fresh session) and returns its first
+/// output as an array, for `posed engines run`.
+pub fn run_once(model: &dyn Model, input: &[f32], shape: &[usize]) -> Result<NpyArray> {
+    let mut session = model.new_session()?;
+    let mut outputs = session.allocate_outputs();
+    session.run(input, shape, &mut outputs)?;
+    let first: &OutputTensor = outputs.tensors().first().ok_or_else(|| {
+        Error::from(posed_engines::EngineError::Output {
+            tensor: "(first)".to_owned(),
+            reason: "the model has no outputs".to_owned(),
+        })
+    })?;
+    let data = match (first.f32s(), first.i64s()) {
+        (Some(values), _) => NpyData::F32(values.to_vec()),
+        (None, Some(values)) => NpyData::I64(values.to_vec()),
+        (None, None) => NpyData::F32(Vec::new()),
+    };
+    Ok(NpyArray {
+        shape: first.shape().dims().to_vec(),
+        data,
+    })
+}
+
+/// The model options for running one input of `shape` through `network`'s contract:
+/// the batch and (for a detector) the image size of that input.
+pub fn options_for_input(network: &Network, shape: &[usize]) -> ModelOptions {
+    let contract = network.contract();
+    let max_batch = if contract.is_batched() {
+        shape.first().copied().unwrap_or(1).max(1)
+    } else {
+        1
+    };
+    let max_image_hw = match shape {
+        [.., h, w] if contract.role == posed_engines::Role::Detector => ((*h).max(1), (*w).max(1)),
+        _ => ModelOptions::default().max_image_hw,
+    };
+    ModelOptions {
+        max_batch,
+        max_image_hw,
+    }
+}
+
+/// Opens a network, adding the path to the error.
+pub fn open_network(path: &Path) -> Result<Network> {
+    Ok(Network::open(path)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(15_360), "15.0 KiB");
+        assert_eq!(human_bytes(3 * 1024 * 1024), "3.0 MiB");
+        assert_eq!(human_age(59), "59 s");
+        assert_eq!(human_age(600), "10 min");
+        assert_eq!(human_age(3 * 86_400), "3 days");
+    }
+}
