@@ -55,7 +55,7 @@ impl CpuBackend {
             onnx_sha256: network.sha256_hex(),
             role: contract.role.name().to_owned(),
             backend: BackendKind::Cpu.name().to_owned(),
-            backend_version: TRACT_VERSION.to_owned(),
+            backend_version: format!("tract {TRACT_VERSION}"),
             device_name: format!("cpu-{}", std::env::consts::ARCH),
             compute_capability: "-".to_owned(),
             precision: Precision::Fp32,

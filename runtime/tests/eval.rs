@@ -1,10 +1,12 @@
 //! `posed eval` on the bundled ycbv-mini dataset: perfect estimates, hand-checked
 //! matching and average precision, symmetric-as-asymmetric, bad rows, and the CLI.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use common::posed;
 use posed::bop::dataset::BopDataset;
 use posed::bop::results::{read_results, write_results, Estimate};
 use posed::bop::targets::read_targets;
@@ -57,21 +59,6 @@ fn eval(dir: &Path, estimates: &[Estimate], options: &EvalOptions) -> posed::Res
     let rows = read_results(&path)?;
     assert_eq!(rows.len(), estimates.len(), "every row is read back");
     evaluate(&dataset(), &path, &rows, options)
-}
-
-/// The `posed` binary as a command. For cross-target test runs (aarch64 under qemu on an
-/// x86_64 host) `POSED_TEST_RUNNER` names the runner that executes it, as cargo's own
-/// runner does for the test binary.
-fn posed() -> Command {
-    let binary = env!("CARGO_BIN_EXE_posed");
-    match std::env::var_os("POSED_TEST_RUNNER") {
-        Some(runner) => {
-            let mut command = Command::new(runner);
-            command.arg(binary);
-            command
-        }
-        None => Command::new(binary),
-    }
 }
 
 fn ground_truth_estimates(dataset: &BopDataset) -> Vec<Estimate> {

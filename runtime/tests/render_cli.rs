@@ -2,9 +2,12 @@
 //! against the dataset's `mask_visib/`, the written depth against its depth PNG, results
 //! files, and the errors for a bad scene, image or results file.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::posed;
 use posed::bop::dataset::{BopDataset, ImageFile};
 use posed::bop::images::{read_mask, read_rgb};
 
@@ -28,21 +31,6 @@ fn results_csv() -> PathBuf {
 
 fn dataset() -> BopDataset {
     BopDataset::load(&dataset_dir(), "test").expect("ycbv-mini loads")
-}
-
-/// The `posed` binary as a command. For cross-target test runs (aarch64 under qemu on an
-/// x86_64 host) `POSED_TEST_RUNNER` names the runner that executes it, as cargo's own
-/// runner does for the test binary.
-fn posed() -> Command {
-    let binary = env!("CARGO_BIN_EXE_posed");
-    match std::env::var_os("POSED_TEST_RUNNER") {
-        Some(runner) => {
-            let mut command = Command::new(runner);
-            command.arg(binary);
-            command
-        }
-        None => Command::new(binary),
-    }
 }
 
 /// `posed render --dataset ycbv-mini --scene S --image I` plus `extra`.

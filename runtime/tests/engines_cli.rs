@@ -1,0 +1,257 @@
+//! `posed engines check / build / list / run` as a binary, on the test networks in
+//! data/networks: a build, a cached rebuild, a damaged cache entry, listing, one batch
+//! against onnxruntime's golden output, and the errors for bad input.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::{data_dir, posed};
+use posed_engines::npy::{read_npy, NpyData};
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A configuration naming the three crop / detector test networks, with its cache in `dir`.
+fn write_config(dir: &Path) -> std::path::PathBuf {
+    let networks = data_dir("networks");
+    let config = dir.join("posed.toml");
+    let text = format!(
+        "[networks]\ndetector = {:?}\ncoarse = {:?}\nrefiner = {:?}\n\n[engines]\nbackend = \"cpu\"\nmax_batch = 4\nmax_image = [240, 320]\ncache_dir = \"cache\"\n",
+        networks.join("detector-tiny.onnx"),
+        networks.join("coarse-tiny.onnx"),
+        networks.join("refiner-tiny.onnx"),
+    );
+    std::fs::write(&config, text).expect("write config");
+    config
+}
+
+fn engines(args: &[&str]) -> Output {
+    posed()
+        .arg("engines")
+        .args(args)
+        .output()
+        .expect("posed runs")
+}
+
+#[test]
+fn build_then_cached_then_damaged_then_listed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path());
+    let config_arg = config.to_str().expect("utf-8 path");
+
+    let first = engines(&["build", "--config", config_arg]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert_eq!(
+        stderr(&first).matches(": built in").count(),
+        3,
+        "{}",
+        stderr(&first)
+    );
+
+    let second = engines(&["build", "--config", config_arg]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert_eq!(
+        stderr(&second).matches("cached, verified").count(),
+        3,
+        "{}",
+        stderr(&second)
+    );
+
+    // Damage one entry: the next build notices, rebuilds it, and keeps the others.
+    let cache = dir.path().join("cache");
+    let mut entries: Vec<_> = std::fs::read_dir(&cache)
+        .expect("cache dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "engine"))
+        .collect();
+    entries.sort();
+    assert_eq!(entries.len(), 3);
+    let bytes = std::fs::read(&entries[0]).expect("entry");
+    std::fs::write(&entries[0], &bytes[..bytes.len() / 2]).expect("truncate");
+    let third = engines(&["build", "--config", config_arg]);
+    assert!(third.status.success(), "{}", stderr(&third));
+    assert_eq!(
+        stderr(&third).matches("rebuilt").count(),
+        1,
+        "{}",
+        stderr(&third)
+    );
+    assert_eq!(
+        stderr(&third).matches("cached, verified").count(),
+        2,
+        "{}",
+        stderr(&third)
+    );
+
+    let list = engines(&["list", "--config", config_arg]);
+    assert!(list.status.success(), "{}", stderr(&list));
+    let listed = stdout(&list);
+    assert!(listed.contains("3 entries"), "{listed}");
+    for role in ["detector", "coarse", "refiner"] {
+        assert!(listed.contains(role), "{listed}");
+    }
+    assert!(listed.contains("cpu tract 0.23.9"), "{listed}");
+    assert!(listed.contains("fp32"), "{listed}");
+    assert!(listed.contains("batch 1..4"), "{listed}");
+}
+
+#[test]
+fn run_writes_the_first_output_like_onnxruntime() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.npy");
+    let golden = data_dir("networks/golden");
+    let output = engines(&[
+        "run",
+        data_dir("networks/refiner-tiny.onnx")
+            .to_str()
+            .expect("utf-8"),
+        "--input",
+        golden
+            .join("refiner-tiny.b2.input.npy")
+            .to_str()
+            .expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let ours = read_npy(&out).expect("written npy");
+    let expected = read_npy(&golden.join("refiner-tiny.b2.pose_update.npy")).expect("golden");
+    assert_eq!(ours.shape, [2, 9]);
+    let (NpyData::F32(a), NpyData::F32(b)) = (ours.data, expected.data) else {
+        panic!("float32 outputs");
+    };
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst <= 1e-5, "max difference {worst}");
+}
+
+#[test]
+fn bad_input_is_named() {
+    let networks = data_dir("networks");
+    let golden = data_dir("networks/golden");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.npy");
+
+    // A refiner input given to the detector: the shape error names what was expected.
+    let output = engines(&[
+        "run",
+        networks.join("detector-tiny.onnx").to_str().expect("utf-8"),
+        "--input",
+        golden
+            .join("refiner-tiny.b1.input.npy")
+            .to_str()
+            .expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("float32 [batch, 3, height, width]"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!out.exists(), "nothing is written on error");
+
+    // An int64 .npy as input.
+    let output = engines(&[
+        "run",
+        networks.join("refiner-tiny.onnx").to_str().expect("utf-8"),
+        "--input",
+        golden
+            .join("detector-tiny.b2.labels.npy")
+            .to_str()
+            .expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("detector-tiny.b2.labels.npy"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(stderr(&output).contains("float32"), "{}", stderr(&output));
+
+    // check: one good, one broken network; exit status 1 and the broken one named.
+    let output = engines(&[
+        "check",
+        networks.join("refiner-tiny.onnx").to_str().expect("utf-8"),
+        networks
+            .join("broken/refiner-output-9x1.onnx")
+            .to_str()
+            .expect("utf-8"),
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        stdout(&output).contains("refiner-tiny.onnx: ok"),
+        "{}",
+        stdout(&output)
+    );
+    assert!(
+        stderr(&output).contains("tensor `pose_update`"),
+        "{}",
+        stderr(&output)
+    );
+
+    // A configuration with a bad key, and one whose role does not match the sidecar.
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[engines]\nmax_batch = -3\n").expect("write");
+    let output = engines(&["build", "--config", config.to_str().expect("utf-8")]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("engines.max_batch"),
+        "{}",
+        stderr(&output)
+    );
+    std::fs::write(
+        &config,
+        format!(
+            "[networks]\nrefiner = {:?}\n",
+            networks.join("detector-tiny.onnx")
+        ),
+    )
+    .expect("write");
+    let output = engines(&["build", "--config", config.to_str().expect("utf-8")]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("configured as the refiner"),
+        "{}",
+        stderr(&output)
+    );
+
+    // tensorrt without the feature (or without TensorRT) says so.
+    let output = posed()
+        .env("POSED_CACHE_DIR", dir.path().join("cache"))
+        .arg("engines")
+        .args([
+            "run",
+            networks.join("refiner-tiny.onnx").to_str().expect("utf-8"),
+            "--input",
+            golden
+                .join("refiner-tiny.b1.input.npy")
+                .to_str()
+                .expect("utf-8"),
+            "--out",
+            out.to_str().expect("utf-8"),
+            "--backend",
+            "tensorrt",
+        ])
+        .output()
+        .expect("posed runs");
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("tensorrt unavailable"),
+        "{}",
+        stderr(&output)
+    );
+}
