@@ -12,11 +12,20 @@ echo "== cargo clippy (x86_64 and aarch64, -D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --workspace --all-targets --locked --target aarch64-unknown-linux-gnu -- -D warnings
 
+echo "== cargo clippy (the tensorrt feature: its Rust side builds without TensorRT, x86_64 and aarch64)"
+for target in "" "--target=aarch64-unknown-linux-gnu"; do
+  cargo clippy -p posed-engines --all-targets --locked --features tensorrt $target -- -D warnings
+  cargo clippy -p posed --all-targets --locked --features tensorrt $target -- -D warnings
+done
+
 echo "== cargo clippy (posed-kernels without the cuda feature)"
 cargo clippy -p posed-kernels --all-targets --locked --no-default-features -- -D warnings
 
 echo "== cargo test (x86_64)"
 cargo test --workspace --locked
+
+echo "== cargo test (posed-engines with the tensorrt feature: cache keys, plans, unavailable backend)"
+cargo test -p posed-engines --locked --features tensorrt
 
 echo "== CUDA kernels: NVRTC compile check, sm_87 and sm_90 (no GPU needed)"
 bash scripts/check-cuda-kernels.sh
@@ -25,3 +34,4 @@ echo "== cargo test (aarch64-unknown-linux-gnu, under qemu-aarch64)"
 # Tests that start the `posed` binary go through the same runner as cargo's.
 POSED_TEST_RUNNER="$PWD/cross/qemu-aarch64-runner.sh" \
   cargo test --workspace --locked --target aarch64-unknown-linux-gnu --exclude posed-benches
+cargo test -p posed-engines --locked --features tensorrt --target aarch64-unknown-linux-gnu --lib

@@ -148,28 +148,37 @@ pub fn allocate_outputs(
     options: &ModelOptions,
     max_detections: usize,
 ) -> Outputs {
+    let tensors = contract
+        .outputs
+        .iter()
+        .map(|spec| {
+            let capacity = max_elements(contract, spec, options, max_detections);
+            OutputTensor::with_capacity(spec.name, spec.dtype, capacity)
+        })
+        .collect();
+    Outputs::new(tensors)
+}
+
+/// Elements of the contract output `spec` in the largest run `options` allow (saturating).
+pub fn max_elements(
+    contract: &Contract,
+    spec: &TensorSpec,
+    options: &ModelOptions,
+    max_detections: usize,
+) -> usize {
     let batch = if contract.is_batched() {
         options.max_batch
     } else {
         1
     };
-    let tensors = contract
-        .outputs
+    spec.dims
         .iter()
-        .map(|spec| {
-            let capacity = spec
-                .dims
-                .iter()
-                .map(|dim| match dim {
-                    DimSpec::Batch => batch,
-                    DimSpec::Fixed(n) => *n,
-                    DimSpec::Any(_) => max_detections,
-                })
-                .product();
-            OutputTensor::with_capacity(spec.name, spec.dtype, capacity)
+        .map(|dim| match dim {
+            DimSpec::Batch => batch,
+            DimSpec::Fixed(n) => *n,
+            DimSpec::Any(_) => max_detections,
         })
-        .collect();
-    Outputs::new(tensors)
+        .fold(1usize, |acc, n| acc.saturating_mul(n))
 }
 
 /// Checks a run's input against the contract and the model options; returns the batch

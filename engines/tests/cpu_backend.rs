@@ -247,13 +247,23 @@ fn engine_cache_round_trip_and_recovery() {
         .expect("store");
     run(posed_engines::CacheOutcome::Hit);
 
-    // Other options are another entry.
+    // The CPU engine is the single-item graph: one entry serves every max_batch.
     let other = ModelOptions {
         max_batch: 4,
         ..options
     };
-    assert_ne!(
+    assert_eq!(
         CpuBackend::engine_key(&network, &options).digest(),
         CpuBackend::engine_key(&network, &other).digest()
+    );
+    // A detector's largest image is part of its key.
+    let detector = Network::open(&networks_dir().join("detector-tiny.onnx")).expect("detector");
+    let larger = ModelOptions {
+        max_image_hw: (480, 640),
+        ..options
+    };
+    assert_ne!(
+        CpuBackend::engine_key(&detector, &options).digest(),
+        CpuBackend::engine_key(&detector, &larger).digest()
     );
 }

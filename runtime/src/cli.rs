@@ -482,9 +482,14 @@ fn run_engines(command: EnginesCommand) -> anyhow::Result<()> {
                 let spinner = indicatif::ProgressBar::new_spinner();
                 spinner.set_message(format!("{role}: {}", path.display()));
                 spinner.enable_steady_tick(std::time::Duration::from_millis(200));
-                let built = engines::build_engine(&config.engines, network, options);
+                let line = spinner.clone();
+                let prefix = format!("{role}: ");
+                let progress: engines::ProgressLine =
+                    Box::new(move |message| line.set_message(format!("{prefix}{message}")));
+                let built =
+                    engines::build_engine(&config.engines, network, options, Some(progress));
                 spinner.finish_and_clear();
-                let (_, report) = built?;
+                let report = built?;
                 eprintln!(
                     "  {role:<8} {}: {} in {:.2} s",
                     path.display(),
@@ -545,7 +550,7 @@ fn run_engines(command: EnginesCommand) -> anyhow::Result<()> {
                     options,
                 )?,
                 posed_engines::BackendKind::TensorRt => {
-                    engines::build_engine(&engines_config, network, options)?.0
+                    engines::make_backend(&engines_config)?.load(network, options)?
                 }
             };
             let loaded = started.elapsed();

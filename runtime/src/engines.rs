@@ -20,30 +20,124 @@ pub fn make_backend(config: &EnginesConfig) -> Result<Box<dyn Backend>> {
     let cache = EngineCache::open(config.cache_dir())?;
     match config.backend {
         BackendKind::Cpu => Ok(Box::new(CpuBackend::with_cache(cache))),
-        BackendKind::TensorRt => tensorrt_backend(config, cache),
+        BackendKind::TensorRt => Ok(Box::new(tensorrt::backend(config, cache, None)?)),
     }
 }
 
+/// Receives one line per build progress event.
+pub type ProgressLine = Box<dyn Fn(String) + Send + Sync>;
+
 #[cfg(feature = "tensorrt")]
-fn tensorrt_backend(config: &EnginesConfig, cache: EngineCache) -> Result<Box<dyn Backend>> {
-    use posed_engines::tensorrt::{TensorRtBackend, TensorRtOptions};
-    let options = TensorRtOptions {
-        cache,
-        precision: config.precision,
-        dla_core: config.dla_core,
-        workspace_mib: config.workspace_mib,
-        device_ordinal: 0,
-    };
-    Ok(Box::new(TensorRtBackend::new(options)?))
+mod tensorrt {
+    use posed_engines::tensorrt::{BuildProgress, TensorRtBackend, TensorRtOptions};
+    use posed_engines::EngineCache;
+
+    use super::ProgressLine;
+    use crate::config::EnginesConfig;
+    use crate::Result;
+
+    pub(super) type Backend = TensorRtBackend;
+
+    pub(super) fn backend(
+        config: &EnginesConfig,
+        cache: EngineCache,
+        progress: Option<ProgressLine>,
+    ) -> Result<TensorRtBackend> {
+        let options = TensorRtOptions {
+            cache,
+            precision: config.precision,
+            dla_core: config.dla_core,
+            workspace_mib: config.workspace_mib,
+            device_ordinal: 0,
+        };
+        let backend = TensorRtBackend::new(options)?;
+        Ok(match progress {
+            Some(line) => backend.with_progress(Box::new(move |event| line(describe(&event)))),
+            None => backend,
+        })
+    }
+
+    fn describe(event: &BuildProgress) -> String {
+        match event {
+            BuildProgress::Started {
+                tensorrt_version,
+                detailed,
+                ..
+            } => format!(
+                "TensorRT {tensorrt_version}: building{}",
+                if *detailed {
+                    ""
+                } else {
+                    " (TensorRT 8 reports no progress; this takes minutes)"
+                }
+            ),
+            BuildProgress::PhaseStarted { phase, steps, .. } => format!("{phase} (0/{steps})"),
+            BuildProgress::Step { phase, step } => format!("{phase} ({})", step + 1),
+            BuildProgress::PhaseFinished { phase } => format!("{phase} done"),
+            BuildProgress::Finished {
+                elapsed,
+                engine_bytes,
+            } => format!(
+                "built in {:.0} s, {} bytes",
+                elapsed.as_secs_f64(),
+                engine_bytes
+            ),
+        }
+    }
+
+    pub(super) fn build(
+        backend: &TensorRtBackend,
+        network: &posed_engines::Network,
+        options: posed_engines::ModelOptions,
+    ) -> Result<posed_engines::CacheOutcome> {
+        Ok(backend.build_engine(network, options)?.1)
+    }
 }
 
 #[cfg(not(feature = "tensorrt"))]
-fn tensorrt_backend(_config: &EnginesConfig, _cache: EngineCache) -> Result<Box<dyn Backend>> {
-    Err(posed_engines::EngineError::BackendUnavailable {
-        backend: "tensorrt",
-        reason: "this posed was built without the `tensorrt` feature (cargo build --features tensorrt, with TensorRT's headers installed)".to_owned(),
+mod tensorrt {
+    use posed_engines::{EngineCache, EngineError};
+
+    use super::ProgressLine;
+    use crate::config::EnginesConfig;
+    use crate::Result;
+
+    /// No TensorRT backend can exist in this build.
+    pub(super) enum Backend {}
+
+    impl posed_engines::Backend for Backend {
+        fn kind(&self) -> posed_engines::BackendKind {
+            match *self {}
+        }
+
+        fn load(
+            &self,
+            _network: posed_engines::Network,
+            _options: posed_engines::ModelOptions,
+        ) -> std::result::Result<Box<dyn posed_engines::Model>, EngineError> {
+            match *self {}
+        }
     }
-    .into())
+
+    pub(super) fn backend(
+        _config: &EnginesConfig,
+        _cache: EngineCache,
+        _progress: Option<ProgressLine>,
+    ) -> Result<Backend> {
+        Err(EngineError::BackendUnavailable {
+            backend: "tensorrt",
+            reason: "this posed was built without the `tensorrt` feature (cargo build --features tensorrt, with TensorRT's headers installed)".to_owned(),
+        }
+        .into())
+    }
+
+    pub(super) fn build(
+        backend: &Backend,
+        _network: &posed_engines::Network,
+        _options: posed_engines::ModelOptions,
+    ) -> Result<posed_engines::CacheOutcome> {
+        match *backend {}
+    }
 }
 
 /// What building one network's engine did.
@@ -55,33 +149,32 @@ pub struct BuildReport {
     pub elapsed: Duration,
 }
 
-/// Builds (or finds in the cache) the engine of `network` for `options` with the backend
-/// and cache `config` names.
+/// Builds (or finds in the cache and verifies) the engine of `network` for `options` with
+/// the backend and cache `config` names, ahead of time. `progress` gets a line per build
+/// progress event (TensorRT 10 reports phases and steps).
 pub fn build_engine(
     config: &EnginesConfig,
     network: Network,
     options: ModelOptions,
-) -> Result<(Box<dyn Model>, BuildReport)> {
+    progress: Option<ProgressLine>,
+) -> Result<BuildReport> {
     let started = Instant::now();
     let cache = EngineCache::open(config.cache_dir())?;
-    let (model, outcome): (Box<dyn Model>, CacheOutcome) = match config.backend {
+    let outcome = match config.backend {
         BackendKind::Cpu => {
-            let (model, outcome): (CpuModel, CacheOutcome) =
+            let (_, outcome): (CpuModel, CacheOutcome) =
                 CpuBackend::with_cache(cache).load_with_outcome(network, options)?;
-            (Box::new(model), outcome)
+            outcome
         }
-        BackendKind::TensorRt => (
-            tensorrt_backend(config, cache)?.load(network, options)?,
-            CacheOutcome::Built,
-        ),
+        BackendKind::TensorRt => {
+            let backend: tensorrt::Backend = tensorrt::backend(config, cache, progress)?;
+            tensorrt::build(&backend, &network, options)?
+        }
     };
-    Ok((
-        model,
-        BuildReport {
-            outcome,
-            elapsed: started.elapsed(),
-        },
-    ))
+    Ok(BuildReport {
+        outcome,
+        elapsed: started.elapsed(),
+    })
 }
 
 /// One line of `posed engines list`.
