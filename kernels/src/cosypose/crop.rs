@@ -1,0 +1,240 @@
+//! The crop around the current estimate (spec A.2): robust projection, the crop box,
+//! `K_crop`, and RoIAlign of the camera image into the network's 240 x 320 input.
+
+use nalgebra::{Matrix3, Vector3};
+
+use super::{
+    BoxXyxy, CROP_HEIGHT, CROP_SCALE, CROP_WIDTH, PROJECTION_MIN_DEPTH_M, ROI_ALIGN_SAMPLING_RATIO,
+};
+use crate::{Intrinsics, KernelError, Pose};
+
+/// `[su, sv, s] = K (R p + t)`, `(u, v) = (su, sv) / max(s, 0.1)`: CosyPose's
+/// `project_points_robust`. The clamp keeps points behind the camera from flipping sign.
+pub fn project_robust(
+    k: &Intrinsics,
+    camera_from_object: &Pose,
+    point_m: &Vector3<f64>,
+) -> [f64; 2] {
+    let p = camera_from_object.rotation * point_m + camera_from_object.translation_m;
+    let s = k.k * p;
+    let depth = s.z.max(PROJECTION_MIN_DEPTH_M);
+    [s.x / depth, s.y / depth]
+}
+
+/// The crop box of `deepim_boxes` with CosyPose's inputs: the box of the projected model
+/// points, centred on the projected object origin, enlarged by lambda = 1.4 and given the
+/// aspect ratio of the full input image (`r = max(H, W) / min(H, W)`). Not clamped: it may
+/// leave the image.
+pub fn crop_box(
+    k: &Intrinsics,
+    camera_from_object: &Pose,
+    points_m: &[[f32; 3]],
+    image_width: usize,
+    image_height: usize,
+) -> Result<BoxXyxy, KernelError> {
+    if points_m.is_empty() {
+        return Err(KernelError::Empty {
+            what: "model points for the crop",
+        });
+    }
+    if image_width == 0 || image_height == 0 {
+        return Err(KernelError::InvalidValue {
+            what: "image size",
+            reason: "width and height must be positive",
+        });
+    }
+    let (mut x1, mut y1) = (f64::INFINITY, f64::INFINITY);
+    let (mut x2, mut y2) = (f64::NEG_INFINITY, f64::NEG_INFINITY);
+    for p in points_m {
+        let point = Vector3::new(f64::from(p[0]), f64::from(p[1]), f64::from(p[2]));
+        let [u, v] = project_robust(k, camera_from_object, &point);
+        x1 = x1.min(u);
+        y1 = y1.min(v);
+        x2 = x2.max(u);
+        y2 = y2.max(v);
+    }
+    let [xc, yc] = project_robust(k, camera_from_object, &Vector3::zeros());
+    let (w, h) = (image_width as f64, image_height as f64);
+    let r = w.max(h) / w.min(h);
+    // The rendered box and the observed box are the same box here (the detection never
+    // enters the crop), so the maxima run over its two edges.
+    let dx = (x1 - xc).abs().max((x2 - xc).abs());
+    let dy = (y1 - yc).abs().max((y2 - yc).abs());
+    let crop_w = 2.0 * CROP_SCALE * dx.max(r * dy);
+    let crop_h = 2.0 * CROP_SCALE * (dx / r).max(dy);
+    let bbox = [
+        xc - crop_w / 2.0,
+        yc - crop_h / 2.0,
+        xc + crop_w / 2.0,
+        yc + crop_h / 2.0,
+    ];
+    if !bbox.iter().all(|v| v.is_finite()) {
+        return Err(KernelError::NotFinite { what: "crop box" });
+    }
+    Ok(bbox)
+}
+
+/// The intrinsics of a crop box resized to 240 x 320 (`get_K_crop_resize`):
+/// `fx' = sx fx`, `fy' = sy fy`, `cx' = (320 - 1)/2 + sx (cx - (x1 + x2)/2)`,
+/// `cy' = (240 - 1)/2 + sy (cy - (y1 + y2)/2)`, with `sx = 320 / Wc`, `sy = 240 / Hc`;
+/// the skew is copied unscaled, as CosyPose does.
+pub fn k_crop(k: &Intrinsics, crop: &BoxXyxy) -> Result<Intrinsics, KernelError> {
+    let crop_w = crop[2] - crop[0];
+    let crop_h = crop[3] - crop[1];
+    if !(crop_w > 0.0 && crop_h > 0.0 && crop_w.is_finite() && crop_h.is_finite()) {
+        return Err(KernelError::InvalidValue {
+            what: "crop box",
+            reason: "width and height must be positive and finite",
+        });
+    }
+    let sx = CROP_WIDTH as f64 / crop_w;
+    let sy = CROP_HEIGHT as f64 / crop_h;
+    let m = &k.k;
+    let cx = (CROP_WIDTH as f64 - 1.0) / 2.0 + sx * (m[(0, 2)] - (crop[0] + crop[2]) / 2.0);
+    let cy = (CROP_HEIGHT as f64 - 1.0) / 2.0 + sy * (m[(1, 2)] - (crop[1] + crop[3]) / 2.0);
+    Ok(Intrinsics {
+        k: Matrix3::new(
+            sx * m[(0, 0)],
+            m[(0, 1)],
+            cx,
+            0.0,
+            sy * m[(1, 1)],
+            cy,
+            0.0,
+            0.0,
+            1.0,
+        ),
+    })
+}
+
+/// Where one RoIAlign sample falls along one axis: the two texels and their weights, or
+/// nothing when the sample lies outside [-1, size] (it then contributes 0).
+#[derive(Clone, Copy, Default)]
+struct AxisSample {
+    valid: bool,
+    low: usize,
+    high: usize,
+    /// Weight of `high` (`l` in torchvision), `1 - l` goes to `low`.
+    frac: f32,
+}
+
+/// torchvision's `bilinear_interpolate` along one axis, in f32.
+fn axis_sample(coordinate: f32, size: usize) -> AxisSample {
+    let size_f = size as f32;
+    if coordinate < -1.0 || coordinate > size_f {
+        return AxisSample::default();
+    }
+    let c = coordinate.max(0.0);
+    // c is in [0, size]: the cast truncates like the C++ (int) cast.
+    let mut low = c as usize;
+    let (high, frac);
+    if low >= size - 1 {
+        low = size - 1;
+        high = size - 1;
+        frac = 0.0;
+    } else {
+        high = low + 1;
+        frac = c - low as f32;
+    }
+    AxisSample {
+        valid: true,
+        low,
+        high,
+        frac,
+    }
+}
+
+/// Per output index along one axis, the sample positions of torchvision's RoIAlign with
+/// `aligned = False`: `start + i bin + (s + 0.5) bin / ratio`, `bin = max(len, 1) / out`.
+fn axis_samples<const N: usize>(
+    start: f32,
+    end: f32,
+    out: usize,
+    size: usize,
+    samples: &mut [AxisSample; N],
+) {
+    let length = (end - start).max(1.0);
+    let bin = length / out as f32;
+    let ratio = ROI_ALIGN_SAMPLING_RATIO;
+    for i in 0..out {
+        for s in 0..ratio {
+            let coordinate = start + i as f32 * bin + (s as f32 + 0.5) * bin / ratio as f32;
+            samples[i * ratio + s] = axis_sample(coordinate, size);
+        }
+    }
+}
+
+/// RoIAlign of an 8-bit RGB image (row-major, 3 bytes per pixel) over `crop` into the
+/// network layout: three planes of 240 x 320 float values in [0, 1], written to
+/// `out[..3 * 240 * 320]`. Semantics of `torchvision.ops.roi_align(image / 255, crop,
+/// (240, 320), spatial_scale = 1, sampling_ratio = 4, aligned = False)`: each output pixel
+/// is the mean of 4 x 4 bilinear samples; samples outside [-1, W] x [-1, H] count as 0,
+/// coordinates below 0 clamp to 0 and past the last texel to the last texel. Computed in
+/// f32 in torchvision's order. Allocates nothing.
+pub fn roi_align_rgb8(
+    rgb: &[u8],
+    width: usize,
+    height: usize,
+    crop: &BoxXyxy,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    if width == 0 || height == 0 {
+        return Err(KernelError::InvalidValue {
+            what: "image size",
+            reason: "width and height must be positive",
+        });
+    }
+    if rgb.len() != width * height * 3 {
+        return Err(KernelError::SizeMismatch {
+            what: "RGB image bytes",
+            expected: width * height * 3,
+            found: rgb.len(),
+        });
+    }
+    let plane = CROP_HEIGHT * CROP_WIDTH;
+    if out.len() < 3 * plane {
+        return Err(KernelError::SizeMismatch {
+            what: "RoIAlign output",
+            expected: 3 * plane,
+            found: out.len(),
+        });
+    }
+    let crop_f32 = crop.map(|v| v as f32);
+    if !crop_f32.iter().all(|v| v.is_finite()) {
+        return Err(KernelError::NotFinite { what: "crop box" });
+    }
+    const RATIO: usize = ROI_ALIGN_SAMPLING_RATIO;
+    let mut xs = [AxisSample::default(); CROP_WIDTH * RATIO];
+    let mut ys = [AxisSample::default(); CROP_HEIGHT * RATIO];
+    axis_samples(crop_f32[0], crop_f32[2], CROP_WIDTH, width, &mut xs);
+    axis_samples(crop_f32[1], crop_f32[3], CROP_HEIGHT, height, &mut ys);
+    let count = (RATIO * RATIO) as f32;
+    let texel = |x: usize, y: usize, c: usize| f32::from(rgb[(y * width + x) * 3 + c]) / 255.0;
+    for i in 0..CROP_HEIGHT {
+        for j in 0..CROP_WIDTH {
+            let mut sums = [0.0f32; 3];
+            for ys_sample in &ys[i * RATIO..(i + 1) * RATIO] {
+                for xs_sample in &xs[j * RATIO..(j + 1) * RATIO] {
+                    if !(ys_sample.valid && xs_sample.valid) {
+                        continue;
+                    }
+                    let (ly, lx) = (ys_sample.frac, xs_sample.frac);
+                    let (hy, hx) = (1.0 - ly, 1.0 - lx);
+                    let (w1, w2, w3, w4) = (hy * hx, hy * lx, ly * hx, ly * lx);
+                    let (y0, y1) = (ys_sample.low, ys_sample.high);
+                    let (x0, x1) = (xs_sample.low, xs_sample.high);
+                    for (c, sum) in sums.iter_mut().enumerate() {
+                        *sum += w1 * texel(x0, y0, c)
+                            + w2 * texel(x1, y0, c)
+                            + w3 * texel(x0, y1, c)
+                            + w4 * texel(x1, y1, c);
+                    }
+                }
+            }
+            for (c, sum) in sums.iter().enumerate() {
+                out[c * plane + i * CROP_WIDTH + j] = sum / count;
+            }
+        }
+    }
+    Ok(())
+}
