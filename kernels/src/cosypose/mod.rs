@@ -7,11 +7,14 @@
 //!   z-up + auto-depth scheme.
 //! - [`crop`]: robust projection, the crop box (lambda = 1.4, the input image's aspect
 //!   ratio), `K_crop`, and RoIAlign to 240 x 320 (sampling ratio 4, `aligned = False`).
+//! - [`sample`]: the deterministic choice of 2,000 model points (numpy's legacy
+//!   `RandomState(0).choice`, bit for bit).
 //! - [`update`]: the 6D rotation (Gram-Schmidt on columns) and the image-space update
 //!   `R+ = dR R`, `z+ = vz z`, `(x, y)` moved by `(vx, vy)` crop pixels.
 
 pub mod crop;
 pub mod init;
+pub mod sample;
 pub mod update;
 
 #[cfg(test)]
