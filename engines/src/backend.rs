@@ -193,7 +193,7 @@ pub fn check_input(
     let bad_shape = || EngineError::Input {
         what: "input shape",
         expected: spec.to_string(),
-        found: Shape::new(shape).map_or_else(|| format!("{shape:?}"), |s| s.to_string()),
+        found: bad_shape_display(shape),
     };
     if shape.len() != spec.dims.len() {
         return Err(bad_shape());

@@ -423,7 +423,7 @@ fn run_engines(command: EnginesCommand) -> anyhow::Result<()> {
         EnginesCommand::Check(args) => {
             let mut failed = 0;
             for path in &args.models {
-                match engines::open_network(path) {
+                match posed_engines::Network::open(path) {
                     Ok(network) => {
                         let sidecar = network.sidecar();
                         println!(
@@ -472,7 +472,7 @@ fn run_engines(command: EnginesCommand) -> anyhow::Result<()> {
                 config.engines.cache_dir().display()
             );
             for (role, path) in networks {
-                let network = engines::open_network(path)?;
+                let network = posed_engines::Network::open(path)?;
                 anyhow::ensure!(
                     network.sidecar().role == role,
                     "{}: configured as the {role} but its sidecar says {}",
@@ -532,7 +532,7 @@ fn run_engines(command: EnginesCommand) -> anyhow::Result<()> {
             Ok(())
         }
         EnginesCommand::Run(args) => {
-            let network = engines::open_network(&args.model)?;
+            let network = posed_engines::Network::open(&args.model)?;
             let (shape, input) =
                 posed_engines::npy::read_npy(&args.input)?.into_f32(&args.input)?;
             let mut engines_config = match &args.config {

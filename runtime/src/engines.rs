@@ -1,7 +1,6 @@
 //! Backends as the configuration asks for them: building engines ahead of time (so the
 //! service starts fast), listing the cache, and running one batch for debugging.
 
-use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use posed_engines::cache::EntryInfo;
@@ -272,11 +271,6 @@ pub fn options_for_input(network: &Network, shape: &[usize]) -> ModelOptions {
         max_batch,
         max_image_hw,
     }
-}
-
-/// Opens a network, adding the path to the error.
-pub fn open_network(path: &Path) -> Result<Network> {
-    Ok(Network::open(path)?)
 }
 
 #[cfg(test)]

@@ -40,6 +40,23 @@ fn engines(args: &[&str]) -> Output {
         .expect("posed runs")
 }
 
+/// `posed engines run MODEL --input INPUT --out OUT` plus `extra`, with the engine cache
+/// in `cache_dir`.
+fn run_model(model: &Path, input: &Path, out: &Path, cache_dir: &Path, extra: &[&str]) -> Output {
+    posed()
+        .env("POSED_CACHE_DIR", cache_dir)
+        .arg("engines")
+        .arg("run")
+        .arg(model)
+        .arg("--input")
+        .arg(input)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .expect("posed runs")
+}
+
 #[test]
 fn build_then_cached_then_damaged_then_listed() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -107,19 +124,13 @@ fn run_writes_the_first_output_like_onnxruntime() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("out.npy");
     let golden = data_dir("networks/golden");
-    let output = engines(&[
-        "run",
-        data_dir("networks/refiner-tiny.onnx")
-            .to_str()
-            .expect("utf-8"),
-        "--input",
-        golden
-            .join("refiner-tiny.b2.input.npy")
-            .to_str()
-            .expect("utf-8"),
-        "--out",
-        out.to_str().expect("utf-8"),
-    ]);
+    let output = run_model(
+        &data_dir("networks/refiner-tiny.onnx"),
+        &golden.join("refiner-tiny.b2.input.npy"),
+        &out,
+        &dir.path().join("cache"),
+        &[],
+    );
     assert!(output.status.success(), "{}", stderr(&output));
     let ours = read_npy(&out).expect("written npy");
     let expected = read_npy(&golden.join("refiner-tiny.b2.pose_update.npy")).expect("golden");
@@ -143,17 +154,14 @@ fn bad_input_is_named() {
     let out = dir.path().join("out.npy");
 
     // A refiner input given to the detector: the shape error names what was expected.
-    let output = engines(&[
-        "run",
-        networks.join("detector-tiny.onnx").to_str().expect("utf-8"),
-        "--input",
-        golden
-            .join("refiner-tiny.b1.input.npy")
-            .to_str()
-            .expect("utf-8"),
-        "--out",
-        out.to_str().expect("utf-8"),
-    ]);
+    let cache = dir.path().join("cache");
+    let output = run_model(
+        &networks.join("detector-tiny.onnx"),
+        &golden.join("refiner-tiny.b1.input.npy"),
+        &out,
+        &cache,
+        &[],
+    );
     assert!(!output.status.success());
     assert!(
         stderr(&output).contains("float32 [batch, 3, height, width]"),
@@ -163,17 +171,13 @@ fn bad_input_is_named() {
     assert!(!out.exists(), "nothing is written on error");
 
     // An int64 .npy as input.
-    let output = engines(&[
-        "run",
-        networks.join("refiner-tiny.onnx").to_str().expect("utf-8"),
-        "--input",
-        golden
-            .join("detector-tiny.b2.labels.npy")
-            .to_str()
-            .expect("utf-8"),
-        "--out",
-        out.to_str().expect("utf-8"),
-    ]);
+    let output = run_model(
+        &networks.join("refiner-tiny.onnx"),
+        &golden.join("detector-tiny.b2.labels.npy"),
+        &out,
+        &cache,
+        &[],
+    );
     assert!(!output.status.success());
     assert!(
         stderr(&output).contains("detector-tiny.b2.labels.npy"),
@@ -230,24 +234,13 @@ fn bad_input_is_named() {
     );
 
     // tensorrt without the feature (or without TensorRT) says so.
-    let output = posed()
-        .env("POSED_CACHE_DIR", dir.path().join("cache"))
-        .arg("engines")
-        .args([
-            "run",
-            networks.join("refiner-tiny.onnx").to_str().expect("utf-8"),
-            "--input",
-            golden
-                .join("refiner-tiny.b1.input.npy")
-                .to_str()
-                .expect("utf-8"),
-            "--out",
-            out.to_str().expect("utf-8"),
-            "--backend",
-            "tensorrt",
-        ])
-        .output()
-        .expect("posed runs");
+    let output = run_model(
+        &networks.join("refiner-tiny.onnx"),
+        &golden.join("refiner-tiny.b1.input.npy"),
+        &out,
+        &cache,
+        &["--backend", "tensorrt"],
+    );
     assert!(!output.status.success());
     assert!(
         stderr(&output).contains("tensorrt unavailable"),

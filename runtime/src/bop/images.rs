@@ -311,26 +311,40 @@ fn decode_rgb(path: &Path, bytes: &[u8]) -> Result<RgbImage> {
     })
 }
 
-fn decode_depth_m(path: &Path, bytes: &[u8], depth_scale_mm: f64) -> Result<DepthImage> {
-    const EXPECTED: &str = "a 16-bit grayscale PNG";
-    let decoder = decoder(path, bytes, &[ImageFormat::Png], EXPECTED)?;
+/// Decodes a PNG that must have the colour type `want` (described by `expected` in errors);
+/// also returns the file's original colour type for messages.
+fn decode_png_of_type(
+    path: &Path,
+    bytes: &[u8],
+    want: ColorType,
+    expected: &str,
+) -> Result<(DynamicImage, ExtendedColorType)> {
+    let decoder = decoder(path, bytes, &[ImageFormat::Png], expected)?;
     let found = decoder.original_color_type();
-    let DynamicImage::ImageLuma16(values) = (match decoder.color_type() {
-        ColorType::L16 => decode_all(path, decoder)?,
-        _ => {
-            return Err(image_error(
-                path,
-                format!("expected {EXPECTED}, found {}", describe(found)),
-            ))
-        }
-    }) else {
+    if decoder.color_type() != want {
         return Err(image_error(
             path,
-            format!(
-                "expected {EXPECTED}, the decoder returned another pixel type for {}",
-                describe(found)
-            ),
+            format!("expected {expected}, found {}", describe(found)),
         ));
+    }
+    Ok((decode_all(path, decoder)?, found))
+}
+
+fn other_pixel_type(path: &Path, expected: &str, found: ExtendedColorType) -> Error {
+    image_error(
+        path,
+        format!(
+            "expected {expected}, the decoder returned another pixel type for {}",
+            describe(found)
+        ),
+    )
+}
+
+fn decode_depth_m(path: &Path, bytes: &[u8], depth_scale_mm: f64) -> Result<DepthImage> {
+    const EXPECTED: &str = "a 16-bit grayscale PNG";
+    let (image, found) = decode_png_of_type(path, bytes, ColorType::L16, EXPECTED)?;
+    let DynamicImage::ImageLuma16(values) = image else {
+        return Err(other_pixel_type(path, EXPECTED, found));
     };
     let (width, height) = values.dimensions();
     let to_m = depth_scale_mm * 0.001;
@@ -348,24 +362,9 @@ fn decode_depth_m(path: &Path, bytes: &[u8], depth_scale_mm: f64) -> Result<Dept
 
 fn decode_mask(path: &Path, bytes: &[u8]) -> Result<Mask> {
     const EXPECTED: &str = "an 8-bit grayscale PNG";
-    let decoder = decoder(path, bytes, &[ImageFormat::Png], EXPECTED)?;
-    let found = decoder.original_color_type();
-    let DynamicImage::ImageLuma8(values) = (match decoder.color_type() {
-        ColorType::L8 => decode_all(path, decoder)?,
-        _ => {
-            return Err(image_error(
-                path,
-                format!("expected {EXPECTED}, found {}", describe(found)),
-            ))
-        }
-    }) else {
-        return Err(image_error(
-            path,
-            format!(
-                "expected {EXPECTED}, the decoder returned another pixel type for {}",
-                describe(found)
-            ),
-        ));
+    let (image, found) = decode_png_of_type(path, bytes, ColorType::L8, EXPECTED)?;
+    let DynamicImage::ImageLuma8(values) = image else {
+        return Err(other_pixel_type(path, EXPECTED, found));
     };
     let (width, height) = values.dimensions();
     let inside = values.into_raw().into_iter().map(|v| v != 0).collect();
