@@ -1,38 +1,12 @@
 //! A warmed-up CPU renderer allocates nothing per frame: proved with a counting global
 //! allocator over a refiner-sized batch (5 objects, 240 x 320 crops, 2 threads).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use nalgebra::{Rotation3, Vector3};
+use posed_kernels::alloc_count::{allocations, CountingAllocator};
 use posed_kernels::render::{
     Camera, CpuRenderer, Instance, Mesh, RenderItem, RenderTarget, Shading,
 };
 use posed_kernels::{Intrinsics, Pose};
-
-struct CountingAllocator;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards every call to the system allocator unchanged; only counts them.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
@@ -72,13 +46,13 @@ fn a_warmed_up_frame_allocates_nothing() {
             .render(&items, &mut targets, &shading)
             .expect("render");
     }
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = allocations();
     for _ in 0..50 {
         renderer
             .render(&items, &mut targets, &shading)
             .expect("render");
     }
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let allocations = allocations() - before;
     assert_eq!(
         allocations, 0,
         "{allocations} allocations in 50 warmed-up frames"

@@ -16,6 +16,20 @@
 //! max_batch = 16           # objects per coarse / refiner pass, images per detector pass
 //! max_image = [480, 640]   # largest detector input, height and width in pixels
 //! cache_dir = "/var/cache/posed/engines"  # default: $POSED_CACHE_DIR, $XDG_CACHE_HOME/posed/engines
+//!
+//! [predict]                # `posed predict`; every key is also a flag, and flags win
+//! dataset = "data/ycbv-mini"
+//! split = "test"
+//! detections = "detections.json"   # or init_poses = "init.csv", or [networks] detector
+//! coarse_iterations = 1
+//! refiner_iterations = 4
+//! init = "zup-autodepth"   # or "z1"
+//! batch_size = 16
+//! detection_threshold = 0.0
+//! one_instance_per_class = false
+//! labels = [1, 5]          # object ids to keep (default: all)
+//! out = "results.csv"
+//! save_iterations = "iterations"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -23,6 +37,7 @@ use std::path::{Path, PathBuf};
 use posed_engines::{BackendKind, ModelOptions, Precision, Role};
 use serde::Deserialize;
 
+use crate::pipeline::InitScheme;
 use crate::{Error, Result};
 
 /// The whole configuration file.
@@ -35,6 +50,41 @@ pub struct Config {
     /// How networks run.
     #[serde(default)]
     pub engines: EnginesConfig,
+    /// `posed predict` settings.
+    #[serde(default)]
+    pub predict: PredictConfig,
+}
+
+/// `[predict]`: the settings of `posed predict` (see its flags for their meaning).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredictConfig {
+    /// BOP dataset folder.
+    pub dataset: Option<PathBuf>,
+    /// Split folder (default `test`).
+    pub split: Option<String>,
+    /// BOP 2D-detection JSON file.
+    pub detections: Option<PathBuf>,
+    /// BOP19 results CSV of initial poses.
+    pub init_poses: Option<PathBuf>,
+    /// Coarse iterations.
+    pub coarse_iterations: Option<usize>,
+    /// Refiner iterations.
+    pub refiner_iterations: Option<usize>,
+    /// Initial poses from boxes.
+    pub init: Option<InitScheme>,
+    /// Objects per network pass.
+    pub batch_size: Option<usize>,
+    /// Keep detections scoring above this.
+    pub detection_threshold: Option<f64>,
+    /// Keep the best detection of each object per image.
+    pub one_instance_per_class: Option<bool>,
+    /// Object ids to keep.
+    pub labels: Option<Vec<u32>>,
+    /// Results CSV.
+    pub out: Option<PathBuf>,
+    /// Folder for one results CSV per iteration.
+    pub save_iterations: Option<PathBuf>,
 }
 
 /// `[networks]`: ONNX files by role.
@@ -165,6 +215,11 @@ impl Config {
             &mut config.networks.coarse,
             &mut config.networks.refiner,
             &mut config.engines.cache_dir,
+            &mut config.predict.dataset,
+            &mut config.predict.detections,
+            &mut config.predict.init_poses,
+            &mut config.predict.out,
+            &mut config.predict.save_iterations,
         ]
         .into_iter()
         .flatten()
@@ -187,6 +242,20 @@ impl Config {
                 }
                 other => error("engines", other.to_string()),
             })?;
+        if let Some(threshold) = config.predict.detection_threshold {
+            if !threshold.is_finite() {
+                return Err(error(
+                    "predict.detection_threshold",
+                    format!("expected a finite number, found {threshold}"),
+                ));
+            }
+        }
+        if config.predict.batch_size == Some(0) {
+            return Err(error(
+                "predict.batch_size",
+                "expected at least 1, found 0".to_owned(),
+            ));
+        }
         if config.engines.workspace_mib == 0 {
             return Err(error(
                 "engines.workspace_mib",
@@ -236,6 +305,11 @@ mod tests {
             max_batch = 8
             max_image = [540, 720]
             cache_dir = "cache"
+            [predict]
+            dataset = "data/ycbv"
+            init = "zup-autodepth"
+            refiner_iterations = 2
+            labels = [1, 5]
             "#,
         )
         .expect("valid");
@@ -249,6 +323,13 @@ mod tests {
         );
         assert_eq!(config.engines.backend, BackendKind::TensorRt);
         assert_eq!(config.engines.precision, Precision::Fp16);
+        assert_eq!(
+            config.predict.dataset.as_deref(),
+            Some(Path::new("/etc/posed/data/ycbv"))
+        );
+        assert_eq!(config.predict.init, Some(InitScheme::ZupAutodepth));
+        assert_eq!(config.predict.refiner_iterations, Some(2));
+        assert_eq!(config.predict.labels.as_deref(), Some(&[1, 5][..]));
         assert_eq!(config.engines.model_options().max_image_hw, (540, 720));
         assert_eq!(
             config.engines.cache_dir(),
@@ -292,5 +373,9 @@ mod tests {
         check("[engines]\nmax_image = [480]", "engines.max_image", "");
         check("[networks]\nrefinr = \"x.onnx\"", "networks", "refinr");
         check("[engines\nbackend = 1", "(file)", "");
+        check("[predict]\ninit = \"z2\"", "predict.init", "z2");
+        check("[predict]\nbatch_size = 0", "predict.batch_size", "found 0");
+        check("[predict]\nlabels = [\"a\"]", "predict.labels", "string");
+        check("[predict]\nrefiner = \"r.onnx\"", "predict", "refiner");
     }
 }

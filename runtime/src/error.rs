@@ -84,6 +84,15 @@ pub enum Error {
         /// What was expected and what was found.
         reason: String,
     },
+    /// A request that cannot be carried out as given (options that contradict each other,
+    /// an input that does not fit the loaded models).
+    #[error("{what}: {reason}")]
+    Invalid {
+        /// What was asked (e.g. "refiner iterations").
+        what: String,
+        /// Why it cannot be done.
+        reason: String,
+    },
     /// A network, backend or engine cache error (it names its file).
     #[error(transparent)]
     Engine(#[from] posed_engines::EngineError),

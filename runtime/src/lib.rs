@@ -12,6 +12,8 @@ pub mod engines;
 mod error;
 pub mod eval;
 pub mod overlay;
+pub mod pipeline;
+pub mod predict;
 pub mod render;
 pub mod synth;
 

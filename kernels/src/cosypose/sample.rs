@@ -59,7 +59,7 @@ impl Mt19937 {
 
     /// numpy's legacy `random_interval(max)`: uniform in `0..=max` by masked rejection.
     /// Only 32-bit draws are needed: posed never shuffles more than 2^32 points.
-    fn interval(&mut self, max: u32) -> u32 {
+    pub fn interval(&mut self, max: u32) -> u32 {
         if max == 0 {
             return 0;
         }
@@ -119,6 +119,31 @@ pub fn choice_without_replacement(
     Ok(())
 }
 
+/// `rng.choice(np.arange(n), size = out.len())` (with replacement) on a legacy
+/// `RandomState`: numpy draws each index with `randint(0, n)`, i.e. `random_interval(n -
+/// 1)` on 32-bit outputs for any `n` up to 2^32. CosyPose pads shorter meshes with such
+/// indices (`pad_stack_tensors`, one `RandomState(0)` across all objects).
+pub fn choice_with_replacement(
+    rng: &mut Mt19937,
+    n: usize,
+    out: &mut [u32],
+) -> Result<(), KernelError> {
+    if n == 0 {
+        return Err(KernelError::Empty {
+            what: "population to choose from",
+        });
+    }
+    let max = u32::try_from(n - 1).map_err(|_| KernelError::LimitExceeded {
+        what: "population to choose from",
+        limit: u32::MAX as usize,
+        found: n,
+    })?;
+    for slot in out {
+        *slot = rng.interval(max);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +188,24 @@ mod tests {
             assert_eq!(chosen[CROP_POINTS - 5..], last);
             assert_eq!(chosen.iter().map(|&i| u64::from(i)).sum::<u64>(), sum);
         }
+    }
+
+    /// `np.random.RandomState(0).choice(np.arange(n), size=6)`, numpy 2.4.6.
+    const NUMPY_CHOICE_10_6: [u32; 6] = [5, 0, 3, 3, 7, 9];
+    const NUMPY_CHOICE_3785_6: [u32; 6] = [2732, 2607, 1653, 3264, 835, 763];
+
+    #[test]
+    fn choice_with_replacement_matches_numpy() {
+        let draw = |n: usize, k: usize| {
+            let mut rng = Mt19937::new(0);
+            let mut out = vec![0u32; k];
+            choice_with_replacement(&mut rng, n, &mut out).expect("choice");
+            out
+        };
+        assert_eq!(draw(10, 6), NUMPY_CHOICE_10_6);
+        assert_eq!(draw(3785, 6), NUMPY_CHOICE_3785_6);
+        let mut rng = Mt19937::new(0);
+        assert!(choice_with_replacement(&mut rng, 0, &mut [0; 2]).is_err());
     }
 
     #[test]

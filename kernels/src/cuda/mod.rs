@@ -11,6 +11,9 @@
 //!   of [`crate::metrics::PoseErrorModel::add`] / [`crate::metrics::PoseErrorModel::adds`].
 //! - [`render`]: the renderer ([`GpuRenderer`]), the twin of
 //!   [`crate::render::CpuRenderer`]: same keys, depth, mask and colour, bit for bit.
+//! - [`cosypose`]: CosyPose's crop box and `K_crop`, RoIAlign into the network input,
+//!   and the pose update ([`GpuCosyPose`]), the twins of [`crate::cosypose::crop`] and
+//!   [`crate::cosypose::update`].
 //!
 //! The sources live in `kernels/cuda/` and are listed in [`SOURCES`];
 //! `scripts/check-cuda-kernels.sh` compiles every one of them for `sm_87` and `sm_90` in CI.
@@ -22,6 +25,7 @@
 //! come first.
 
 pub mod compile;
+pub mod cosypose;
 pub mod metrics;
 pub mod render;
 
@@ -33,6 +37,7 @@ use cudarc::driver::{result::DriverError, sys as driver_sys, CudaContext, CudaMo
 use cudarc::nvrtc::Ptx;
 
 pub use compile::{CacheStatus, CompiledImage, ImageKind, KernelCache, KernelSource, Target};
+pub use cosypose::GpuCosyPose;
 pub use metrics::GpuPoseMetrics;
 pub use render::{GpuRenderLimits, GpuRenderer};
 
@@ -50,8 +55,14 @@ pub const RENDER_SOURCE: KernelSource = KernelSource {
     code: include_str!("../../cuda/render.cu"),
 };
 
+/// `kernels/cuda/cosypose.cu`: CosyPose's crop geometry and pose update.
+pub const COSYPOSE_SOURCE: KernelSource = KernelSource {
+    name: "cosypose.cu",
+    code: include_str!("../../cuda/cosypose.cu"),
+};
+
 /// Every embedded CUDA source.
-pub const SOURCES: &[KernelSource] = &[METRICS_SOURCE, RENDER_SOURCE];
+pub const SOURCES: &[KernelSource] = &[METRICS_SOURCE, RENDER_SOURCE, COSYPOSE_SOURCE];
 
 /// Whether the CUDA driver library (`libcuda.so`) can be loaded on this machine.
 pub fn driver_present() -> bool {

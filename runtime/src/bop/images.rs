@@ -8,9 +8,8 @@
 //!
 //! Images are row-major: the pixel at column `u`, row `v` is at index `v * width + u`.
 
-use std::io::{Cursor, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::Cursor;
+use std::path::Path;
 
 use image::codecs::png::PngEncoder;
 use image::{ColorType, DynamicImage, ExtendedColorType, ImageDecoder, ImageEncoder, ImageFormat};
@@ -391,42 +390,13 @@ fn encode_png(
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it onto `path`.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let write_error = |source| Error::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let temporary = temporary_path(path);
-    let result = (|| {
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, path)
-    })();
-    if let Err(source) = result {
-        let _ = std::fs::remove_file(&temporary);
-        return Err(write_error(source));
-    }
-    Ok(())
-}
-
-/// `NAME.tmp-PID-N` beside `path`: unique per process and call, so concurrent writers of
-/// the same file never share a temporary.
-fn temporary_path(path: &Path) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    path.with_file_name(name)
+    super::atomic::write_atomically(path, |out| out.write_all(bytes))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
     use crate::bop::dataset::{BopDataset, ImageFile};
     use proptest::prelude::*;

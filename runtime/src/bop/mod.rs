@@ -1,10 +1,13 @@
-//! BOP dataset readers and writers (docs/bop_datasets_format.md of the BOP toolkit).
+//! BOP dataset readers and writers (docs/bop_datasets_format.md of the BOP toolkit), and
+//! 2D-detection files in the BOP challenge's format ([`detections`]).
 //!
 //! Files hold millimetres; everything returned here is in metres. Every parse error names
 //! the file, the entry (scene / image / object id, CSV line, PLY element) and what was
 //! expected.
 
+mod atomic;
 pub mod dataset;
+pub mod detections;
 pub mod images;
 mod json;
 pub mod models;

@@ -3,7 +3,7 @@
 //! (-1 when unknown).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use posed_kernels::Pose;
 
@@ -174,27 +174,15 @@ fn numbers<const N: usize>(text: &str) -> Option<[f64; N]> {
 /// Writes estimates as a BOP19 results CSV, atomically: the rows go to a temporary file
 /// beside `path`, which then replaces `path`, so a crash never leaves half a file.
 pub fn write_results(path: &Path, estimates: &[Estimate]) -> Result<()> {
-    let write_error = |source| Error::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let temporary = temporary_path(path);
-    let result = (|| {
-        let file = std::fs::File::create(&temporary)?;
-        let mut out = std::io::BufWriter::new(file);
-        format_results(&mut out, estimates)?;
-        out.into_inner().map_err(|err| err.into_error())?.sync_all()
-    })();
-    if let Err(source) = result {
-        let _ = std::fs::remove_file(&temporary);
-        return Err(write_error(source));
-    }
-    std::fs::rename(&temporary, path).map_err(write_error)
+    super::atomic::write_atomically(path, |out| format_results(out, estimates))
 }
 
 /// Formats estimates as BOP19 CSV (header included). Numbers use the shortest text that
 /// reads back to the same f64.
-pub fn format_results(out: &mut impl Write, estimates: &[Estimate]) -> std::io::Result<()> {
+pub fn format_results(
+    out: &mut (impl Write + ?Sized),
+    estimates: &[Estimate],
+) -> std::io::Result<()> {
     writeln!(out, "scene_id,im_id,obj_id,score,R,t,time")?;
     for e in estimates {
         let r = e.camera_from_object.rotation_row_major();
@@ -206,13 +194,4 @@ pub fn format_results(out: &mut impl Write, estimates: &[Estimate]) -> std::io::
         writeln!(out, ",{} {} {},{}", t.x, t.y, t.z, e.time_s)?;
     }
     Ok(())
-}
-
-fn temporary_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(format!(".tmp-{}", std::process::id()));
-    path.with_file_name(name)
 }

@@ -1,5 +1,11 @@
 //! The `posed` command line. `main.rs` only calls [`main`].
 
+mod dataset;
+mod predict;
+
+pub use dataset::DatasetCommand;
+pub use predict::{request_from, summary, PredictArgs};
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -49,6 +55,13 @@ pub enum Command {
     /// engines a configuration names ahead of time, list the engine cache, run one batch.
     #[command(subcommand)]
     Engines(EnginesCommand),
+    /// Estimate poses over a BOP dataset's test images with CosyPose's coarse + refiner
+    /// loop and write a BOP19 results CSV (`posed eval` reads it).
+    Predict(PredictArgs),
+    /// Make `posed predict` inputs from a dataset's ground truth: 2D detections, initial
+    /// poses (with seeded noise).
+    #[command(subcommand)]
+    Dataset(DatasetCommand),
 }
 
 /// `posed engines ...`.
@@ -259,6 +272,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::SynthResults(args) => run_synth(&args),
         Command::Render(args) => run_render(&args),
         Command::Engines(command) => run_engines(command),
+        Command::Predict(args) => predict::run_predict(&args),
+        Command::Dataset(command) => dataset::run_dataset(command),
     }
 }
 

@@ -1,0 +1,683 @@
+//! The coarse + refiner loop of CosyPose (spec A.2-A.4), batched over the objects of one
+//! frame, on the CPU.
+//!
+//! Per iteration and per batch of objects: the crop box around the current estimate, its
+//! `K_crop`, RoIAlign of the camera image into channels 0-2 of the network input, a
+//! rendering at `K_crop` into channels 3-5 (both in [0, 1]), one network pass, and the
+//! image-space update of each pose. Every buffer (network input and outputs, render
+//! targets, the batch list) is allocated in [`SingleViewPipeline::new`]; a warm frame
+//! allocates nothing here (the network backend is another matter: see the engines crate).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use posed_engines::backend::check_input;
+use posed_engines::contract::{POSE_INPUT_CHANNELS, POSE_UPDATE_LEN};
+use posed_engines::tensor::OutputData;
+use posed_engines::{Contract, DetectorLayout, EngineError, ModelOptions, Outputs, Role, Session};
+use posed_kernels::cosypose::crop::{crop_box, k_crop, roi_align_rgb8};
+use posed_kernels::cosypose::init::{init_pose_z1, init_pose_zup_autodepth};
+use posed_kernels::cosypose::update::apply_update;
+use posed_kernels::cosypose::{BoxXyxy, CROP_HEIGHT, CROP_WIDTH};
+use posed_kernels::render::{Camera, CpuRenderer, Instance, RenderItem, RenderTarget, Shading};
+use posed_kernels::{Intrinsics, KernelError, Pose};
+use serde::Deserialize;
+
+use super::points::CropPoints;
+use crate::bop::models::ModelSet;
+use crate::render::object_mesh;
+use crate::{Error, Result};
+
+/// The most objects one network pass takes (CosyPose's `bsz_objects` default).
+pub const MAX_BATCH_SIZE: usize = 64;
+
+const PLANE: usize = CROP_HEIGHT * CROP_WIDTH;
+/// Floats of one batch item of the network input: 6 planes of 240 x 320.
+const ITEM_LEN: usize = POSE_INPUT_CHANNELS * PLANE;
+
+/// How initial poses are made from boxes (spec A.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+pub enum InitScheme {
+    /// The paper's setting: identity rotation, 1 m deep, centred on the box.
+    #[serde(rename = "z1")]
+    #[value(name = "z1")]
+    Z1,
+    /// BOP20's setting: the z-up rotation and the depth at which the model fills the box.
+    #[serde(rename = "zup-autodepth")]
+    #[value(name = "zup-autodepth")]
+    ZupAutodepth,
+}
+
+/// One object of a frame: what it is, where it is believed to be, and how sure.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ObjectEstimate {
+    /// BOP object id.
+    pub obj_id: u32,
+    /// Detection score (or the given initial pose's score).
+    pub score: f64,
+    /// The detection box (x1, y1, x2, y2) in pixels; for a given initial pose, the box of
+    /// its projected model points.
+    pub bbox_xyxy: BoxXyxy,
+    /// The current estimate, metres.
+    pub camera_from_object: Pose,
+    /// False once an iteration had no finite result for this object (a degenerate network
+    /// output, a crop with no extent); the object then keeps its last good pose and takes
+    /// no further part.
+    pub valid: bool,
+}
+
+impl ObjectEstimate {
+    /// An object detected in a box; its pose is set by [`SingleViewPipeline::init_from_boxes`].
+    pub fn from_box(obj_id: u32, score: f64, bbox_xyxy: BoxXyxy) -> Self {
+        Self {
+            obj_id,
+            score,
+            bbox_xyxy,
+            camera_from_object: Pose::identity(),
+            valid: true,
+        }
+    }
+
+    /// An object with a given initial pose (the YCB-Video protocol's PoseCNN poses).
+    pub fn from_pose(obj_id: u32, score: f64, camera_from_object: Pose) -> Self {
+        Self {
+            obj_id,
+            score,
+            bbox_xyxy: [0.0; 4],
+            camera_from_object,
+            valid: true,
+        }
+    }
+}
+
+/// The camera image of a frame: 8-bit RGB, row-major, and its intrinsics.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageView<'a> {
+    /// `width * height * 3` bytes.
+    pub rgb: &'a [u8],
+    /// Width in pixels.
+    pub width: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// Intrinsics.
+    pub intrinsics: Intrinsics,
+}
+
+/// Which network an iteration ran (coarse iterations come first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// The coarse model.
+    Coarse,
+    /// The refiner.
+    Refiner,
+}
+
+impl Stage {
+    /// `coarse` or `refiner`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Coarse => "coarse",
+            Stage::Refiner => "refiner",
+        }
+    }
+}
+
+/// One finished iteration: the stage and its 1-based number within the stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Iteration {
+    /// The network.
+    pub stage: Stage,
+    /// 1 for the first iteration of the stage.
+    pub number: usize,
+}
+
+/// Time spent per stage since the last [`SingleViewPipeline::take_timings`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimings {
+    /// Initial poses from boxes.
+    pub init: Duration,
+    /// Crop boxes, `K_crop` and RoIAlign.
+    pub crop: Duration,
+    /// Rendering at the current estimates, and its conversion into the network input.
+    pub render: Duration,
+    /// Coarse network passes.
+    pub coarse_network: Duration,
+    /// Refiner network passes.
+    pub refiner_network: Duration,
+    /// Pose updates.
+    pub update: Duration,
+    /// Objects that lost their estimate to a non-finite result.
+    pub invalid_objects: usize,
+}
+
+impl StageTimings {
+    /// Everything but the networks.
+    pub fn without_networks(&self) -> Duration {
+        self.init + self.crop + self.render + self.update
+    }
+
+    /// Adds another frame's timings to these.
+    pub fn accumulate(&mut self, other: &StageTimings) {
+        self.init += other.init;
+        self.crop += other.crop;
+        self.render += other.render;
+        self.coarse_network += other.coarse_network;
+        self.refiner_network += other.refiner_network;
+        self.update += other.update;
+        self.invalid_objects += other.invalid_objects;
+    }
+}
+
+/// The loop's settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PipelineOptions {
+    /// Coarse iterations (BOP: 1; YCB-V from PoseCNN poses: 0).
+    pub coarse_iterations: usize,
+    /// Refiner iterations (BOP: 4; YCB-V: 2).
+    pub refiner_iterations: usize,
+    /// Objects per network pass, at most [`MAX_BATCH_SIZE`] and the networks' largest batch.
+    pub batch_size: usize,
+    /// Threads of the renderer (the caller's included).
+    pub render_threads: usize,
+    /// How renderings are lit.
+    pub shading: Shading,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        Self {
+            coarse_iterations: 1,
+            refiner_iterations: 4,
+            batch_size: ModelOptions::default().max_batch,
+            render_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            shading: Shading::default(),
+        }
+    }
+}
+
+/// The coarse and refiner sessions (either may be absent when its iterations are 0).
+pub struct PoseNetworks {
+    /// The coarse model.
+    pub coarse: Option<Box<dyn Session>>,
+    /// The refiner.
+    pub refiner: Option<Box<dyn Session>>,
+}
+
+struct NetworkSlot {
+    session: Box<dyn Session>,
+    outputs: Outputs,
+}
+
+impl NetworkSlot {
+    fn new(session: Box<dyn Session>, stage: Stage) -> Result<Self> {
+        let contract = session.contract();
+        if contract.input.dims.len() != 4 || contract.outputs.len() != 1 {
+            return Err(Error::Invalid {
+                what: format!("the {} network", stage.name()),
+                reason: format!(
+                    "expected a coarse or refiner network, found a {}",
+                    contract.role
+                ),
+            });
+        }
+        let outputs = session.allocate_outputs();
+        Ok(Self { session, outputs })
+    }
+}
+
+/// One object of the current batch.
+#[derive(Debug, Clone, Copy)]
+struct BatchItem {
+    /// Index in the frame's object list.
+    object: usize,
+    k_crop: Intrinsics,
+    instance: Instance,
+}
+
+/// CosyPose's single-view loop with every buffer allocated up front.
+pub struct SingleViewPipeline {
+    options: PipelineOptions,
+    batch_size: usize,
+    points: CropPoints,
+    renderer: CpuRenderer,
+    mesh_of_object: BTreeMap<u32, usize>,
+    coarse: Option<NetworkSlot>,
+    refiner: Option<NetworkSlot>,
+    input: Vec<f32>,
+    targets: Vec<RenderTarget>,
+    batch: Vec<BatchItem>,
+    timings: StageTimings,
+}
+
+impl std::fmt::Debug for SingleViewPipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SingleViewPipeline")
+            .field("options", &self.options)
+            .field("batch_size", &self.batch_size)
+            .field("objects", &self.mesh_of_object.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SingleViewPipeline {
+    /// Prepares the loop for the objects of `models` with these networks.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] when iterations are asked of a network that is absent, the batch
+    /// size is 0, or a session is not a pose network; what [`object_mesh`] and
+    /// [`CropPoints::from_models`] refuse.
+    pub fn new(
+        models: &ModelSet,
+        networks: PoseNetworks,
+        options: PipelineOptions,
+    ) -> Result<Self> {
+        let invalid = |what: &str, reason: String| Error::Invalid {
+            what: what.to_string(),
+            reason,
+        };
+        if options.coarse_iterations > 0 && networks.coarse.is_none() {
+            return Err(invalid(
+                "coarse iterations",
+                format!(
+                    "{} asked, but no coarse network is given",
+                    options.coarse_iterations
+                ),
+            ));
+        }
+        if options.refiner_iterations > 0 && networks.refiner.is_none() {
+            return Err(invalid(
+                "refiner iterations",
+                format!(
+                    "{} asked, but no refiner network is given",
+                    options.refiner_iterations
+                ),
+            ));
+        }
+        if options.batch_size == 0 {
+            return Err(invalid("batch size", "must be at least 1".to_string()));
+        }
+        let coarse = networks
+            .coarse
+            .map(|s| NetworkSlot::new(s, Stage::Coarse))
+            .transpose()?;
+        let refiner = networks
+            .refiner
+            .map(|s| NetworkSlot::new(s, Stage::Refiner))
+            .transpose()?;
+        let batch_size = [&coarse, &refiner]
+            .into_iter()
+            .flatten()
+            .map(|slot| slot.session.options().max_batch)
+            .fold(options.batch_size.min(MAX_BATCH_SIZE), usize::min);
+
+        let mut meshes = Vec::with_capacity(models.objects.len());
+        let mut mesh_of_object = BTreeMap::new();
+        for (obj_id, model) in &models.objects {
+            mesh_of_object.insert(*obj_id, meshes.len());
+            meshes.push(object_mesh(model)?);
+        }
+        Ok(Self {
+            options,
+            batch_size,
+            points: CropPoints::from_models(models)?,
+            renderer: CpuRenderer::new(meshes, options.render_threads),
+            mesh_of_object,
+            coarse,
+            refiner,
+            input: vec![0.0; batch_size * ITEM_LEN],
+            targets: (0..batch_size)
+                .map(|_| RenderTarget::new(CROP_WIDTH, CROP_HEIGHT))
+                .collect(),
+            batch: Vec::with_capacity(batch_size),
+            timings: StageTimings::default(),
+        })
+    }
+
+    /// The options it was built with.
+    pub fn options(&self) -> &PipelineOptions {
+        &self.options
+    }
+
+    /// Objects per network pass (the option, capped by the networks' largest batch).
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// The crop points of the objects.
+    pub fn points(&self) -> &CropPoints {
+        &self.points
+    }
+
+    /// Whether the models include `obj_id`.
+    pub fn has_object(&self, obj_id: u32) -> bool {
+        self.mesh_of_object.contains_key(&obj_id)
+    }
+
+    /// The timings since the last call, and a fresh start.
+    pub fn take_timings(&mut self) -> StageTimings {
+        std::mem::take(&mut self.timings)
+    }
+
+    /// Sets each object's initial pose from its box (spec A.2).
+    ///
+    /// # Errors
+    /// [`Error::Kernel`] for an object without a model or a box that gives no depth.
+    pub fn init_from_boxes(
+        &mut self,
+        intrinsics: &Intrinsics,
+        scheme: InitScheme,
+        objects: &mut [ObjectEstimate],
+    ) -> Result<()> {
+        let start = Instant::now();
+        for object in objects.iter_mut() {
+            object.camera_from_object = match scheme {
+                InitScheme::Z1 => init_pose_z1(&object.bbox_xyxy, intrinsics),
+                InitScheme::ZupAutodepth => {
+                    let points = self.points_of(object.obj_id)?;
+                    init_pose_zup_autodepth(&object.bbox_xyxy, intrinsics, points).map_err(
+                        |source| Error::Kernel {
+                            context: format!(
+                                "initial pose of object {} from box {:?}",
+                                object.obj_id, object.bbox_xyxy
+                            ),
+                            source,
+                        },
+                    )?
+                }
+            };
+        }
+        self.timings.init += start.elapsed();
+        Ok(())
+    }
+
+    /// Sets each object's box to the box of its projected model points (for objects that
+    /// come with a pose rather than a detection).
+    ///
+    /// # Errors
+    /// [`Error::Kernel`] for an object without a model.
+    pub fn boxes_from_poses(
+        &self,
+        intrinsics: &Intrinsics,
+        objects: &mut [ObjectEstimate],
+    ) -> Result<()> {
+        for object in objects.iter_mut() {
+            let points = self.points_of(object.obj_id)?;
+            let mut bbox = [
+                f64::INFINITY,
+                f64::INFINITY,
+                f64::NEG_INFINITY,
+                f64::NEG_INFINITY,
+            ];
+            for p in points {
+                let point = nalgebra::Vector3::new(p[0], p[1], p[2]).cast::<f64>();
+                let [u, v] = posed_kernels::cosypose::crop::project_robust(
+                    intrinsics,
+                    &object.camera_from_object,
+                    &point,
+                );
+                bbox = [
+                    bbox[0].min(u),
+                    bbox[1].min(v),
+                    bbox[2].max(u),
+                    bbox[3].max(v),
+                ];
+            }
+            object.bbox_xyxy = bbox;
+        }
+        Ok(())
+    }
+
+    /// Runs the configured coarse, then refiner iterations on `objects`, calling
+    /// `on_iteration` after each with the updated list.
+    ///
+    /// # Errors
+    /// [`Error::Kernel`] for an object without a model or an image whose size does not
+    /// match its bytes; [`Error::Engine`] when a network run fails. An object whose update
+    /// is not finite is not an error: it is marked invalid and counted.
+    pub fn run(
+        &mut self,
+        image: &ImageView<'_>,
+        objects: &mut [ObjectEstimate],
+        on_iteration: &mut dyn FnMut(Iteration, &[ObjectEstimate]),
+    ) -> Result<()> {
+        if image.rgb.len() != image.width * image.height * 3 {
+            return Err(Error::Kernel {
+                context: "the camera image".to_string(),
+                source: KernelError::SizeMismatch {
+                    what: "RGB image bytes",
+                    expected: image.width * image.height * 3,
+                    found: image.rgb.len(),
+                },
+            });
+        }
+        for object in objects.iter() {
+            self.points_of(object.obj_id)?;
+        }
+        let stages = [
+            (Stage::Coarse, self.options.coarse_iterations),
+            (Stage::Refiner, self.options.refiner_iterations),
+        ];
+        for (stage, iterations) in stages {
+            for number in 1..=iterations {
+                let mut next = 0;
+                while next < objects.len() {
+                    next = self.fill_batch(image, objects, next)?;
+                    if !self.batch.is_empty() {
+                        self.run_batch(stage, objects)?;
+                    }
+                }
+                on_iteration(Iteration { stage, number }, objects);
+            }
+        }
+        Ok(())
+    }
+
+    fn points_of(&self, obj_id: u32) -> Result<&[[f32; 3]]> {
+        self.points.get(obj_id).ok_or_else(|| Error::Kernel {
+            context: format!("object {obj_id}"),
+            source: KernelError::InvalidMesh {
+                reason: "the object models have no object with this id",
+            },
+        })
+    }
+
+    /// Takes valid objects from `first` on until the batch is full: their crop boxes,
+    /// `K_crop` and RoIAlign crops. Returns the index after the last object looked at.
+    fn fill_batch(
+        &mut self,
+        image: &ImageView<'_>,
+        objects: &mut [ObjectEstimate],
+        first: usize,
+    ) -> Result<usize> {
+        let start = Instant::now();
+        self.batch.clear();
+        let mut index = first;
+        while index < objects.len() && self.batch.len() < self.batch_size {
+            let object = &mut objects[index];
+            index += 1;
+            if !object.valid {
+                continue;
+            }
+            let points = self.points.get(object.obj_id).unwrap_or(&[]);
+            let pose = &object.camera_from_object;
+            let crop = crop_box(&image.intrinsics, pose, points, image.width, image.height)
+                .and_then(|crop| Ok((crop, k_crop(&image.intrinsics, &crop)?)));
+            let Ok((crop, k_crop)) = crop else {
+                object.valid = false;
+                self.timings.invalid_objects += 1;
+                continue;
+            };
+            let item = self.batch.len();
+            let out = &mut self.input[item * ITEM_LEN..item * ITEM_LEN + 3 * PLANE];
+            roi_align_rgb8(image.rgb, image.width, image.height, &crop, out).map_err(|source| {
+                Error::Kernel {
+                    context: "cropping the camera image".to_string(),
+                    source,
+                }
+            })?;
+            let mesh = self
+                .mesh_of_object
+                .get(&object.obj_id)
+                .copied()
+                .unwrap_or(0);
+            self.batch.push(BatchItem {
+                object: index - 1,
+                k_crop,
+                instance: Instance {
+                    mesh,
+                    camera_from_object: *pose,
+                },
+            });
+        }
+        self.timings.crop += start.elapsed();
+        Ok(index)
+    }
+
+    /// Renders, runs the network and updates the poses of the current batch.
+    fn run_batch(&mut self, stage: Stage, objects: &mut [ObjectEstimate]) -> Result<()> {
+        let count = self.batch.len();
+
+        let start = Instant::now();
+        let mut items: heapless::Vec<RenderItem<'_>, MAX_BATCH_SIZE> = heapless::Vec::new();
+        for item in &self.batch {
+            let render_item = RenderItem {
+                camera: Camera {
+                    intrinsics: item.k_crop,
+                    width: CROP_WIDTH,
+                    height: CROP_HEIGHT,
+                },
+                instances: std::slice::from_ref(&item.instance),
+            };
+            // The batch never exceeds MAX_BATCH_SIZE (see `new`).
+            let _ = items.push(render_item);
+        }
+        self.renderer
+            .render(&items, &mut self.targets[..count], &self.options.shading)
+            .map_err(|source| Error::Kernel {
+                context: "rendering the objects at their current estimates".to_string(),
+                source,
+            })?;
+        for (item, target) in self.targets[..count].iter().enumerate() {
+            let rendered = &mut self.input[item * ITEM_LEN + 3 * PLANE..(item + 1) * ITEM_LEN];
+            let (red, rest) = rendered.split_at_mut(PLANE);
+            let (green, blue) = rest.split_at_mut(PLANE);
+            for (p, rgb) in target.rgb().iter().enumerate() {
+                red[p] = f32::from(rgb[0]) / 255.0;
+                green[p] = f32::from(rgb[1]) / 255.0;
+                blue[p] = f32::from(rgb[2]) / 255.0;
+            }
+        }
+        self.timings.render += start.elapsed();
+
+        let start = Instant::now();
+        let slot = match stage {
+            Stage::Coarse => self.coarse.as_mut(),
+            Stage::Refiner => self.refiner.as_mut(),
+        };
+        let Some(slot) = slot else {
+            return Ok(());
+        };
+        let shape = [count, POSE_INPUT_CHANNELS, CROP_HEIGHT, CROP_WIDTH];
+        slot.session
+            .run(&self.input[..count * ITEM_LEN], &shape, &mut slot.outputs)?;
+        let updates = slot
+            .outputs
+            .tensors()
+            .first()
+            .and_then(|t| t.f32s())
+            .filter(|u| u.len() == count * POSE_UPDATE_LEN)
+            .ok_or_else(|| EngineError::Output {
+                tensor: "pose_update".to_string(),
+                reason: format!(
+                    "the {} network did not write [{count}, {POSE_UPDATE_LEN}] floats",
+                    stage.name()
+                ),
+            })?;
+        let elapsed = start.elapsed();
+        match stage {
+            Stage::Coarse => self.timings.coarse_network += elapsed,
+            Stage::Refiner => self.timings.refiner_network += elapsed,
+        }
+
+        let start = Instant::now();
+        for (item, update) in self.batch.iter().zip(updates.chunks_exact(POSE_UPDATE_LEN)) {
+            let object = &mut objects[item.object];
+            let mut output = [0.0f32; POSE_UPDATE_LEN];
+            output.copy_from_slice(update);
+            match apply_update(&object.camera_from_object, &output, &item.k_crop) {
+                Ok(pose) if pose.translation_m.iter().all(|v| v.is_finite()) => {
+                    object.camera_from_object = pose;
+                }
+                _ => {
+                    object.valid = false;
+                    self.timings.invalid_objects += 1;
+                }
+            }
+        }
+        self.timings.update += start.elapsed();
+        Ok(())
+    }
+}
+
+/// A pose network whose every answer is the same update; [`ConstantPoseNetwork::identity`]
+/// answers `(1,0,0, 0,1,0, 0,0,1)`, leaving poses where they are. It stands in for the
+/// network where everything else is measured (benches, allocation tests) or checked.
+#[derive(Debug, Clone, Copy)]
+pub struct ConstantPoseNetwork {
+    options: ModelOptions,
+    update: [f32; POSE_UPDATE_LEN],
+}
+
+impl ConstantPoseNetwork {
+    /// A session answering `update` for every crop of batches up to `max_batch`.
+    pub fn new(max_batch: usize, update: [f32; POSE_UPDATE_LEN]) -> Self {
+        Self {
+            options: ModelOptions {
+                max_batch,
+                ..ModelOptions::default()
+            },
+            update,
+        }
+    }
+
+    /// The identity update of spec A.3.
+    pub fn identity(max_batch: usize) -> Self {
+        Self::new(max_batch, [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0])
+    }
+}
+
+impl Session for ConstantPoseNetwork {
+    fn contract(&self) -> Contract {
+        Contract::for_role(Role::Refiner, DetectorLayout::Batched)
+    }
+
+    fn options(&self) -> ModelOptions {
+        self.options
+    }
+
+    fn max_detections(&self) -> usize {
+        1
+    }
+
+    fn run(
+        &mut self,
+        input: &[f32],
+        shape: &[usize],
+        outputs: &mut Outputs,
+    ) -> std::result::Result<(), EngineError> {
+        let batch = check_input(&self.contract(), &self.options, input, shape)?;
+        let tensor = outputs
+            .tensors_mut()
+            .first_mut()
+            .ok_or_else(|| EngineError::Output {
+                tensor: "pose_update".to_string(),
+                reason: "no output buffer".to_string(),
+            })?;
+        if let OutputData::F32(values) = tensor.prepare(&[batch, POSE_UPDATE_LEN])? {
+            for chunk in values[..batch * POSE_UPDATE_LEN].chunks_exact_mut(POSE_UPDATE_LEN) {
+                chunk.copy_from_slice(&self.update);
+            }
+        }
+        Ok(())
+    }
+}
