@@ -178,27 +178,80 @@ pub fn roi_align_rgb8(
     crop: &BoxXyxy,
     out: &mut [f32],
 ) -> Result<(), KernelError> {
+    check_roi_align(rgb.len(), width, height, "RGB image bytes", out.len())?;
+    roi_align(|i| f32::from(rgb[i]) / 255.0, width, height, crop, out)
+}
+
+/// [`roi_align_rgb8`] of an image already divided by 255 ([`normalize_rgb8`]): the same
+/// values, bit for bit, without a division per texel read. For several crops of one
+/// image, normalise it once.
+pub fn roi_align_normalized(
+    rgb: &[f32],
+    width: usize,
+    height: usize,
+    crop: &BoxXyxy,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    check_roi_align(rgb.len(), width, height, "normalised RGB values", out.len())?;
+    roi_align(|i| rgb[i], width, height, crop, out)
+}
+
+/// `out[i] = rgb[i] / 255` in f32, the texel values RoIAlign reads. `out` must hold
+/// `rgb.len()` values.
+pub fn normalize_rgb8(rgb: &[u8], out: &mut [f32]) -> Result<(), KernelError> {
+    if out.len() != rgb.len() {
+        return Err(KernelError::SizeMismatch {
+            what: "normalised RGB values",
+            expected: rgb.len(),
+            found: out.len(),
+        });
+    }
+    for (value, &byte) in out.iter_mut().zip(rgb) {
+        *value = f32::from(byte) / 255.0;
+    }
+    Ok(())
+}
+
+fn check_roi_align(
+    image_len: usize,
+    width: usize,
+    height: usize,
+    what: &'static str,
+    out_len: usize,
+) -> Result<(), KernelError> {
     if width == 0 || height == 0 {
         return Err(KernelError::InvalidValue {
             what: "image size",
             reason: "width and height must be positive",
         });
     }
-    if rgb.len() != width * height * 3 {
+    if image_len != width * height * 3 {
         return Err(KernelError::SizeMismatch {
-            what: "RGB image bytes",
+            what,
             expected: width * height * 3,
-            found: rgb.len(),
+            found: image_len,
         });
     }
     let plane = CROP_HEIGHT * CROP_WIDTH;
-    if out.len() < 3 * plane {
+    if out_len < 3 * plane {
         return Err(KernelError::SizeMismatch {
             what: "RoIAlign output",
             expected: 3 * plane,
-            found: out.len(),
+            found: out_len,
         });
     }
+    Ok(())
+}
+
+/// RoIAlign over texel values `texel(index)` of a row-major RGB image (checked sizes).
+fn roi_align(
+    texel_at: impl Fn(usize) -> f32,
+    width: usize,
+    height: usize,
+    crop: &BoxXyxy,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    let plane = CROP_HEIGHT * CROP_WIDTH;
     let crop_f32 = crop.map(|v| v as f32);
     if !crop_f32.iter().all(|v| v.is_finite()) {
         return Err(KernelError::NotFinite { what: "crop box" });
@@ -209,7 +262,7 @@ pub fn roi_align_rgb8(
     axis_samples(crop_f32[0], crop_f32[2], CROP_WIDTH, width, &mut xs);
     axis_samples(crop_f32[1], crop_f32[3], CROP_HEIGHT, height, &mut ys);
     let count = (RATIO * RATIO) as f32;
-    let texel = |x: usize, y: usize, c: usize| f32::from(rgb[(y * width + x) * 3 + c]) / 255.0;
+    let texel = |x: usize, y: usize, c: usize| texel_at((y * width + x) * 3 + c);
     for i in 0..CROP_HEIGHT {
         for j in 0..CROP_WIDTH {
             let mut sums = [0.0f32; 3];

@@ -4,7 +4,9 @@
 use nalgebra::{Rotation3, Vector3};
 use proptest::prelude::*;
 
-use super::crop::{crop_box, k_crop, project_robust, roi_align_rgb8};
+use super::crop::{
+    crop_box, k_crop, normalize_rgb8, project_robust, roi_align_normalized, roi_align_rgb8,
+};
 use super::init::{init_pose_z1, init_pose_zup_autodepth};
 use super::update::{apply_update, rotation_from_6d};
 use super::{CROP_HEIGHT, CROP_WIDTH};
@@ -286,4 +288,33 @@ proptest! {
         prop_assert!(close(after[1] - before[1], f64::from(vy), 1e-6));
         prop_assert!(close(updated.translation_m.z, f64::from(vz) * pose.translation_m.z, 1e-12));
     }
+}
+
+/// The pre-normalised path reads the same texel values, so it gives the same crop, bit
+/// for bit, over crops inside, across and outside an image of varied bytes.
+#[test]
+fn roi_align_of_a_normalised_image_is_the_same() {
+    let (w, h) = (97, 61);
+    let image: Vec<u8> = (0..w * h * 3)
+        .map(|i| ((i * 37 + i / 7) % 256) as u8)
+        .collect();
+    let mut normalised = vec![0.0f32; image.len()];
+    normalize_rgb8(&image, &mut normalised).expect("normalise");
+    let mut a = vec![0.0f32; 3 * CROP_HEIGHT * CROP_WIDTH];
+    let mut b = a.clone();
+    for crop in [
+        [3.2, 4.7, 60.1, 50.9],
+        [-30.0, -10.5, 40.25, 70.0],
+        [90.0, 55.0, 300.0, 200.0],
+        [200.0, 100.0, 260.0, 140.0],
+    ] {
+        roi_align_rgb8(&image, w, h, &crop, &mut a).expect("rgb8");
+        roi_align_normalized(&normalised, w, h, &crop, &mut b).expect("normalised");
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{crop:?}"
+        );
+    }
+    assert!(roi_align_normalized(&normalised[1..], w, h, &[0.0; 4], &mut b).is_err());
+    assert!(normalize_rgb8(&image, &mut normalised[1..]).is_err());
 }

@@ -187,6 +187,11 @@ impl CpuRenderer {
         self.pool.thread_count()
     }
 
+    /// The worker pool, for other per-frame work to share the renderer's threads.
+    pub fn pool(&self) -> &WorkerPool {
+        &self.pool
+    }
+
     /// Renders each item into the target of the same index.
     ///
     /// # Errors

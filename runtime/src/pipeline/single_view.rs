@@ -9,13 +9,14 @@
 //! allocates nothing here (the network backend is another matter: see the engines crate).
 
 use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use posed_engines::backend::check_input;
 use posed_engines::contract::{POSE_INPUT_CHANNELS, POSE_UPDATE_LEN};
 use posed_engines::tensor::OutputData;
 use posed_engines::{Contract, DetectorLayout, EngineError, ModelOptions, Outputs, Role, Session};
-use posed_kernels::cosypose::crop::{crop_box, k_crop, roi_align_rgb8};
+use posed_kernels::cosypose::crop::{crop_box, k_crop, normalize_rgb8, roi_align_normalized};
 use posed_kernels::cosypose::init::{init_pose_z1, init_pose_zup_autodepth};
 use posed_kernels::cosypose::update::apply_update;
 use posed_kernels::cosypose::{BoxXyxy, CROP_HEIGHT, CROP_WIDTH};
@@ -230,6 +231,7 @@ impl NetworkSlot {
 struct BatchItem {
     /// Index in the frame's object list.
     object: usize,
+    crop: BoxXyxy,
     k_crop: Intrinsics,
     instance: Instance,
 }
@@ -244,6 +246,8 @@ pub struct SingleViewPipeline {
     coarse: Option<NetworkSlot>,
     refiner: Option<NetworkSlot>,
     input: Vec<f32>,
+    /// The camera image divided by 255, what RoIAlign reads; sized by the largest image.
+    normalized: Vec<f32>,
     targets: Vec<RenderTarget>,
     batch: Vec<BatchItem>,
     timings: StageTimings,
@@ -325,6 +329,7 @@ impl SingleViewPipeline {
             coarse,
             refiner,
             input: vec![0.0; batch_size * ITEM_LEN],
+            normalized: Vec::new(),
             targets: (0..batch_size)
                 .map(|_| RenderTarget::new(CROP_WIDTH, CROP_HEIGHT))
                 .collect(),
@@ -453,6 +458,18 @@ impl SingleViewPipeline {
         for object in objects.iter() {
             self.points_of(object.obj_id)?;
         }
+        let start = Instant::now();
+        if self.normalized.len() < image.rgb.len() {
+            // Grows with the largest image seen, then is reused.
+            self.normalized.resize(image.rgb.len(), 0.0);
+        }
+        normalize_rgb8(image.rgb, &mut self.normalized[..image.rgb.len()]).map_err(|source| {
+            Error::Kernel {
+                context: "the camera image".to_string(),
+                source,
+            }
+        })?;
+        self.timings.crop += start.elapsed();
         let stages = [
             (Stage::Coarse, self.options.coarse_iterations),
             (Stage::Refiner, self.options.refiner_iterations),
@@ -507,14 +524,6 @@ impl SingleViewPipeline {
                 self.timings.invalid_objects += 1;
                 continue;
             };
-            let item = self.batch.len();
-            let out = &mut self.input[item * ITEM_LEN..item * ITEM_LEN + 3 * PLANE];
-            roi_align_rgb8(image.rgb, image.width, image.height, &crop, out).map_err(|source| {
-                Error::Kernel {
-                    context: "cropping the camera image".to_string(),
-                    source,
-                }
-            })?;
             let mesh = self
                 .mesh_of_object
                 .get(&object.obj_id)
@@ -522,6 +531,7 @@ impl SingleViewPipeline {
                 .unwrap_or(0);
             self.batch.push(BatchItem {
                 object: index - 1,
+                crop,
                 k_crop,
                 instance: Instance {
                     mesh,
@@ -529,8 +539,39 @@ impl SingleViewPipeline {
                 },
             });
         }
+        self.crop_batch(image)?;
         self.timings.crop += start.elapsed();
         Ok(index)
+    }
+
+    /// RoIAlign of the normalised camera image over each batch item's crop box into
+    /// channels 0-2 of its network input, one item per task on the renderer's threads.
+    fn crop_batch(&mut self, image: &ImageView<'_>) -> Result<()> {
+        let count = self.batch.len();
+        let mut outputs: heapless::Vec<Mutex<&mut [f32]>, MAX_BATCH_SIZE> = heapless::Vec::new();
+        for item in self.input.chunks_exact_mut(ITEM_LEN).take(count) {
+            // `count` never exceeds MAX_BATCH_SIZE (see `new`), so the push cannot fail.
+            let _ = outputs.push(Mutex::new(&mut item[..3 * PLANE]));
+        }
+        let failure: Mutex<Option<KernelError>> = Mutex::new(None);
+        let texels = &self.normalized[..image.rgb.len()];
+        let batch = &self.batch;
+        self.renderer.pool().run(count, &|task| {
+            let mut out = outputs[task].lock().unwrap_or_else(PoisonError::into_inner);
+            let crop = &batch[task].crop;
+            if let Err(error) =
+                roi_align_normalized(texels, image.width, image.height, crop, &mut out)
+            {
+                *failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+            }
+        });
+        match failure.into_inner().unwrap_or_else(PoisonError::into_inner) {
+            None => Ok(()),
+            Some(source) => Err(Error::Kernel {
+                context: "cropping the camera image".to_string(),
+                source,
+            }),
+        }
     }
 
     /// Renders, runs the network and updates the poses of the current batch.
