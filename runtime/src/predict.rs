@@ -321,7 +321,7 @@ fn image_list(dataset: &BopDataset, all_images: bool) -> Result<Vec<ImageKey>> {
                     ),
                 });
             }
-            if images.last() != Some(&key) && !images.contains(&key) {
+            if !images.contains(&key) {
                 images.push(key);
             }
         }

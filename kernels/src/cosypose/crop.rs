@@ -21,6 +21,28 @@ pub fn project_robust(
     [s.x / depth, s.y / depth]
 }
 
+/// The box (min u, min v, max u, max v) of the robustly projected points: CosyPose's
+/// rendered box, around which the crop is placed. Infinite bounds for no points.
+pub fn projected_box(k: &Intrinsics, camera_from_object: &Pose, points_m: &[[f32; 3]]) -> BoxXyxy {
+    let mut bbox = [
+        f64::INFINITY,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::NEG_INFINITY,
+    ];
+    for p in points_m {
+        let point = Vector3::new(f64::from(p[0]), f64::from(p[1]), f64::from(p[2]));
+        let [u, v] = project_robust(k, camera_from_object, &point);
+        bbox = [
+            bbox[0].min(u),
+            bbox[1].min(v),
+            bbox[2].max(u),
+            bbox[3].max(v),
+        ];
+    }
+    bbox
+}
+
 /// The crop box of `deepim_boxes` with CosyPose's inputs: the box of the projected model
 /// points, centred on the projected object origin, enlarged by lambda = 1.4 and given the
 /// aspect ratio of the full input image (`r = max(H, W) / min(H, W)`). Not clamped: it may
@@ -43,16 +65,7 @@ pub fn crop_box(
             reason: "width and height must be positive",
         });
     }
-    let (mut x1, mut y1) = (f64::INFINITY, f64::INFINITY);
-    let (mut x2, mut y2) = (f64::NEG_INFINITY, f64::NEG_INFINITY);
-    for p in points_m {
-        let point = Vector3::new(f64::from(p[0]), f64::from(p[1]), f64::from(p[2]));
-        let [u, v] = project_robust(k, camera_from_object, &point);
-        x1 = x1.min(u);
-        y1 = y1.min(v);
-        x2 = x2.max(u);
-        y2 = y2.max(v);
-    }
+    let [x1, y1, x2, y2] = projected_box(k, camera_from_object, points_m);
     let [xc, yc] = project_robust(k, camera_from_object, &Vector3::zeros());
     let (w, h) = (image_width as f64, image_height as f64);
     let r = w.max(h) / w.min(h);

@@ -16,7 +16,9 @@ use posed_engines::backend::check_input;
 use posed_engines::contract::{POSE_INPUT_CHANNELS, POSE_UPDATE_LEN};
 use posed_engines::tensor::OutputData;
 use posed_engines::{Contract, DetectorLayout, EngineError, ModelOptions, Outputs, Role, Session};
-use posed_kernels::cosypose::crop::{crop_box, k_crop, normalize_rgb8, roi_align_normalized};
+use posed_kernels::cosypose::crop::{
+    crop_box, k_crop, normalize_rgb8, projected_box, roi_align_normalized,
+};
 use posed_kernels::cosypose::init::{init_pose_z1, init_pose_zup_autodepth};
 use posed_kernels::cosypose::update::apply_update;
 use posed_kernels::cosypose::{BoxXyxy, CROP_HEIGHT, CROP_WIDTH};
@@ -212,7 +214,7 @@ struct NetworkSlot {
 impl NetworkSlot {
     fn new(session: Box<dyn Session>, stage: Stage) -> Result<Self> {
         let contract = session.contract();
-        if contract.input.dims.len() != 4 || contract.outputs.len() != 1 {
+        if !matches!(contract.role, Role::Coarse | Role::Refiner) {
             return Err(Error::Invalid {
                 what: format!("the {} network", stage.name()),
                 reason: format!(
@@ -407,27 +409,7 @@ impl SingleViewPipeline {
     ) -> Result<()> {
         for object in objects.iter_mut() {
             let points = self.points_of(object.obj_id)?;
-            let mut bbox = [
-                f64::INFINITY,
-                f64::INFINITY,
-                f64::NEG_INFINITY,
-                f64::NEG_INFINITY,
-            ];
-            for p in points {
-                let point = nalgebra::Vector3::new(p[0], p[1], p[2]).cast::<f64>();
-                let [u, v] = posed_kernels::cosypose::crop::project_robust(
-                    intrinsics,
-                    &object.camera_from_object,
-                    &point,
-                );
-                bbox = [
-                    bbox[0].min(u),
-                    bbox[1].min(v),
-                    bbox[2].max(u),
-                    bbox[3].max(v),
-                ];
-            }
-            object.bbox_xyxy = bbox;
+            object.bbox_xyxy = projected_box(intrinsics, &object.camera_from_object, points);
         }
         Ok(())
     }

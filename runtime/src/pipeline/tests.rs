@@ -4,11 +4,8 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use posed_engines::backend::check_input;
-use posed_engines::tensor::OutputData;
 use posed_engines::{
-    Backend, Contract, CpuBackend, DetectorLayout, EngineError, ModelOptions, Network, Outputs,
-    Role, Session,
+    Backend, Contract, CpuBackend, EngineError, ModelOptions, Network, Outputs, Session,
 };
 use posed_kernels::cosypose::crop::{crop_box, k_crop, project_robust, roi_align_rgb8};
 use posed_kernels::cosypose::{CROP_HEIGHT, CROP_WIDTH};
@@ -82,22 +79,23 @@ impl Scene {
     }
 }
 
-/// A refiner that answers the identity and keeps a copy of every input it was given.
+/// The identity refiner, keeping a copy of every input item it was given.
 struct RecordingNetwork {
+    inner: ConstantPoseNetwork,
     inputs: Arc<Mutex<Vec<Vec<f32>>>>,
 }
 
 impl Session for RecordingNetwork {
     fn contract(&self) -> Contract {
-        Contract::for_role(Role::Refiner, DetectorLayout::Batched)
+        self.inner.contract()
     }
 
     fn options(&self) -> ModelOptions {
-        ModelOptions::default()
+        self.inner.options()
     }
 
     fn max_detections(&self) -> usize {
-        1
+        self.inner.max_detections()
     }
 
     fn run(
@@ -106,17 +104,9 @@ impl Session for RecordingNetwork {
         shape: &[usize],
         outputs: &mut Outputs,
     ) -> std::result::Result<(), EngineError> {
-        let batch = check_input(&self.contract(), &self.options(), input, shape)?;
-        for item in input.chunks_exact(6 * PLANE) {
-            self.inputs.lock().expect("lock").push(item.to_vec());
-        }
-        let tensor = &mut outputs.tensors_mut()[0];
-        if let OutputData::F32(values) = tensor.prepare(&[batch, 9])? {
-            for chunk in values.chunks_exact_mut(9) {
-                chunk.copy_from_slice(&[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]);
-            }
-        }
-        Ok(())
+        let mut inputs = self.inputs.lock().expect("lock");
+        inputs.extend(input.chunks_exact(6 * PLANE).map(<[f32]>::to_vec));
+        self.inner.run(input, shape, outputs)
     }
 }
 
@@ -129,6 +119,7 @@ fn the_network_sees_the_crop_and_the_rendering() {
     let inputs = Arc::new(Mutex::new(Vec::new()));
     let mut pipeline = scene.pipeline(
         Box::new(RecordingNetwork {
+            inner: ConstantPoseNetwork::identity(4),
             inputs: Arc::clone(&inputs),
         }),
         1,
