@@ -5,7 +5,8 @@
 #
 #   target/gpu-carry/bin/gpu_timings              cargo build --release -p posed-benches --bin gpu_timings
 #   target/gpu-carry/bin/gpu_equivalence          cargo test --release -p posed-kernels --no-run \
-#   target/gpu-carry/bin/gpu_render_equivalence     --test gpu_equivalence --test gpu_render_equivalence
+#   target/gpu-carry/bin/gpu_render_equivalence     --test gpu_equivalence --test gpu_render_equivalence \
+#   target/gpu-carry/bin/gpu_cosypose_equivalence   --test gpu_cosypose_equivalence
 #   target/gpu-carry/nvrtc.tar.gz                 libnvrtc.so.12 + libnvrtc-builtins (NVRTC 12.6.85,
 #                                                 from target/nvrtc-wheel/nvidia/cuda_nvrtc/lib,
 #                                                 which scripts/check-cuda-kernels.sh installs)
@@ -70,10 +71,11 @@ for line in sys.stdin:
 echo "== cargo build --release -p posed-benches --bin gpu_timings"
 timings="$(cargo build --locked --release -p posed-benches --bin gpu_timings \
   --message-format=json-render-diagnostics | executables gpu_timings)"
-echo "== cargo test --release -p posed-kernels --no-run --test gpu_equivalence --test gpu_render_equivalence"
+echo "== cargo test --release -p posed-kernels --no-run --test gpu_equivalence --test gpu_render_equivalence --test gpu_cosypose_equivalence"
 tests="$(cargo test --locked --release -p posed-kernels --no-run \
-  --test gpu_equivalence --test gpu_render_equivalence \
-  --message-format=json-render-diagnostics | executables gpu_equivalence gpu_render_equivalence)"
+  --test gpu_equivalence --test gpu_render_equivalence --test gpu_cosypose_equivalence \
+  --message-format=json-render-diagnostics \
+  | executables gpu_equivalence gpu_render_equivalence gpu_cosypose_equivalence)"
 
 rm -rf "$CARRY"
 mkdir -p "$CARRY/bin"
@@ -84,16 +86,21 @@ while read -r name path; do
   found=$((found + 1))
 done <<<"$timings
 $tests"
-for name in gpu_timings gpu_equivalence gpu_render_equivalence; do
+for name in gpu_timings gpu_equivalence gpu_render_equivalence gpu_cosypose_equivalence; do
   if [ ! -x "$CARRY/bin/$name" ]; then
     echo "prepare.sh: cargo reported no executable for $name" >&2
     exit 1
   fi
 done
-if [ "$found" -ne 3 ]; then
-  echo "prepare.sh: expected 3 executables, cargo reported $found" >&2
+if [ "$found" -ne 4 ]; then
+  echo "prepare.sh: expected 4 executables, cargo reported $found" >&2
   exit 1
 fi
+
+# Release builds keep line tables (Cargo.toml); dropping them here takes gpu_timings from
+# about 80 MB to under 20 MB, which the 64 MiB a call sends needs. Symbols stay, so a
+# backtrace still names functions.
+strip --strip-debug "$CARRY"/bin/*
 
 echo "== packing NVRTC ($NVRTC_LIB)"
 tar -C "$NVRTC_LIB" -czf "$CARRY/nvrtc.tar.gz" libnvrtc.so.12 libnvrtc-builtins.so.12.6

@@ -46,7 +46,7 @@ if [ -z "${OUT:-}" ]; then
 fi
 mkdir -p "$OUT"
 CARRY="$PWD/target/gpu-carry"
-for needed in bin/gpu_timings bin/gpu_equivalence bin/gpu_render_equivalence nvrtc.tar.gz build-root; do
+for needed in bin/gpu_timings bin/gpu_equivalence bin/gpu_render_equivalence bin/gpu_cosypose_equivalence nvrtc.tar.gz build-root; do
   if [ ! -e "$CARRY/$needed" ]; then
     echo "run.sh: $CARRY/$needed is missing: run 'bash benches/gpu/prepare.sh' on the session's" \
       "machine first, and pass carry: [\"target/gpu-carry\"] to the device tool's run" >&2
@@ -127,10 +127,10 @@ status_of() { # name rc log
 }
 
 failed=0
-for test in gpu_equivalence gpu_render_equivalence; do
+for test in gpu_equivalence gpu_render_equivalence gpu_cosypose_equivalence; do
   echo
   echo "== $test --nocapture --test-threads=1"
-  timeout 180 "$CARRY/bin/$test" --nocapture --test-threads=1 2>&1 | tee "$OUT/$test.log"
+  timeout 120 "$CARRY/bin/$test" --nocapture --test-threads=1 2>&1 | tee "$OUT/$test.log"
   rc=${PIPESTATUS[0]}
   status_of "$test" "$rc" "$OUT/$test.log" || failed=1
 done

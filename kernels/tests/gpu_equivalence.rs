@@ -176,9 +176,18 @@ fn gpu_add_and_adds_match_the_cpu_twin() {
     gpu.adds_batch(&pairs, &mut gpu_adds).expect("GPU ADD-S");
     compare("ADD-S", &pairs, &cpu_adds, &gpu_adds);
 
-    // Identical poses: both exactly zero.
-    assert_eq!(gpu_add[0], 0.0);
-    assert_eq!(gpu_adds[0], 0.0);
+    // Identical poses: zero up to the rounding of est^-1 * gt, which both twins compute
+    // (the first H200 run, 2026-11-24, saw ADD = 1.3e-19 m on the GPU and the CPU alike).
+    assert!(
+        gpu_add[0].abs() < 1e-15,
+        "ADD of identical poses: {}",
+        gpu_add[0]
+    );
+    assert!(
+        gpu_adds[0].abs() < 1e-15,
+        "ADD-S of identical poses: {}",
+        gpu_adds[0]
+    );
 }
 
 #[test]
