@@ -93,6 +93,23 @@ pub enum Error {
         /// Why it cannot be done.
         reason: String,
     },
+    /// A camera that cannot be opened, set up or read (unplugged, busy, driver error, a
+    /// format it does not offer). The daemon reopens it with backoff.
+    #[error("{device}: {detail}")]
+    Camera {
+        /// The device node.
+        device: PathBuf,
+        /// What failed and what was expected.
+        detail: String,
+    },
+    /// A pose stream peer (subscriber or server) that broke the protocol or went away.
+    #[error("pose stream {peer}: {detail}")]
+    Stream {
+        /// The socket path, or the subscriber (`subscriber 3 (pid 1234)`).
+        peer: String,
+        /// What happened.
+        detail: String,
+    },
     /// A network, backend or engine cache error (it names its file).
     #[error(transparent)]
     Engine(#[from] posed_engines::EngineError),

@@ -15,6 +15,7 @@ pub mod overlay;
 pub mod pipeline;
 pub mod predict;
 pub mod render;
+pub mod source;
 pub mod synth;
 
 pub use error::{Error, Result};

@@ -31,6 +31,9 @@
 //! out = "results.csv"
 //! save_iterations = "iterations"
 //! ```
+//!
+//! The daemon's sections (`[source]`, `[pipeline]`, `[stream]`, `[service]`) are in
+//! [`daemon`]; [`Config::validate_daemon`] checks them together with the networks.
 
 use std::path::{Path, PathBuf};
 
@@ -39,6 +42,13 @@ use serde::Deserialize;
 
 use crate::pipeline::InitScheme;
 use crate::{Error, Result};
+
+pub mod daemon;
+
+pub use daemon::{
+    CameraFormat, CameraIo, ObjectsFrom, PipelineConfig, ServiceConfig, SourceConfig, SourceKind,
+    StreamConfig,
+};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -53,6 +63,21 @@ pub struct Config {
     /// `posed predict` settings.
     #[serde(default)]
     pub predict: PredictConfig,
+    /// The daemon's frame source.
+    #[serde(default)]
+    pub source: SourceConfig,
+    /// The daemon's per-frame work.
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    /// The pose stream.
+    #[serde(default)]
+    pub stream: StreamConfig,
+    /// systemd integration.
+    #[serde(default)]
+    pub service: ServiceConfig,
+    /// The file it was read from (for error messages); empty for a default config.
+    #[serde(skip)]
+    pub path: PathBuf,
 }
 
 /// `[predict]`: the settings of `posed predict` (see its flags for their meaning).
@@ -220,12 +245,19 @@ impl Config {
             &mut config.predict.init_poses,
             &mut config.predict.out,
             &mut config.predict.save_iterations,
+            &mut config.source.path,
+            &mut config.pipeline.models,
         ]
         .into_iter()
         .flatten()
         {
             if path.is_relative() {
                 *path = base.join(&*path);
+            }
+        }
+        if let Some(glob) = &mut config.source.glob {
+            if Path::new(glob.as_str()).is_relative() {
+                *glob = base.join(glob.as_str()).to_string_lossy().into_owned();
             }
         }
         config
@@ -279,7 +311,14 @@ impl Config {
                 ));
             }
         }
+        config.path = path.to_owned();
         Ok(config)
+    }
+
+    /// Checks what `posed run` needs beyond what every command needs: a complete source,
+    /// the networks the pipeline asks for, models, a usable socket mode. Errors name the key.
+    pub fn validate_daemon(&self) -> Result<()> {
+        daemon::validate(self)
     }
 }
 
