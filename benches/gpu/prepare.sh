@@ -6,7 +6,8 @@
 #   target/gpu-carry/bin/gpu_timings              cargo build --release -p posed-benches --bin gpu_timings
 #   target/gpu-carry/bin/gpu_equivalence          cargo test --release -p posed-kernels --no-run \
 #   target/gpu-carry/bin/gpu_render_equivalence     --test gpu_equivalence --test gpu_render_equivalence \
-#   target/gpu-carry/bin/gpu_cosypose_equivalence   --test gpu_cosypose_equivalence
+#   target/gpu-carry/bin/gpu_cosypose_equivalence   --test gpu_cosypose_equivalence \
+#   target/gpu-carry/bin/gpu_color_equivalence      --test gpu_color_equivalence
 #   target/gpu-carry/nvrtc.tar.gz                 libnvrtc.so.12 + libnvrtc-builtins (NVRTC 12.6.85,
 #                                                 from target/nvrtc-wheel/nvidia/cuda_nvrtc/lib,
 #                                                 which scripts/check-cuda-kernels.sh installs)
@@ -71,11 +72,13 @@ for line in sys.stdin:
 echo "== cargo build --release -p posed-benches --bin gpu_timings"
 timings="$(cargo build --locked --release -p posed-benches --bin gpu_timings \
   --message-format=json-render-diagnostics | executables gpu_timings)"
-echo "== cargo test --release -p posed-kernels --no-run --test gpu_equivalence --test gpu_render_equivalence --test gpu_cosypose_equivalence"
+echo "== cargo test --release -p posed-kernels --no-run --test gpu_equivalence --test gpu_render_equivalence --test gpu_cosypose_equivalence --test gpu_color_equivalence"
 tests="$(cargo test --locked --release -p posed-kernels --no-run \
   --test gpu_equivalence --test gpu_render_equivalence --test gpu_cosypose_equivalence \
+  --test gpu_color_equivalence \
   --message-format=json-render-diagnostics \
-  | executables gpu_equivalence gpu_render_equivalence gpu_cosypose_equivalence)"
+  | executables gpu_equivalence gpu_render_equivalence gpu_cosypose_equivalence \
+    gpu_color_equivalence)"
 
 rm -rf "$CARRY"
 mkdir -p "$CARRY/bin"
@@ -86,14 +89,15 @@ while read -r name path; do
   found=$((found + 1))
 done <<<"$timings
 $tests"
-for name in gpu_timings gpu_equivalence gpu_render_equivalence gpu_cosypose_equivalence; do
+for name in gpu_timings gpu_equivalence gpu_render_equivalence gpu_cosypose_equivalence \
+  gpu_color_equivalence; do
   if [ ! -x "$CARRY/bin/$name" ]; then
     echo "prepare.sh: cargo reported no executable for $name" >&2
     exit 1
   fi
 done
-if [ "$found" -ne 4 ]; then
-  echo "prepare.sh: expected 4 executables, cargo reported $found" >&2
+if [ "$found" -ne 5 ]; then
+  echo "prepare.sh: expected 5 executables, cargo reported $found" >&2
   exit 1
 fi
 

@@ -9,10 +9,12 @@
 #
 #    which runs
 #      cargo build --release -p posed-benches --bin gpu_timings
-#      cargo test --release -p posed-kernels --no-run --test gpu_equivalence --test gpu_render_equivalence
+#      cargo test --release -p posed-kernels --no-run --test gpu_equivalence --test gpu_render_equivalence \
+#        --test gpu_cosypose_equivalence --test gpu_color_equivalence
 #    (the test executables are found through cargo's --message-format=json), installs NVRTC
 #    12.6 into target/nvrtc-wheel through scripts/check-cuda-kernels.sh if it is missing,
-#    and fills target/gpu-carry/: bin/{gpu_timings,gpu_equivalence,gpu_render_equivalence},
+#    and fills target/gpu-carry/: bin/{gpu_timings,gpu_equivalence,gpu_render_equivalence,
+#    gpu_cosypose_equivalence,gpu_color_equivalence},
 #    nvrtc.tar.gz (libnvrtc.so.12 + libnvrtc-builtins.so.12.6), build-root, MANIFEST.
 #    It checks that the working tree plus the carry fit the 64 MiB a call sends.
 #
@@ -27,10 +29,12 @@
 # kernels are compiled at start by NVRTC 12.6, as on JetPack 6; the CUDA 13 driver loads
 # its CUBIN), uses a fresh kernel cache, links the build-time checkout path to this
 # checkout (the binaries find data/ through paths fixed at build time), then runs, each
-# under a time limit, the two CPU-vs-GPU equivalence test binaries (--nocapture) and
-# gpu_timings. Everything lands in $OUT (the device tool's output folder; 7 files):
+# under a time limit, the four CPU-vs-GPU equivalence test binaries (--nocapture) and
+# gpu_timings. Everything lands in $OUT (the device tool's output folder; 8 files, the
+# most a call brings back, so nvidia-smi's output goes at the end of environment.txt):
 #
-#   nvidia-smi.txt  environment.txt  gpu_equivalence.log  gpu_render_equivalence.log
+#   environment.txt  gpu_equivalence.log  gpu_render_equivalence.log
+#   gpu_cosypose_equivalence.log  gpu_color_equivalence.log
 #   gpu_timings.log  gpu_timings.json (gpu_timings' final JSON line)  summary.txt
 #
 # A step that fails, times out, or prints SKIPPED (no device seen, on a GPU machine) makes
@@ -46,7 +50,7 @@ if [ -z "${OUT:-}" ]; then
 fi
 mkdir -p "$OUT"
 CARRY="$PWD/target/gpu-carry"
-for needed in bin/gpu_timings bin/gpu_equivalence bin/gpu_render_equivalence bin/gpu_cosypose_equivalence nvrtc.tar.gz build-root; do
+for needed in bin/gpu_timings bin/gpu_equivalence bin/gpu_render_equivalence bin/gpu_cosypose_equivalence bin/gpu_color_equivalence nvrtc.tar.gz build-root; do
   if [ ! -e "$CARRY/$needed" ]; then
     echo "run.sh: $CARRY/$needed is missing: run 'bash benches/gpu/prepare.sh' on the session's" \
       "machine first, and pass carry: [\"target/gpu-carry\"] to the device tool's run" >&2
@@ -103,12 +107,12 @@ fi
 cat "$OUT/environment.txt"
 
 {
+  echo "== nvidia-smi"
   nvidia-smi
   echo
   nvidia-smi --query-gpu=name,pci.bus_id,driver_version,memory.total,memory.used,clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,power.draw,temperature.gpu,compute_mode,mig.mode.current --format=csv
-} >"$OUT/nvidia-smi.txt" 2>&1
-echo "== nvidia-smi"
-head -n 20 "$OUT/nvidia-smi.txt"
+} >>"$OUT/environment.txt" 2>&1
+grep -A 20 "^== nvidia-smi" "$OUT/environment.txt"
 
 declare -a summary
 status_of() { # name rc log
@@ -127,7 +131,7 @@ status_of() { # name rc log
 }
 
 failed=0
-for test in gpu_equivalence gpu_render_equivalence gpu_cosypose_equivalence; do
+for test in gpu_equivalence gpu_render_equivalence gpu_cosypose_equivalence gpu_color_equivalence; do
   echo
   echo "== $test --nocapture --test-threads=1"
   timeout 120 "$CARRY/bin/$test" --nocapture --test-threads=1 2>&1 | tee "$OUT/$test.log"

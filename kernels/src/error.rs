@@ -51,6 +51,17 @@ pub enum KernelError {
         /// The size it got.
         found: usize,
     },
+    /// An input smaller than the call needs: a row stride shorter than a row, a camera
+    /// buffer shorter than its frame.
+    #[error("{what}: expected at least {minimum}, found {found}")]
+    TooSmall {
+        /// Which input.
+        what: &'static str,
+        /// The smallest value the call accepts.
+        minimum: usize,
+        /// The value it got.
+        found: usize,
+    },
     /// An input beyond a limit of the implementation.
     #[error("{what}: {found} exceeds the limit of {limit}")]
     LimitExceeded {

@@ -8,6 +8,7 @@
 //! Nothing in this crate reads files: callers hand in points, poses and symmetries.
 
 pub mod alloc_count;
+pub mod color;
 pub mod cosypose;
 #[cfg(feature = "cuda")]
 pub mod cuda;

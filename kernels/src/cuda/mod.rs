@@ -14,6 +14,8 @@
 //! - [`cosypose`]: CosyPose's crop box and `K_crop`, RoIAlign into the network input,
 //!   and the pose update ([`GpuCosyPose`]), the twins of [`crate::cosypose::crop`] and
 //!   [`crate::cosypose::update`].
+//! - [`color`]: camera frames (YUYV, NV12, RGB24) to 8-bit RGB and to normalised planar
+//!   RGB ([`GpuColor`]), the twin of [`crate::color`].
 //!
 //! The sources live in `kernels/cuda/` and are listed in [`SOURCES`];
 //! `scripts/check-cuda-kernels.sh` compiles every one of them for `sm_87` and `sm_90` in CI.
@@ -24,6 +26,7 @@
 //! `panic = "abort"` (posed's release profile) only the presence checks protect, so they
 //! come first.
 
+pub mod color;
 pub mod compile;
 pub mod cosypose;
 pub mod metrics;
@@ -36,6 +39,7 @@ use std::sync::Arc;
 use cudarc::driver::{result::DriverError, sys as driver_sys, CudaContext, CudaModule};
 use cudarc::nvrtc::Ptx;
 
+pub use color::GpuColor;
 pub use compile::{CacheStatus, CompiledImage, ImageKind, KernelCache, KernelSource, Target};
 pub use cosypose::GpuCosyPose;
 pub use metrics::GpuPoseMetrics;
@@ -61,8 +65,15 @@ pub const COSYPOSE_SOURCE: KernelSource = KernelSource {
     code: include_str!("../../cuda/cosypose.cu"),
 };
 
+/// `kernels/cuda/color.cu`: camera colour conversion.
+pub const COLOR_SOURCE: KernelSource = KernelSource {
+    name: "color.cu",
+    code: include_str!("../../cuda/color.cu"),
+};
+
 /// Every embedded CUDA source.
-pub const SOURCES: &[KernelSource] = &[METRICS_SOURCE, RENDER_SOURCE, COSYPOSE_SOURCE];
+pub const SOURCES: &[KernelSource] =
+    &[METRICS_SOURCE, RENDER_SOURCE, COSYPOSE_SOURCE, COLOR_SOURCE];
 
 /// Whether the CUDA driver library (`libcuda.so`) can be loaded on this machine.
 pub fn driver_present() -> bool {
