@@ -1,1 +1,1707 @@
-//! V4L2 camera capture.
+//! V4L2 camera capture: [`V4l2Source`] opens a single-planar video capture node, negotiates
+//! the pixel format, size and frame rate of `[source]`, streams through MMAP or USERPTR
+//! buffers and converts each image to 8-bit RGB on the CPU, handing the buffer back to the
+//! driver as soon as its pixels are converted.
+//!
+//! The kernel interface is a small hand-written ioctl layer over `libc` (the `sys`
+//! submodule, which says why no crate is used). [`list_devices`] and [`describe`] back
+//! `posed camera info`.
+//!
+//! Allocation: everything is allocated in [`V4l2Source::open`]; a YUYV, NV12 or RGB24
+//! frame is captured without touching the heap. MJPEG is the exception: the `image` crate's
+//! JPEG decoder copies the compressed frame and allocates its working buffers for every
+//! frame.
+
+mod sys;
+
+use std::alloc::Layout;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::time::{Duration, Instant};
+
+use image::ImageDecoder;
+use posed_kernels::color::{to_rgb8, PackedImage, PixelLayout};
+use posed_kernels::Intrinsics;
+
+use super::{monotonic_ns, wall_ns, Captured, Frame, FrameSource, SourceInfo};
+use crate::config::daemon::{CameraFormat, CameraIo, SourceConfig};
+use crate::{Error, Result};
+
+/// Buffers asked of the driver: one being converted, one being filled, two in hand so that
+/// a slow frame does not make the driver drop the next.
+const BUFFER_COUNT: u32 = 4;
+
+/// How long [`V4l2Source::capture`] waits for a frame before it reports the camera lost: an
+/// unplugged camera must show as an error, not a hang (the slowest frame rate a camera is
+/// set to in practice is 5 fps).
+const FRAME_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A V4L2 pixel format code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fourcc(pub u32);
+
+impl Fourcc {
+    /// Packed 8-bit RGB (`V4L2_PIX_FMT_RGB24`).
+    pub const RGB3: Fourcc = Fourcc::new(b"RGB3");
+    /// Packed 4:2:2 YUV (`V4L2_PIX_FMT_YUYV`).
+    pub const YUYV: Fourcc = Fourcc::new(b"YUYV");
+    /// 4:2:0, a Y plane then interleaved UV (`V4L2_PIX_FMT_NV12`).
+    pub const NV12: Fourcc = Fourcc::new(b"NV12");
+    /// Motion JPEG (`V4L2_PIX_FMT_MJPEG`).
+    pub const MJPG: Fourcc = Fourcc::new(b"MJPG");
+    /// JPEG (`V4L2_PIX_FMT_JPEG`), which some cameras offer instead of MJPG.
+    pub const JPEG: Fourcc = Fourcc::new(b"JPEG");
+
+    /// The code of four ASCII characters, first character in the low byte.
+    pub const fn new(code: &[u8; 4]) -> Self {
+        Fourcc(u32::from_le_bytes(*code))
+    }
+}
+
+impl fmt::Display for Fourcc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in self.0.to_le_bytes() {
+            let c = if byte.is_ascii_graphic() || byte == b' ' {
+                byte as char
+            } else {
+                '.'
+            };
+            write!(f, "{c}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The fourccs that satisfy `format`, in order of preference. `auto` prefers formats that
+/// cost least to convert: RGB24 (none), YUYV, NV12, then MJPEG (a JPEG decode per frame).
+pub fn accepted_fourccs(format: CameraFormat) -> &'static [Fourcc] {
+    match format {
+        CameraFormat::Auto => &[Fourcc::RGB3, Fourcc::YUYV, Fourcc::NV12, Fourcc::MJPG],
+        CameraFormat::Rgb24 => &[Fourcc::RGB3],
+        CameraFormat::Yuyv => &[Fourcc::YUYV],
+        CameraFormat::Nv12 => &[Fourcc::NV12],
+        CameraFormat::Mjpeg => &[Fourcc::MJPG, Fourcc::JPEG],
+    }
+}
+
+/// One pixel format a camera offers, as [`select_format`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OfferedFormat {
+    /// The format.
+    pub fourcc: Fourcc,
+    /// Whether the camera lists the requested size for it (true when the driver does not
+    /// enumerate sizes).
+    pub has_size: bool,
+}
+
+/// Picks the fourcc to negotiate: the first of [`accepted_fourccs`] the camera offers at the
+/// requested size, else the first it offers at any size (the driver then picks the nearest
+/// size and [`V4l2Source::open`] warns).
+///
+/// # Errors
+/// A message for a person when the camera offers none of the accepted formats, listing
+/// what it offers.
+pub fn select_format(
+    requested: CameraFormat,
+    offered: &[OfferedFormat],
+) -> std::result::Result<Fourcc, String> {
+    let accepted = accepted_fourccs(requested);
+    let find = |need_size: bool| {
+        accepted.iter().copied().find(|fourcc| {
+            offered
+                .iter()
+                .any(|o| o.fourcc == *fourcc && (o.has_size || !need_size))
+        })
+    };
+    if let Some(fourcc) = find(true).or_else(|| find(false)) {
+        return Ok(fourcc);
+    }
+    let offers = if offered.is_empty() {
+        "no single-planar capture format at all".to_owned()
+    } else {
+        offered
+            .iter()
+            .map(|o| o.fourcc.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let wanted = accepted
+        .iter()
+        .map(|f| f.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(match requested {
+        CameraFormat::Auto => format!(
+            "the camera offers none of the formats posed reads ({wanted}); it offers {offers}"
+        ),
+        _ => format!(
+            "the camera does not offer source.format = \"{}\" ({wanted}); it offers {offers}",
+            config_name(requested)
+        ),
+    })
+}
+
+fn config_name(format: CameraFormat) -> &'static str {
+    match format {
+        CameraFormat::Auto => "auto",
+        CameraFormat::Yuyv => "yuyv",
+        CameraFormat::Mjpeg => "mjpeg",
+        CameraFormat::Nv12 => "nv12",
+        CameraFormat::Rgb24 => "rgb24",
+    }
+}
+
+/// The V4L2 capture nodes, `/dev/video*`, in numeric order.
+pub fn list_devices() -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir("/dev") else {
+        return Vec::new();
+    };
+    let mut nodes: Vec<(u32, PathBuf)> = entries
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            let number = name.to_str()?.strip_prefix("video")?.parse::<u32>().ok()?;
+            Some((number, entry.path()))
+        })
+        .collect();
+    nodes.sort();
+    nodes.into_iter().map(|(_, path)| path).collect()
+}
+
+/// A description of a camera for a person choosing its settings: driver, card, bus,
+/// capabilities, and every capture format with its sizes and frame rates.
+///
+/// # Errors
+/// [`Error::Camera`] naming the device when it is missing, not accessible or not a V4L2
+/// device.
+pub fn describe(device: &Path) -> Result<String> {
+    use fmt::Write;
+
+    let file = open_node(device)?;
+    let fd = file.as_fd();
+    let cap = query_capabilities(device, fd)?;
+    let caps = cap.node_caps();
+    let mut text = String::new();
+    // Writing to a String cannot fail.
+    let _ = writeln!(text, "{}", device.display());
+    let _ = writeln!(
+        text,
+        "  driver        {} {}.{}.{}",
+        sys::c_str(&cap.driver),
+        cap.version >> 16,
+        (cap.version >> 8) & 0xff,
+        cap.version & 0xff
+    );
+    let _ = writeln!(text, "  card          {}", sys::c_str(&cap.card));
+    let _ = writeln!(text, "  bus           {}", sys::c_str(&cap.bus_info));
+    let _ = writeln!(
+        text,
+        "  capabilities  {} (0x{caps:08x})",
+        capability_names(caps)
+    );
+    if caps & sys::CAP_VIDEO_CAPTURE == 0 {
+        let _ = writeln!(
+            text,
+            "  formats       none: not a single-planar video capture node"
+        );
+        return Ok(text);
+    }
+    let formats = enumerate_formats(fd);
+    if formats.is_empty() {
+        let _ = writeln!(text, "  formats       none offered");
+    } else {
+        let _ = writeln!(text, "  formats       (* = posed reads it)");
+    }
+    let readable = accepted_fourccs(CameraFormat::Auto);
+    for (fourcc, description) in &formats {
+        let mark = if readable.contains(fourcc) || *fourcc == Fourcc::JPEG {
+            '*'
+        } else {
+            ' '
+        };
+        let _ = writeln!(text, "    {mark} {fourcc}  {description}");
+        for size in enumerate_sizes(fd, *fourcc) {
+            match size {
+                FrameSize::Discrete { width, height } => {
+                    let rates = frame_rates(fd, *fourcc, width, height);
+                    let _ = writeln!(text, "        {width}x{height}{rates}");
+                }
+                FrameSize::Range {
+                    min: (min_w, min_h),
+                    max: (max_w, max_h),
+                    step: (step_w, step_h),
+                } => {
+                    let _ = writeln!(
+                        text,
+                        "        {min_w}x{min_h} to {max_w}x{max_h}, steps of {step_w}x{step_h}"
+                    );
+                }
+            }
+        }
+    }
+    Ok(text)
+}
+
+/// A V4L2 camera as a [`FrameSource`].
+pub struct V4l2Source {
+    config: SourceConfig,
+    intrinsics: Intrinsics,
+    info: SourceInfo,
+    negotiated: Negotiated,
+    /// `None` after a failed [`FrameSource::reopen`].
+    camera: Option<Camera>,
+    skipped_frames: u64,
+}
+
+impl fmt::Debug for V4l2Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("V4l2Source")
+            .field("info", &self.info)
+            .field("negotiated", &self.negotiated)
+            .field("open", &self.camera.is_some())
+            .field("skipped_frames", &self.skipped_frames)
+            .finish()
+    }
+}
+
+impl V4l2Source {
+    /// Opens `config.device`, negotiates format, size and frame rate, allocates and queues
+    /// the buffers and starts streaming.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] without `config.intrinsics`; [`Error::Camera`] naming the device
+    /// when it is missing, not accessible (the `video` group), not a V4L2 capture device,
+    /// offers none of the formats asked for, or fails to set up streaming.
+    pub fn open(config: &SourceConfig) -> Result<Self> {
+        let Some(k) = &config.intrinsics else {
+            return Err(Error::Invalid {
+                what: "source.intrinsics".to_owned(),
+                reason: "a camera needs its K (9 numbers, row-major): poses are in its frame"
+                    .to_owned(),
+            });
+        };
+        let intrinsics = Intrinsics::from_row_major(k);
+        let (camera, negotiated) = Camera::open(config)?;
+        let info = source_info(config, &negotiated, intrinsics);
+        tracing::info!(
+            device = %config.device.display(),
+            format = %negotiated.fourcc,
+            width = negotiated.width,
+            height = negotiated.height,
+            fps = negotiated.fps,
+            io = camera.io_name(),
+            buffers = camera.slots.len(),
+            "camera streaming"
+        );
+        Ok(Self {
+            config: config.clone(),
+            intrinsics,
+            info,
+            negotiated,
+            camera: Some(camera),
+            skipped_frames: 0,
+        })
+    }
+
+    /// Frames dequeued but not delivered: flagged corrupt by the driver, shorter than the
+    /// format needs, or (MJPEG) not decodable.
+    pub fn skipped_frames(&self) -> u64 {
+        self.skipped_frames
+    }
+
+    fn skip(&mut self, why: Skip) {
+        self.skipped_frames += 1;
+        // A camera going bad can deliver nothing but broken frames: log the 1st, 2nd, 4th,
+        // 8th, ... so that the log stays readable and the count stays visible.
+        if self.skipped_frames.is_power_of_two() {
+            tracing::warn!(
+                device = %self.config.device.display(),
+                skipped = self.skipped_frames,
+                "skipped a camera frame: {why}"
+            );
+        }
+    }
+}
+
+impl FrameSource for V4l2Source {
+    fn info(&self) -> &SourceInfo {
+        &self.info
+    }
+
+    fn capture(&mut self, frame: &mut Frame) -> Result<Captured> {
+        let started = Instant::now();
+        loop {
+            let device = &self.config.device;
+            let Some(camera) = self.camera.as_ref() else {
+                return Err(camera_error(
+                    device,
+                    "not open: the last reopen failed".to_owned(),
+                ));
+            };
+            let buffer = camera.dequeue(device)?;
+            let t_dequeued_ns = monotonic_ns();
+            let filled = fill_frame(&self.negotiated, camera.data(&buffer), &buffer, frame);
+            // The driver gets the buffer back before anything else can fail or return: a
+            // buffer not requeued is a buffer the camera can never fill again.
+            camera
+                .queue(buffer.index as usize)
+                .map_err(|e| ioctl_error(device, "VIDIOC_QBUF", &e))?;
+            match filled? {
+                Filled::Frame => {}
+                Filled::Skipped(why) => {
+                    self.skip(why);
+                    // A camera that delivers nothing but broken frames is as lost as one
+                    // that delivers none: let the daemon reopen it.
+                    if started.elapsed() > FRAME_TIMEOUT {
+                        return Err(camera_error(
+                            &self.config.device,
+                            format!(
+                                "only unusable frames for {} s ({} skipped so far)",
+                                FRAME_TIMEOUT.as_secs(),
+                                self.skipped_frames
+                            ),
+                        ));
+                    }
+                    continue;
+                }
+            }
+            let t_capture_ns = capture_time_ns(&buffer, t_dequeued_ns);
+            let now_ns = monotonic_ns();
+            frame.t_capture_ns = t_capture_ns;
+            frame.t_capture_wall_ns = wall_from_monotonic(t_capture_ns, now_ns, wall_ns());
+            frame.capture_latency_ns = now_ns.saturating_sub(t_dequeued_ns);
+            frame.width = self.negotiated.width;
+            frame.height = self.negotiated.height;
+            frame.intrinsics = self.intrinsics;
+            frame.bop_image = None;
+            return Ok(Captured::Frame);
+        }
+    }
+
+    fn reopen(&mut self) -> Result<()> {
+        // Close first: the device (or the same camera plugged in again) may refuse a second
+        // open while the old file still holds its buffers.
+        self.camera = None;
+        let (camera, negotiated) = Camera::open(&self.config)?;
+        if negotiated != self.negotiated {
+            tracing::warn!(
+                device = %self.config.device.display(),
+                before = ?self.negotiated,
+                now = ?negotiated,
+                "the camera came back with other settings"
+            );
+            self.info = source_info(&self.config, &negotiated, self.intrinsics);
+            self.negotiated = negotiated;
+        }
+        tracing::info!(device = %self.config.device.display(), "camera reopened");
+        self.camera = Some(camera);
+        Ok(())
+    }
+}
+
+fn source_info(config: &SourceConfig, n: &Negotiated, intrinsics: Intrinsics) -> SourceInfo {
+    SourceInfo {
+        name: config.device.display().to_string(),
+        width: n.width,
+        height: n.height,
+        intrinsics,
+        format: n.fourcc.to_string(),
+    }
+}
+
+/// How a negotiated format becomes RGB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decode {
+    Rgb24,
+    Yuyv,
+    Nv12,
+    Jpeg,
+}
+
+impl Decode {
+    fn of(fourcc: Fourcc) -> Option<Self> {
+        match fourcc {
+            Fourcc::RGB3 => Some(Decode::Rgb24),
+            Fourcc::YUYV => Some(Decode::Yuyv),
+            Fourcc::NV12 => Some(Decode::Nv12),
+            Fourcc::MJPG | Fourcc::JPEG => Some(Decode::Jpeg),
+            _ => None,
+        }
+    }
+
+    /// Bytes of one pixel in the first plane (0 for JPEG).
+    fn bytes_per_pixel(self) -> usize {
+        match self {
+            Decode::Rgb24 => 3,
+            Decode::Yuyv => 2,
+            Decode::Nv12 => 1,
+            Decode::Jpeg => 0,
+        }
+    }
+}
+
+/// What the driver agreed to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Negotiated {
+    fourcc: Fourcc,
+    decode: Decode,
+    width: usize,
+    height: usize,
+    /// Bytes per row of the first plane (the UV plane of NV12 has the same).
+    stride_bytes: usize,
+    /// Bytes a buffer must hold.
+    size_bytes: usize,
+    /// The frame rate the driver reports (0 when it does not say).
+    fps: f64,
+}
+
+impl Negotiated {
+    /// Bytes of a raw frame with every row padded to the stride (0 for JPEG): what a
+    /// buffer must hold at least.
+    fn padded_frame_bytes(&self) -> usize {
+        let rows = match self.decode {
+            Decode::Rgb24 | Decode::Yuyv => self.height,
+            // The interleaved UV plane has a row for every two luma rows.
+            Decode::Nv12 => self.height + self.height.div_ceil(2),
+            Decode::Jpeg => return 0,
+        };
+        self.stride_bytes * rows
+    }
+}
+
+/// Why a dequeued frame was not delivered.
+#[derive(Debug)]
+enum Skip {
+    FlaggedError,
+    Short { bytes: usize, needed: usize },
+    Jpeg(image::ImageError),
+    JpegSize { width: u32, height: u32 },
+    JpegColor(image::ColorType),
+}
+
+impl fmt::Display for Skip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Skip::FlaggedError => write!(f, "the driver flagged it as corrupt"),
+            Skip::Short { bytes, needed } => {
+                write!(f, "{bytes} bytes where the format needs {needed}")
+            }
+            Skip::Jpeg(e) => write!(f, "corrupt JPEG: {e}"),
+            Skip::JpegSize { width, height } => {
+                write!(f, "a JPEG of {width}x{height}, not the negotiated size")
+            }
+            Skip::JpegColor(c) => write!(f, "a JPEG in {c:?}, not RGB or grey"),
+        }
+    }
+}
+
+enum Filled {
+    Frame,
+    Skipped(Skip),
+}
+
+/// Converts one dequeued buffer into `frame.rgb` (and only that).
+fn fill_frame(
+    n: &Negotiated,
+    data: &[u8],
+    buffer: &sys::Buffer,
+    frame: &mut Frame,
+) -> Result<Filled> {
+    if buffer.flags & sys::BUF_FLAG_ERROR != 0 {
+        return Ok(Filled::Skipped(Skip::FlaggedError));
+    }
+    let rgb_bytes = n.width * n.height * 3;
+    if rgb_bytes > frame.rgb.capacity() {
+        return Err(Error::Invalid {
+            what: "camera frame".to_owned(),
+            reason: format!(
+                "a {}x{} RGB image needs {rgb_bytes} bytes, the frame was allocated for {}: \
+                 allocate it with Frame::with_capacity(info.width, info.height)",
+                n.width,
+                n.height,
+                frame.rgb.capacity()
+            ),
+        });
+    }
+    // Within capacity: this never reallocates.
+    frame.rgb.resize(rgb_bytes, 0);
+    let dst = &mut frame.rgb[..rgb_bytes];
+    let layout = match n.decode {
+        Decode::Jpeg => return Ok(decode_jpeg(data, n.width, n.height, dst)),
+        Decode::Rgb24 => PixelLayout::Rgb24,
+        Decode::Yuyv => PixelLayout::Yuyv,
+        Decode::Nv12 => PixelLayout::Nv12,
+    };
+    let needed = layout.min_len(n.width, n.height, n.stride_bytes);
+    if data.len() < needed {
+        return Ok(Filled::Skipped(Skip::Short {
+            bytes: data.len(),
+            needed,
+        }));
+    }
+    let image = PackedImage {
+        layout,
+        data,
+        width: n.width,
+        height: n.height,
+        stride_bytes: n.stride_bytes,
+    };
+    to_rgb8(&image, dst).map_err(|source| Error::Kernel {
+        context: format!("converting a {} camera frame", n.fourcc),
+        source,
+    })?;
+    Ok(Filled::Frame)
+}
+
+/// Decodes a JPEG of `width` x `height` into `dst` (`width * height * 3` bytes). The
+/// decoder copies `data` and allocates its working buffers: MJPEG is the one capture path
+/// that allocates per frame.
+fn decode_jpeg(data: &[u8], width: usize, height: usize, dst: &mut [u8]) -> Filled {
+    let decoder = match image::codecs::jpeg::JpegDecoder::new(io::Cursor::new(data)) {
+        Ok(decoder) => decoder,
+        Err(e) => return Filled::Skipped(Skip::Jpeg(e)),
+    };
+    let (w, h) = decoder.dimensions();
+    if (w as usize, h as usize) != (width, height) {
+        return Filled::Skipped(Skip::JpegSize {
+            width: w,
+            height: h,
+        });
+    }
+    let pixels = width * height;
+    let result = match decoder.color_type() {
+        image::ColorType::Rgb8 => decoder.read_image(dst),
+        image::ColorType::L8 => decoder.read_image(&mut dst[..pixels]).map(|()| {
+            // Grey to RGB in place, from the end: pixel i moves to 3i >= i, so no grey
+            // value is overwritten before it is read.
+            for i in (0..pixels).rev() {
+                let v = dst[i];
+                dst[3 * i..3 * i + 3].fill(v);
+            }
+        }),
+        other => return Filled::Skipped(Skip::JpegColor(other)),
+    };
+    match result {
+        Ok(()) => Filled::Frame,
+        Err(e) => Filled::Skipped(Skip::Jpeg(e)),
+    }
+}
+
+/// When the frame was captured on CLOCK_MONOTONIC: the driver's timestamp when it is on
+/// that clock and plausible, else the moment of the dequeue.
+fn capture_time_ns(buffer: &sys::Buffer, dequeued_ns: u64) -> u64 {
+    if buffer.flags & sys::BUF_FLAG_TIMESTAMP_MASK != sys::BUF_FLAG_TIMESTAMP_MONOTONIC {
+        return dequeued_ns;
+    }
+    let sec = u64::try_from(buffer.timestamp.tv_sec).ok();
+    let usec = u64::try_from(buffer.timestamp.tv_usec).ok();
+    let ns = sec
+        .zip(usec)
+        .and_then(|(s, us)| s.checked_mul(1_000_000_000)?.checked_add(us * 1_000));
+    match ns {
+        Some(ns) if ns > 0 && ns <= dequeued_ns => ns,
+        _ => dequeued_ns,
+    }
+}
+
+/// The wall-clock time of monotonic instant `t_ns`, given both clocks read now.
+fn wall_from_monotonic(t_ns: u64, now_monotonic_ns: u64, now_wall_ns: u64) -> u64 {
+    now_wall_ns.saturating_sub(now_monotonic_ns.saturating_sub(t_ns))
+}
+
+fn camera_error(device: &Path, detail: String) -> Error {
+    Error::Camera {
+        device: device.to_owned(),
+        detail,
+    }
+}
+
+/// An ioctl failure on an open camera, with what the usual errnos mean for a person.
+fn ioctl_error(device: &Path, what: &str, error: &io::Error) -> Error {
+    let detail = match error.raw_os_error() {
+        Some(libc::ENODEV) | Some(libc::ENXIO) => {
+            format!("{what}: the camera is gone (unplugged?)")
+        }
+        Some(libc::EIO) => {
+            format!("{what}: input/output error (a USB or driver fault; check dmesg): {error}")
+        }
+        Some(libc::EPIPE) => format!("{what}: the stream broke (the camera stopped): {error}"),
+        _ => format!("{what}: {error}"),
+    };
+    camera_error(device, detail)
+}
+
+/// Why a node could not be opened, in words a person can act on.
+fn open_error_detail(error: &io::Error) -> String {
+    match error.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ENXIO) | Some(libc::ENOTDIR) => {
+            "no such device; is the camera plugged in?".to_owned()
+        }
+        Some(libc::EACCES) | Some(libc::EPERM) => "permission denied: the user running posed \
+             must be in the `video` group (`usermod -aG video USER`, or \
+             `SupplementaryGroups=video` in the systemd unit)"
+            .to_owned(),
+        Some(libc::EBUSY) => "busy: another program is using the camera".to_owned(),
+        _ => format!("cannot open: {error}"),
+    }
+}
+
+/// Opens a V4L2 node read-write and non-blocking (so that dequeueing never blocks past
+/// the poll timeout), after checking it is a character device.
+fn open_node(device: &Path) -> Result<File> {
+    let metadata =
+        std::fs::metadata(device).map_err(|e| camera_error(device, open_error_detail(&e)))?;
+    let file_type = metadata.file_type();
+    if !file_type.is_char_device() {
+        let what = if file_type.is_file() {
+            "a regular file"
+        } else if file_type.is_dir() {
+            "a directory"
+        } else {
+            "not a character device"
+        };
+        return Err(camera_error(
+            device,
+            format!("not a V4L2 device: {what} (camera nodes are /dev/videoN character devices)"),
+        ));
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(device)
+        .map_err(|e| camera_error(device, open_error_detail(&e)))
+}
+
+fn query_capabilities(device: &Path, fd: BorrowedFd<'_>) -> Result<sys::Capability> {
+    let mut cap = sys::Capability::default();
+    // SAFETY: VIDIOC_QUERYCAP takes a `v4l2_capability`, which `sys::Capability` is.
+    unsafe { sys::ioctl(fd, sys::VIDIOC_QUERYCAP, &mut cap) }.map_err(|e| {
+        camera_error(
+            device,
+            format!("not a V4L2 device (it does not answer VIDIOC_QUERYCAP: {e})"),
+        )
+    })?;
+    Ok(cap)
+}
+
+fn capability_names(caps: u32) -> String {
+    const NAMES: [(u32, &str); 12] = [
+        (sys::CAP_VIDEO_CAPTURE, "video-capture"),
+        (0x0000_0002, "video-output"),
+        (sys::CAP_VIDEO_CAPTURE_MPLANE, "video-capture-mplane"),
+        (0x0000_2000, "video-output-mplane"),
+        (0x0000_4000, "video-m2m-mplane"),
+        (0x0000_8000, "video-m2m"),
+        (0x0020_0000, "ext-pix-format"),
+        (0x0080_0000, "meta-capture"),
+        (sys::CAP_READWRITE, "readwrite"),
+        (sys::CAP_STREAMING, "streaming"),
+        (0x1000_0000, "touch"),
+        (0x2000_0000, "io-mc"),
+    ];
+    let names: Vec<&str> = NAMES
+        .iter()
+        .filter(|(bit, _)| caps & bit != 0)
+        .map(|(_, name)| *name)
+        .collect();
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// The capture formats the node offers, with their descriptions.
+fn enumerate_formats(fd: BorrowedFd<'_>) -> Vec<(Fourcc, String)> {
+    let mut formats = Vec::new();
+    // Bounded: a driver that never ends the list must not hang posed.
+    for index in 0..256 {
+        let mut desc = sys::FmtDesc {
+            index,
+            type_: sys::BUF_TYPE_VIDEO_CAPTURE,
+            ..Default::default()
+        };
+        // SAFETY: VIDIOC_ENUM_FMT takes a `v4l2_fmtdesc`, which `sys::FmtDesc` is.
+        if unsafe { sys::ioctl(fd, sys::VIDIOC_ENUM_FMT, &mut desc) }.is_err() {
+            break;
+        }
+        formats.push((Fourcc(desc.pixelformat), sys::c_str(&desc.description)));
+    }
+    formats
+}
+
+/// A frame size from VIDIOC_ENUM_FRAMESIZES.
+enum FrameSize {
+    Discrete {
+        width: u32,
+        height: u32,
+    },
+    /// Stepwise or continuous (step 1).
+    Range {
+        min: (u32, u32),
+        max: (u32, u32),
+        step: (u32, u32),
+    },
+}
+
+impl FrameSize {
+    fn contains(&self, width: u32, height: u32) -> bool {
+        match *self {
+            FrameSize::Discrete {
+                width: w,
+                height: h,
+            } => (w, h) == (width, height),
+            FrameSize::Range { min, max, step } => {
+                let fits = |v: u32, lo: u32, hi: u32, step: u32| {
+                    (lo..=hi).contains(&v) && (v - lo).is_multiple_of(step.max(1))
+                };
+                fits(width, min.0, max.0, step.0) && fits(height, min.1, max.1, step.1)
+            }
+        }
+    }
+}
+
+fn enumerate_sizes(fd: BorrowedFd<'_>, fourcc: Fourcc) -> Vec<FrameSize> {
+    let mut sizes = Vec::new();
+    for index in 0..1024 {
+        let mut size = sys::FrmSizeEnum {
+            index,
+            pixel_format: fourcc.0,
+            ..Default::default()
+        };
+        // SAFETY: VIDIOC_ENUM_FRAMESIZES takes a `v4l2_frmsizeenum`, which
+        // `sys::FrmSizeEnum` is.
+        if unsafe { sys::ioctl(fd, sys::VIDIOC_ENUM_FRAMESIZES, &mut size) }.is_err() {
+            break;
+        }
+        let [a, b, c, d, e, f] = size.size;
+        match size.type_ {
+            sys::FRMSIZE_TYPE_DISCRETE => sizes.push(FrameSize::Discrete {
+                width: a,
+                height: b,
+            }),
+            sys::FRMSIZE_TYPE_STEPWISE | sys::FRMSIZE_TYPE_CONTINUOUS => {
+                sizes.push(FrameSize::Range {
+                    min: (a, d),
+                    max: (b, e),
+                    step: (c, f),
+                });
+                // A range is the only entry.
+                break;
+            }
+            _ => break,
+        }
+    }
+    sizes
+}
+
+/// `": 30, 15 fps"` for a discrete size, or nothing when the driver does not say.
+fn frame_rates(fd: BorrowedFd<'_>, fourcc: Fourcc, width: u32, height: u32) -> String {
+    let mut rates = Vec::new();
+    for index in 0..64 {
+        let mut ival = sys::FrmIvalEnum {
+            index,
+            pixel_format: fourcc.0,
+            width,
+            height,
+            ..Default::default()
+        };
+        // SAFETY: VIDIOC_ENUM_FRAMEINTERVALS takes a `v4l2_frmivalenum`, which
+        // `sys::FrmIvalEnum` is.
+        if unsafe { sys::ioctl(fd, sys::VIDIOC_ENUM_FRAMEINTERVALS, &mut ival) }.is_err() {
+            break;
+        }
+        if ival.type_ == sys::FRMIVAL_TYPE_DISCRETE {
+            rates.push(fps_text(ival.interval[0]));
+        } else {
+            // Stepwise / continuous: min interval is the max rate.
+            rates.push(format!(
+                "{} to {}",
+                fps_text(ival.interval[1]),
+                fps_text(ival.interval[0])
+            ));
+            break;
+        }
+    }
+    if rates.is_empty() {
+        String::new()
+    } else {
+        format!(": {} fps", rates.join(", "))
+    }
+}
+
+fn fps_of(interval: sys::Fract) -> f64 {
+    if interval.numerator == 0 {
+        0.0
+    } else {
+        f64::from(interval.denominator) / f64::from(interval.numerator)
+    }
+}
+
+fn fps_text(interval: sys::Fract) -> String {
+    let fps = fps_of(interval);
+    if fps.fract() == 0.0 {
+        format!("{fps:.0}")
+    } else {
+        format!("{fps:.2}")
+    }
+}
+
+/// Memory of one V4L2 buffer, mapped from the driver or lent to it.
+struct Slot {
+    ptr: NonNull<u8>,
+    len: usize,
+    kind: SlotKind,
+}
+
+enum SlotKind {
+    /// Driver memory mapped with `mmap`.
+    Mapped,
+    /// Memory posed allocated with this layout and lends (USERPTR).
+    Lent(Layout),
+}
+
+// SAFETY: a slot is a plain address range owned by the `Camera` that holds it; nothing
+// about it is tied to the thread that created it.
+unsafe impl Send for Slot {}
+
+impl Slot {
+    fn map(device: &Path, fd: BorrowedFd<'_>, index: u32) -> Result<Self> {
+        let mut buffer = sys::Buffer {
+            index,
+            type_: sys::BUF_TYPE_VIDEO_CAPTURE,
+            memory: sys::MEMORY_MMAP,
+            ..Default::default()
+        };
+        // SAFETY: VIDIOC_QUERYBUF takes a `v4l2_buffer`, which `sys::Buffer` is.
+        unsafe { sys::ioctl(fd, sys::VIDIOC_QUERYBUF, &mut buffer) }
+            .map_err(|e| ioctl_error(device, "VIDIOC_QUERYBUF", &e))?;
+        let len = buffer.length as usize;
+        // `m.offset` is the union's low 32 bits on these little-endian targets.
+        let offset = (buffer.m & 0xffff_ffff) as libc::off_t;
+        // SAFETY: a fresh shared mapping of the driver's buffer, at the offset and length
+        // the driver gave for it; no existing memory is touched.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                offset,
+            )
+        };
+        if ptr == libc::MAP_FAILED || len == 0 {
+            let error = io::Error::last_os_error();
+            return Err(camera_error(
+                device,
+                format!("cannot map buffer {index} ({len} bytes): {error}"),
+            ));
+        }
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| {
+            camera_error(device, format!("buffer {index} was mapped at address 0"))
+        })?;
+        Ok(Self {
+            ptr,
+            len,
+            kind: SlotKind::Mapped,
+        })
+    }
+
+    /// Page-aligned memory of at least `len` bytes for USERPTR streaming.
+    fn allocate(device: &Path, len: usize) -> Result<Self> {
+        // This is where CUDA-mapped pinned memory plugs in on the Jetson: allocate with
+        // cuMemHostAlloc(CU_MEMHOSTALLOC_DEVICEMAP) instead (page-aligned as well), keep
+        // the device pointer beside `ptr`, and free it with cuMemFreeHost in `Drop`; the
+        // GPU then reads each frame in place and the buffer is requeued only once the
+        // device is done with it. Plain host memory for now, converted on the CPU.
+        // SAFETY: sysconf has no preconditions.
+        let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+            n if n > 0 => n as usize,
+            _ => 4096,
+        };
+        let size = len.div_ceil(page).max(1) * page;
+        let layout = Layout::from_size_align(size, page).map_err(|e| {
+            camera_error(device, format!("cannot lay out a {size}-byte buffer: {e}"))
+        })?;
+        // Zeroed: the bytes are read as `&[u8]` after the driver fills them, and must be
+        // initialised even where a short frame leaves them untouched.
+        // SAFETY: `layout` has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = NonNull::new(ptr).ok_or_else(|| {
+            camera_error(device, format!("out of memory for a {size}-byte buffer"))
+        })?;
+        Ok(Self {
+            ptr,
+            len: size,
+            kind: SlotKind::Lent(layout),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        match self.kind {
+            SlotKind::Mapped => {
+                // SAFETY: `ptr`/`len` are exactly the mapping `mmap` returned; no slice of
+                // it outlives the slot (they borrow the `Camera`).
+                unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+            }
+            SlotKind::Lent(layout) => {
+                // SAFETY: allocated in `allocate` with this layout. The `Camera` closes
+                // the device (which stops streaming and makes the driver let go of the
+                // pages) before it drops its slots.
+                unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
+            }
+        }
+    }
+}
+
+/// An open, streaming capture node and its buffers.
+struct Camera {
+    // Declared before `slots` so that the device is closed before lent memory is freed:
+    // closing releases the driver's queue and its hold on the pages.
+    file: File,
+    slots: Vec<Slot>,
+    memory: u32,
+}
+
+impl Drop for Camera {
+    fn drop(&mut self) {
+        let mut kind = sys::BUF_TYPE_VIDEO_CAPTURE as i32;
+        // Stops the driver writing into the buffers. Errors are ignored: the device may be
+        // gone, and closing the file (the first field dropped after this) stops streaming
+        // and releases the driver's queue and its hold on lent pages in any case.
+        // SAFETY: VIDIOC_STREAMOFF takes an `int` buffer type.
+        let _ = unsafe { sys::ioctl(self.file.as_fd(), sys::VIDIOC_STREAMOFF, &mut kind) };
+    }
+}
+
+impl Camera {
+    fn open(config: &SourceConfig) -> Result<(Self, Negotiated)> {
+        let device = config.device.as_path();
+        let file = open_node(device)?;
+        let fd = file.as_fd();
+        let cap = query_capabilities(device, fd)?;
+        let caps = cap.node_caps();
+        if caps & sys::CAP_VIDEO_CAPTURE == 0 {
+            let hint = if caps & sys::CAP_VIDEO_CAPTURE_MPLANE != 0 {
+                "it offers only multi-planar capture, which posed does not read yet"
+            } else {
+                "a UVC camera has two nodes, the second for metadata: try the other \
+                 /dev/videoN (`posed camera info` lists them)"
+            };
+            return Err(camera_error(
+                device,
+                format!(
+                    "not a video capture device (capabilities: {}); {hint}",
+                    capability_names(caps)
+                ),
+            ));
+        }
+        if caps & sys::CAP_STREAMING == 0 {
+            return Err(camera_error(
+                device,
+                format!(
+                    "the driver does not support streaming I/O (capabilities: {}), which \
+                     posed needs",
+                    capability_names(caps)
+                ),
+            ));
+        }
+
+        let negotiated = negotiate(device, fd, config)?;
+        let mut request = sys::RequestBuffers {
+            count: BUFFER_COUNT,
+            type_: sys::BUF_TYPE_VIDEO_CAPTURE,
+            ..Default::default()
+        };
+        // `auto` means MMAP for now: USERPTR pays off only once the buffers are
+        // CUDA-mapped pinned memory (see `Slot::allocate`).
+        request.memory = match config.io {
+            CameraIo::Auto | CameraIo::Mmap => sys::MEMORY_MMAP,
+            CameraIo::Userptr => sys::MEMORY_USERPTR,
+        };
+        // SAFETY: VIDIOC_REQBUFS takes a `v4l2_requestbuffers`, which
+        // `sys::RequestBuffers` is.
+        if let Err(e) = unsafe { sys::ioctl(fd, sys::VIDIOC_REQBUFS, &mut request) } {
+            if request.memory == sys::MEMORY_USERPTR && e.raw_os_error() == Some(libc::EINVAL) {
+                return Err(camera_error(
+                    device,
+                    "the driver does not take USERPTR buffers (source.io = \"userptr\"); use \
+                     source.io = \"mmap\""
+                        .to_owned(),
+                ));
+            }
+            return Err(ioctl_error(device, "VIDIOC_REQBUFS", &e));
+        }
+        if request.count < 2 {
+            return Err(camera_error(
+                device,
+                format!(
+                    "the driver granted {} buffers; streaming needs at least 2",
+                    request.count
+                ),
+            ));
+        }
+        let mut slots = Vec::with_capacity(request.count as usize);
+        for index in 0..request.count {
+            slots.push(if request.memory == sys::MEMORY_MMAP {
+                Slot::map(device, fd, index)?
+            } else {
+                Slot::allocate(device, negotiated.size_bytes)?
+            });
+        }
+        let camera = Camera {
+            file,
+            slots,
+            memory: request.memory,
+        };
+        for index in 0..camera.slots.len() {
+            camera
+                .queue(index)
+                .map_err(|e| ioctl_error(device, "VIDIOC_QBUF", &e))?;
+        }
+        let mut kind = sys::BUF_TYPE_VIDEO_CAPTURE as i32;
+        // SAFETY: VIDIOC_STREAMON takes an `int` buffer type.
+        unsafe { sys::ioctl(camera.file.as_fd(), sys::VIDIOC_STREAMON, &mut kind) }
+            .map_err(|e| ioctl_error(device, "VIDIOC_STREAMON", &e))?;
+        Ok((camera, negotiated))
+    }
+
+    fn io_name(&self) -> &'static str {
+        if self.memory == sys::MEMORY_USERPTR {
+            "userptr"
+        } else {
+            "mmap"
+        }
+    }
+
+    /// Hands buffer `index` to the driver to fill.
+    fn queue(&self, index: usize) -> io::Result<()> {
+        let slot = &self.slots[index];
+        let mut buffer = sys::Buffer {
+            index: index as u32,
+            type_: sys::BUF_TYPE_VIDEO_CAPTURE,
+            memory: self.memory,
+            ..Default::default()
+        };
+        if self.memory == sys::MEMORY_USERPTR {
+            buffer.m = slot.ptr.as_ptr() as u64;
+            buffer.length = slot.len as u32;
+        }
+        // SAFETY: VIDIOC_QBUF takes a `v4l2_buffer`, which `sys::Buffer` is. A USERPTR
+        // buffer points to the slot's `len` bytes, which live as long as the `Camera`, and
+        // the `Camera` closes the device before freeing them.
+        unsafe { sys::ioctl(self.file.as_fd(), sys::VIDIOC_QBUF, &mut buffer) }
+    }
+
+    /// Waits up to [`FRAME_TIMEOUT`] for a filled buffer and takes it from the driver.
+    fn dequeue(&self, device: &Path) -> Result<sys::Buffer> {
+        let deadline = Instant::now() + FRAME_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(camera_error(
+                    device,
+                    format!(
+                        "no frame for {} s: the camera stopped delivering (unplugged, or short \
+                         of USB bandwidth?)",
+                        FRAME_TIMEOUT.as_secs()
+                    ),
+                ));
+            }
+            let mut pollfd = libc::pollfd {
+                fd: self.file.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid, writable pollfd, and the count says one.
+            let rc = unsafe { libc::poll(&mut pollfd, 1, left.as_millis().max(1) as i32) };
+            if rc < 0 {
+                let error = io::Error::last_os_error();
+                if error.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(ioctl_error(device, "poll", &error));
+            }
+            if rc == 0 {
+                continue;
+            }
+            let mut buffer = sys::Buffer {
+                type_: sys::BUF_TYPE_VIDEO_CAPTURE,
+                memory: self.memory,
+                ..Default::default()
+            };
+            // SAFETY: VIDIOC_DQBUF takes a `v4l2_buffer`, which `sys::Buffer` is.
+            match unsafe { sys::ioctl(self.file.as_fd(), sys::VIDIOC_DQBUF, &mut buffer) } {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if pollfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+                        return Err(camera_error(
+                            device,
+                            "the driver reports an error on the stream (unplugged?)".to_owned(),
+                        ));
+                    }
+                    continue;
+                }
+                Err(e) => return Err(ioctl_error(device, "VIDIOC_DQBUF", &e)),
+            }
+            if buffer.index as usize >= self.slots.len() {
+                return Err(camera_error(
+                    device,
+                    format!(
+                        "the driver returned buffer {} of {}",
+                        buffer.index,
+                        self.slots.len()
+                    ),
+                ));
+            }
+            return Ok(buffer);
+        }
+    }
+
+    /// The image bytes of a dequeued buffer.
+    fn data(&self, buffer: &sys::Buffer) -> &[u8] {
+        let slot = &self.slots[buffer.index as usize];
+        let len = (buffer.bytesused as usize).min(slot.len);
+        // SAFETY: the slot's `len` bytes are mapped or allocated (and initialised: the
+        // driver's pages, or zeroed memory) for as long as `self` lives; the buffer is
+        // dequeued, so the driver does not write to it until `queue` hands it back, which
+        // needs this borrow to have ended in `capture`.
+        unsafe { std::slice::from_raw_parts(slot.ptr.as_ptr(), len) }
+    }
+}
+
+/// Sets format, size and frame rate; returns what the driver agreed to.
+fn negotiate(device: &Path, fd: BorrowedFd<'_>, config: &SourceConfig) -> Result<Negotiated> {
+    let formats = enumerate_formats(fd);
+    let offered: Vec<OfferedFormat> = formats
+        .iter()
+        .map(|(fourcc, _)| {
+            let sizes = enumerate_sizes(fd, *fourcc);
+            OfferedFormat {
+                fourcc: *fourcc,
+                has_size: sizes.is_empty()
+                    || sizes
+                        .iter()
+                        .any(|s| s.contains(config.width, config.height)),
+            }
+        })
+        .collect();
+    let fourcc = select_format(config.format, &offered).map_err(|e| camera_error(device, e))?;
+    let Some(decode) = Decode::of(fourcc) else {
+        return Err(camera_error(
+            device,
+            format!("posed cannot read {fourcc} frames"),
+        ));
+    };
+
+    let mut format = sys::Format {
+        type_: sys::BUF_TYPE_VIDEO_CAPTURE,
+        ..Default::default()
+    };
+    format.fmt.pix = sys::PixFormat {
+        width: config.width,
+        height: config.height,
+        pixelformat: fourcc.0,
+        field: sys::FIELD_NONE,
+        ..Default::default()
+    };
+    // SAFETY: VIDIOC_S_FMT takes a `v4l2_format`, which `sys::Format` is.
+    unsafe { sys::ioctl(fd, sys::VIDIOC_S_FMT, &mut format) }
+        .map_err(|e| ioctl_error(device, &format!("VIDIOC_S_FMT {fourcc}"), &e))?;
+    let pix = format.pix();
+    if pix.pixelformat != fourcc.0 {
+        return Err(camera_error(
+            device,
+            format!(
+                "asked for {fourcc}, the driver set {} instead",
+                Fourcc(pix.pixelformat)
+            ),
+        ));
+    }
+    if pix.width == 0 || pix.height == 0 {
+        return Err(camera_error(
+            device,
+            format!(
+                "the driver set an empty image size {}x{}",
+                pix.width, pix.height
+            ),
+        ));
+    }
+    if (pix.width, pix.height) != (config.width, config.height) {
+        tracing::warn!(
+            device = %device.display(),
+            "asked for {}x{}, the camera delivers {}x{}; source.intrinsics is used as given, \
+             but it was meant for {}x{}: give K for {}x{}",
+            config.width,
+            config.height,
+            pix.width,
+            pix.height,
+            config.width,
+            config.height,
+            pix.width,
+            pix.height
+        );
+    }
+    let width = pix.width as usize;
+    let height = pix.height as usize;
+    // Two pixels share their chroma samples (and NV12 two rows): the converter needs even
+    // sizes, and a driver that sets odd ones is better refused here than at every frame.
+    let odd = match decode {
+        Decode::Yuyv => !width.is_multiple_of(2),
+        Decode::Nv12 => !width.is_multiple_of(2) || !height.is_multiple_of(2),
+        Decode::Rgb24 | Decode::Jpeg => false,
+    };
+    if odd {
+        return Err(camera_error(
+            device,
+            format!("the driver set {fourcc} at {width}x{height}; {fourcc} needs an even size"),
+        ));
+    }
+    let packed_row = width * decode.bytes_per_pixel();
+    let stride_bytes = (pix.bytesperline as usize).max(packed_row);
+    let mut negotiated = Negotiated {
+        fourcc,
+        decode,
+        width,
+        height,
+        stride_bytes,
+        size_bytes: pix.sizeimage as usize,
+        fps: 0.0,
+    };
+    negotiated.size_bytes = negotiated.size_bytes.max(negotiated.padded_frame_bytes());
+    if negotiated.size_bytes == 0 {
+        return Err(camera_error(
+            device,
+            format!("the driver gives no buffer size for {fourcc} {width}x{height}"),
+        ));
+    }
+    negotiated.fps = set_frame_rate(device, fd, config.fps);
+    Ok(negotiated)
+}
+
+/// Asks for `fps` with VIDIOC_S_PARM; returns the rate the driver set (0 when unknown).
+/// A camera that cannot set it, or sets another rate, is not an error: posed warns and
+/// takes the frames as they come.
+fn set_frame_rate(device: &Path, fd: BorrowedFd<'_>, fps: u32) -> f64 {
+    let mut parm = sys::StreamParm {
+        type_: sys::BUF_TYPE_VIDEO_CAPTURE,
+        ..Default::default()
+    };
+    // SAFETY: VIDIOC_G_PARM takes a `v4l2_streamparm`, which `sys::StreamParm` is.
+    if let Err(e) = unsafe { sys::ioctl(fd, sys::VIDIOC_G_PARM, &mut parm) } {
+        tracing::warn!(device = %device.display(), "cannot read the frame rate (VIDIOC_G_PARM: {e}); asked for {fps} fps");
+        return 0.0;
+    }
+    let current = parm.capture();
+    if current.capability & sys::CAP_TIMEPERFRAME == 0 {
+        let now = fps_of(current.timeperframe);
+        tracing::warn!(device = %device.display(), "the driver does not let the frame rate be set; asked for {fps} fps, it runs at {now:.2} fps (0: unknown)");
+        return now;
+    }
+    let mut capture = current;
+    capture.timeperframe = sys::Fract {
+        numerator: 1,
+        denominator: fps,
+    };
+    parm.parm.capture = capture;
+    // SAFETY: VIDIOC_S_PARM takes a `v4l2_streamparm`, which `sys::StreamParm` is.
+    if let Err(e) = unsafe { sys::ioctl(fd, sys::VIDIOC_S_PARM, &mut parm) } {
+        tracing::warn!(device = %device.display(), "cannot set {fps} fps (VIDIOC_S_PARM: {e})");
+        return fps_of(current.timeperframe);
+    }
+    let set = fps_of(parm.capture().timeperframe);
+    if (set - f64::from(fps)).abs() > 0.01 {
+        tracing::warn!(device = %device.display(), "asked for {fps} fps, the camera runs at {set:.2} fps");
+    }
+    set
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offered(list: &[(&[u8; 4], bool)]) -> Vec<OfferedFormat> {
+        list.iter()
+            .map(|(code, has_size)| OfferedFormat {
+                fourcc: Fourcc::new(code),
+                has_size: *has_size,
+            })
+            .collect()
+    }
+
+    fn config(device: &Path) -> SourceConfig {
+        SourceConfig {
+            device: device.to_owned(),
+            intrinsics: Some([600.0, 0.0, 320.0, 0.0, 600.0, 240.0, 0.0, 0.0, 1.0]),
+            ..SourceConfig::default()
+        }
+    }
+
+    fn camera_detail(result: Result<V4l2Source>, device: &Path) -> String {
+        match result {
+            Err(error @ Error::Camera { .. }) => {
+                let Error::Camera { device: named, .. } = &error else {
+                    unreachable!()
+                };
+                assert_eq!(named, device);
+                let message = error.to_string();
+                assert!(
+                    message.starts_with(&device.display().to_string()),
+                    "{message}"
+                );
+                message
+            }
+            other => panic!("expected a camera error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn fourccs_print_as_their_four_characters() {
+        assert_eq!(Fourcc::YUYV.to_string(), "YUYV");
+        assert_eq!(Fourcc::RGB3.0, 0x3342_4752);
+        assert_eq!(Fourcc::MJPG.0, 0x4750_4a4d);
+        assert_eq!(Fourcc::NV12.0, 0x3231_564e);
+        assert_eq!(Fourcc(0x0000_4142).to_string(), "BA..");
+    }
+
+    #[test]
+    fn auto_takes_the_cheapest_format_offered_at_the_size() {
+        let all = offered(&[(b"MJPG", true), (b"YUYV", true), (b"NV12", true)]);
+        assert_eq!(select_format(CameraFormat::Auto, &all), Ok(Fourcc::YUYV));
+        let with_rgb = offered(&[(b"MJPG", true), (b"RGB3", true), (b"YUYV", true)]);
+        assert_eq!(
+            select_format(CameraFormat::Auto, &with_rgb),
+            Ok(Fourcc::RGB3)
+        );
+        // YUYV not at this size (USB 2 webcams at 1280x720): MJPEG is.
+        let sized = offered(&[(b"YUYV", false), (b"MJPG", true)]);
+        assert_eq!(select_format(CameraFormat::Auto, &sized), Ok(Fourcc::MJPG));
+        // Nothing at this size: the preferred format, the driver picks the size.
+        let no_size = offered(&[(b"MJPG", false), (b"YUYV", false)]);
+        assert_eq!(
+            select_format(CameraFormat::Auto, &no_size),
+            Ok(Fourcc::YUYV)
+        );
+        let grey_and_nv12 = offered(&[(b"GREY", true), (b"NV12", true)]);
+        assert_eq!(
+            select_format(CameraFormat::Auto, &grey_and_nv12),
+            Ok(Fourcc::NV12)
+        );
+    }
+
+    #[test]
+    fn an_explicit_format_must_be_offered() {
+        let webcam = offered(&[(b"YUYV", true), (b"MJPG", true)]);
+        assert_eq!(
+            select_format(CameraFormat::Mjpeg, &webcam),
+            Ok(Fourcc::MJPG)
+        );
+        assert_eq!(select_format(CameraFormat::Yuyv, &webcam), Ok(Fourcc::YUYV));
+        let jpeg = offered(&[(b"JPEG", true)]);
+        assert_eq!(select_format(CameraFormat::Mjpeg, &jpeg), Ok(Fourcc::JPEG));
+        let message = select_format(CameraFormat::Nv12, &webcam).expect_err("not offered");
+        assert!(message.contains("\"nv12\""), "{message}");
+        assert!(message.contains("it offers YUYV, MJPG"), "{message}");
+        let message = select_format(CameraFormat::Rgb24, &[]).expect_err("nothing offered");
+        assert!(
+            message.contains("no single-planar capture format"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn auto_names_what_the_camera_offers_when_nothing_fits() {
+        let ir = offered(&[(b"GREY", true), (b"Y16 ", true)]);
+        let message = select_format(CameraFormat::Auto, &ir).expect_err("unreadable");
+        assert!(message.contains("RGB3, YUYV, NV12, MJPG"), "{message}");
+        assert!(message.contains("it offers GREY, Y16 "), "{message}");
+    }
+
+    #[test]
+    fn frame_size_ranges_respect_their_steps() {
+        let range = FrameSize::Range {
+            min: (16, 16),
+            max: (1920, 1080),
+            step: (16, 8),
+        };
+        assert!(range.contains(640, 480));
+        assert!(!range.contains(650, 480));
+        assert!(!range.contains(3840, 480));
+        let discrete = FrameSize::Discrete {
+            width: 640,
+            height: 480,
+        };
+        assert!(discrete.contains(640, 480));
+        assert!(!discrete.contains(480, 640));
+    }
+
+    #[test]
+    fn a_missing_node_is_a_clear_camera_error() {
+        let device = Path::new("/dev/video-posed-test-missing");
+        let message = camera_detail(V4l2Source::open(&config(device)), device);
+        assert!(
+            message.contains("no such device; is the camera plugged in?"),
+            "{message}"
+        );
+        match describe(device) {
+            Err(Error::Camera {
+                device: named,
+                detail,
+            }) => {
+                assert_eq!(named, device);
+                assert!(detail.contains("no such device"), "{detail}");
+            }
+            other => panic!("expected a camera error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_regular_file_is_not_a_camera() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let device = dir.path().join("video0");
+        std::fs::write(&device, b"not a camera").expect("write");
+        let message = camera_detail(V4l2Source::open(&config(&device)), &device);
+        assert!(
+            message.contains("not a V4L2 device: a regular file"),
+            "{message}"
+        );
+        let message = camera_detail(V4l2Source::open(&config(dir.path())), dir.path());
+        assert!(message.contains("a directory"), "{message}");
+    }
+
+    #[test]
+    fn dev_null_is_not_a_camera() {
+        let device = Path::new("/dev/null");
+        let message = camera_detail(V4l2Source::open(&config(device)), device);
+        assert!(message.contains("not a V4L2 device"), "{message}");
+        assert!(message.contains("VIDIOC_QUERYCAP"), "{message}");
+        match describe(device) {
+            Err(Error::Camera { detail, .. }) => assert!(detail.contains("not a V4L2 device")),
+            other => panic!("expected a camera error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_camera_without_intrinsics_is_refused() {
+        let mut config = config(Path::new("/dev/video0"));
+        config.intrinsics = None;
+        match V4l2Source::open(&config) {
+            Err(Error::Invalid { what, .. }) => assert_eq!(what, "source.intrinsics"),
+            other => panic!("expected an invalid request, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn open_errors_say_what_to_do() {
+        let detail = |errno| open_error_detail(&io::Error::from_raw_os_error(errno));
+        assert!(detail(libc::EACCES).contains("`video` group"));
+        assert!(detail(libc::ENOENT).contains("plugged in"));
+        assert!(detail(libc::EBUSY).contains("another program"));
+        let gone = ioctl_error(
+            Path::new("/dev/video0"),
+            "VIDIOC_DQBUF",
+            &io::Error::from_raw_os_error(libc::ENODEV),
+        );
+        assert_eq!(
+            gone.to_string(),
+            "/dev/video0: VIDIOC_DQBUF: the camera is gone (unplugged?)"
+        );
+    }
+
+    #[test]
+    fn list_devices_lists_only_video_nodes() {
+        for path in list_devices() {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            assert!(name.starts_with("video"), "{}", path.display());
+        }
+    }
+
+    #[test]
+    fn driver_timestamps_are_used_when_monotonic() {
+        let mut buffer = sys::Buffer {
+            flags: sys::BUF_FLAG_TIMESTAMP_MONOTONIC,
+            timestamp: sys::Timeval {
+                tv_sec: 12,
+                tv_usec: 345_678,
+            },
+            ..Default::default()
+        };
+        assert_eq!(capture_time_ns(&buffer, 20_000_000_000), 12_345_678_000);
+        // In the future of the dequeue: not believable.
+        assert_eq!(capture_time_ns(&buffer, 10_000_000_000), 10_000_000_000);
+        // Another clock (e.g. the copy flag, 0x4000): the dequeue time.
+        buffer.flags = 0x4000;
+        assert_eq!(capture_time_ns(&buffer, 20_000_000_000), 20_000_000_000);
+        buffer.flags = sys::BUF_FLAG_TIMESTAMP_MONOTONIC;
+        buffer.timestamp = sys::Timeval::default();
+        assert_eq!(capture_time_ns(&buffer, 7), 7);
+        buffer.timestamp.tv_sec = -1;
+        assert_eq!(capture_time_ns(&buffer, 7), 7);
+    }
+
+    #[test]
+    fn wall_time_is_now_minus_the_age() {
+        assert_eq!(wall_from_monotonic(900, 1000, 1_000_000), 999_900);
+        assert_eq!(wall_from_monotonic(1200, 1000, 1_000_000), 1_000_000);
+        assert_eq!(wall_from_monotonic(0, 5000, 10), 0);
+    }
+
+    fn negotiated(decode: Decode, width: usize, height: usize, stride_bytes: usize) -> Negotiated {
+        Negotiated {
+            fourcc: Fourcc::YUYV,
+            decode,
+            width,
+            height,
+            stride_bytes,
+            size_bytes: stride_bytes * height * 2,
+            fps: 30.0,
+        }
+    }
+
+    fn jpeg_of(width: u32, height: u32, color: image::ExtendedColorType, pixels: &[u8]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 100)
+            .encode(pixels, width, height, color)
+            .expect("encode");
+        bytes
+    }
+
+    #[test]
+    fn mjpeg_frames_decode_into_the_frame() {
+        let (w, h) = (16usize, 8usize);
+        let rgb: Vec<u8> = (0..w * h).flat_map(|_| [200u8, 40, 90]).collect();
+        let jpeg = jpeg_of(w as u32, h as u32, image::ExtendedColorType::Rgb8, &rgb);
+        let n = Negotiated {
+            fourcc: Fourcc::MJPG,
+            ..negotiated(Decode::Jpeg, w, h, 0)
+        };
+        let mut frame = Frame::with_capacity(w, h);
+        let capacity = frame.rgb.capacity();
+        let buffer = sys::Buffer::default();
+        assert!(matches!(
+            fill_frame(&n, &jpeg, &buffer, &mut frame),
+            Ok(Filled::Frame)
+        ));
+        assert_eq!(frame.rgb.len(), w * h * 3);
+        assert_eq!(frame.rgb.capacity(), capacity);
+        for px in frame.rgb.chunks_exact(3) {
+            assert!(
+                px[0].abs_diff(200) <= 3 && px[1].abs_diff(40) <= 3 && px[2].abs_diff(90) <= 3,
+                "{px:?}"
+            );
+        }
+
+        let grey = jpeg_of(
+            w as u32,
+            h as u32,
+            image::ExtendedColorType::L8,
+            &vec![77u8; w * h],
+        );
+        assert!(matches!(
+            fill_frame(&n, &grey, &buffer, &mut frame),
+            Ok(Filled::Frame)
+        ));
+        assert!(frame.rgb.iter().all(|v| v.abs_diff(77) <= 1));
+    }
+
+    #[test]
+    fn corrupt_mjpeg_frames_are_skipped_not_errors() {
+        let (w, h) = (16usize, 8usize);
+        let n = negotiated(Decode::Jpeg, w, h, 0);
+        let mut frame = Frame::with_capacity(w, h);
+        let buffer = sys::Buffer::default();
+        for data in [&b""[..], b"\xff\xd8\xff\xe0garbage", &[0u8; 64]] {
+            assert!(matches!(
+                fill_frame(&n, data, &buffer, &mut frame),
+                Ok(Filled::Skipped(Skip::Jpeg(_)))
+            ));
+        }
+        let other_size = jpeg_of(8, 8, image::ExtendedColorType::L8, &[0u8; 64]);
+        assert!(matches!(
+            fill_frame(&n, &other_size, &buffer, &mut frame),
+            Ok(Filled::Skipped(Skip::JpegSize {
+                width: 8,
+                height: 8
+            }))
+        ));
+        let flagged = sys::Buffer {
+            flags: sys::BUF_FLAG_ERROR,
+            ..Default::default()
+        };
+        assert!(matches!(
+            fill_frame(&n, &[], &flagged, &mut frame),
+            Ok(Filled::Skipped(Skip::FlaggedError))
+        ));
+    }
+
+    #[test]
+    fn a_frame_too_small_for_the_image_is_an_error_not_a_reallocation() {
+        let n = negotiated(Decode::Yuyv, 64, 48, 128);
+        let mut frame = Frame::with_capacity(32, 24);
+        let data = vec![128u8; 128 * 48];
+        match fill_frame(&n, &data, &sys::Buffer::default(), &mut frame) {
+            Err(Error::Invalid { reason, .. }) => assert!(reason.contains("Frame::with_capacity")),
+            _ => panic!("expected an error"),
+        }
+        assert_eq!(frame.rgb.capacity(), 32 * 24 * 3);
+    }
+
+    #[test]
+    fn packed_frames_honour_the_stride_and_short_frames_are_skipped() {
+        // 4x2 YUYV with 4 bytes of padding per row; the padding holds values that would show
+        // if the stride were ignored.
+        let (w, h, stride) = (4usize, 2usize, 12usize);
+        let mut data = vec![255u8; stride * h];
+        for row in 0..h {
+            for x in 0..w / 2 {
+                let at = row * stride + 4 * x;
+                data[at..at + 4].copy_from_slice(&[81, 90, 81, 240]); // pure red in BT.601
+            }
+        }
+        let n = negotiated(Decode::Yuyv, w, h, stride);
+        let mut frame = Frame::with_capacity(w, h);
+        assert!(matches!(
+            fill_frame(&n, &data, &sys::Buffer::default(), &mut frame),
+            Ok(Filled::Frame)
+        ));
+        for px in frame.rgb.chunks_exact(3) {
+            assert!(px[0] > 200 && px[1] < 40 && px[2] < 40, "{px:?}");
+        }
+        assert!(matches!(
+            fill_frame(
+                &n,
+                &data[..stride * (h - 1) + 2 * w - 1],
+                &sys::Buffer::default(),
+                &mut frame
+            ),
+            Ok(Filled::Skipped(Skip::Short { .. }))
+        ));
+
+        let nv12 = negotiated(Decode::Nv12, 4, 3, 8);
+        assert_eq!(nv12.padded_frame_bytes(), 8 * (3 + 2));
+        let rgb = negotiated(Decode::Rgb24, 4, 3, 12);
+        let mut pixels = vec![0u8; 12 * 3];
+        pixels[..3].copy_from_slice(&[1, 2, 3]);
+        let mut frame = Frame::with_capacity(4, 3);
+        assert!(matches!(
+            fill_frame(&rgb, &pixels, &sys::Buffer::default(), &mut frame),
+            Ok(Filled::Frame)
+        ));
+        assert_eq!(&frame.rgb[..4], &[1, 2, 3, 0]);
+    }
+
+    #[test]
+    fn the_source_can_move_to_the_capture_thread() {
+        fn assert_send<T: Send>() {}
+        assert_send::<V4l2Source>();
+    }
+}
