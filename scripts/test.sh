@@ -20,6 +20,9 @@ cargo clippy -p posed-engines -p posed --all-targets --locked --features posed/t
 echo "== cargo clippy (posed-kernels without the cuda feature)"
 cargo clippy -p posed-kernels --all-targets --locked --no-default-features -- -D warnings
 
+echo "== systemd files: systemd-analyze verify, sysusers and tmpfiles in a temporary root"
+bash systemd/verify.sh
+
 echo "== cargo test (x86_64)"
 cargo test --workspace --locked
 

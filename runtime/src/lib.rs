@@ -8,6 +8,7 @@
 pub mod bop;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod engines;
 mod error;
 pub mod eval;

@@ -284,7 +284,7 @@ fn rows_of<'a>(
 }
 
 /// Opens a network for `role` and makes a session.
-fn open_session(
+pub(crate) fn open_session(
     backend: &dyn Backend,
     path: &Path,
     role: Role,

@@ -2,9 +2,11 @@
 
 mod dataset;
 mod predict;
+mod run;
 
 pub use dataset::DatasetCommand;
 pub use predict::{request_from, summary, PredictArgs};
+pub use run::{CameraCommand, ConfigCommand, RunArgs, WatchArgs};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -62,6 +64,17 @@ pub enum Command {
     /// poses (with seeded noise).
     #[command(subcommand)]
     Dataset(DatasetCommand),
+    /// The daemon: frames from a camera or an image sequence through the pipeline, poses
+    /// out over a Unix socket (`posed run --demo` runs on the bundled data).
+    Run(RunArgs),
+    /// Subscribe to a running daemon's pose stream and print the poses.
+    Watch(WatchArgs),
+    /// Configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// V4L2 cameras: what they offer, to write [source] in the configuration.
+    #[command(subcommand)]
+    Camera(CameraCommand),
 }
 
 /// `posed engines ...`.
@@ -274,6 +287,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Engines(command) => run_engines(command),
         Command::Predict(args) => predict::run_predict(&args),
         Command::Dataset(command) => dataset::run_dataset(command),
+        Command::Run(args) => run::run_run(&args),
+        Command::Watch(args) => run::run_watch(&args),
+        Command::Config(command) => run::run_config(&command),
+        Command::Camera(command) => run::run_camera(&command),
     }
 }
 

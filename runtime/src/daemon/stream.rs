@@ -1,0 +1,736 @@
+//! The pose stream server: a Unix stream socket, a hello on connect, then one line per
+//! frame to every subscriber.
+//!
+//! Each subscriber has a bounded queue of message buffers (allocated when it connects) and
+//! a writer thread. [`StreamServer::publish`] only copies the frame's bytes into each
+//! queue under that queue's lock, dropping the subscriber's oldest frame when the queue is
+//! full: a slow subscriber loses frames (counted, and reported to it in `dropped`), and
+//! neither it nor anyone else ever makes the pipeline wait. A subscriber whose socket
+//! accepts nothing for `stall_timeout_ms`, that sends anything but an optional first line
+//! naming the encoding, or that hangs up, is disconnected by its writer.
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::message::{finish_for_subscriber, MAX_MESSAGE_BYTES};
+use crate::config::StreamConfig;
+use crate::{Error, Result};
+
+/// Bytes a subscriber may send before a newline (the optional encoding line).
+const MAX_CLIENT_LINE: usize = 64;
+
+/// The kernel's send buffer per subscriber. Kept small (the kernel's default is about
+/// 200 KiB) so that frames wait in posed's own queue, where a slow subscriber's losses are
+/// counted and reported to it, and a subscriber that stops reading is noticed within a
+/// few dozen frames rather than a few hundred.
+const SEND_BUFFER_BYTES: usize = 32 * 1024;
+
+/// How often an idle writer looks at what its subscriber sent and at shutdown.
+const WRITER_TICK: Duration = Duration::from_millis(50);
+
+/// Counters of the stream, for the status line and tests.
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    /// Subscribers connected now.
+    pub subscribers: AtomicU64,
+    /// Subscribers ever accepted.
+    pub accepted: AtomicU64,
+    /// Connections refused (too many subscribers).
+    pub refused: AtomicU64,
+    /// Subscribers disconnected for sending garbage.
+    pub kicked_garbage: AtomicU64,
+    /// Subscribers disconnected for not reading.
+    pub kicked_stalled: AtomicU64,
+    /// Frames dropped from subscriber queues, all subscribers together.
+    pub frames_dropped: AtomicU64,
+}
+
+struct QueueState {
+    /// Filled buffers, oldest first.
+    filled: VecDeque<Vec<u8>>,
+    /// Empty buffers with [`MAX_MESSAGE_BYTES`] of capacity.
+    free: Vec<Vec<u8>>,
+    /// Frames this subscriber lost since it connected.
+    dropped: u64,
+    closed: bool,
+}
+
+/// One subscriber's queue, shared by the publisher and its writer thread.
+struct Queue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+}
+
+impl Queue {
+    fn new(frames: usize) -> Self {
+        Self {
+            state: Mutex::new(QueueState {
+                filled: VecDeque::with_capacity(frames),
+                free: (0..frames)
+                    .map(|_| Vec::with_capacity(MAX_MESSAGE_BYTES))
+                    .collect(),
+                dropped: 0,
+                closed: false,
+            }),
+            ready: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // A writer that panicked mid-update leaves nothing half-written that matters.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Copies `body` in, dropping the oldest frame when full. Returns true if one was
+    /// dropped.
+    fn push(&self, body: &[u8]) -> bool {
+        let mut state = self.lock();
+        if state.closed {
+            return false;
+        }
+        let (mut buffer, dropped) = match state.free.pop() {
+            Some(buffer) => (buffer, false),
+            None => match state.filled.pop_front() {
+                Some(oldest) => {
+                    state.dropped += 1;
+                    (oldest, true)
+                }
+                // A queue of zero frames: config validation refuses it.
+                None => return false,
+            },
+        };
+        buffer.clear();
+        buffer.extend_from_slice(body);
+        state.filled.push_back(buffer);
+        drop(state);
+        self.ready.notify_one();
+        dropped
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+}
+
+struct Subscriber {
+    queue: Arc<Queue>,
+    writer: JoinHandle<()>,
+}
+
+/// The listening socket and its subscribers.
+pub struct StreamServer {
+    path: PathBuf,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+/// What the server's threads share; after [`StreamServer::shutdown`], its final counters.
+pub struct Shared {
+    config: StreamConfig,
+    hello: Vec<u8>,
+    subscribers: Mutex<Vec<Subscriber>>,
+    stats: StreamStats,
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    /// The counters.
+    pub fn stats(&self) -> &StreamStats {
+        &self.stats
+    }
+}
+
+impl std::fmt::Debug for StreamServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamServer")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamServer {
+    /// Binds the socket (replacing a stale one left by a crash, refusing to replace a
+    /// live one or a file that is not a socket), sets its mode and group, and starts
+    /// accepting subscribers. `hello` is the first line every subscriber gets.
+    ///
+    /// # Errors
+    /// [`Error::Stream`] naming the socket path.
+    pub fn bind(config: &StreamConfig, hello: Vec<u8>) -> Result<Self> {
+        let path = config.socket.clone();
+        let error = |detail: String| Error::Stream {
+            peer: path.display().to_string(),
+            detail,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !parent.is_dir() {
+                return Err(error(format!(
+                    "its folder {} does not exist (systemd's RuntimeDirectory=posed creates \
+                     /run/posed)",
+                    parent.display()
+                )));
+            }
+        }
+        remove_stale_socket(&path).map_err(error)?;
+        let listener = UnixListener::bind(&path).map_err(|e| error(format!("cannot bind: {e}")))?;
+        let mode = config.mode_bits().ok_or_else(|| {
+            error(format!(
+                "stream.mode \"{}\" is not octal permission bits",
+                config.mode
+            ))
+        })?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| error(format!("cannot set mode {mode:o}: {e}")))?;
+        if let Some(group) = &config.group {
+            set_group(&path, group).map_err(error)?;
+        }
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| error(format!("cannot set non-blocking: {e}")))?;
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            hello,
+            subscribers: Mutex::new(Vec::with_capacity(config.max_subscribers)),
+            stats: StreamStats::default(),
+            stopping: AtomicBool::new(false),
+        });
+        let acceptor = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("posed-accept".to_owned())
+                .spawn(move || accept_loop(&listener, &shared))
+                .map_err(|e| error(format!("cannot start the accept thread: {e}")))?
+        };
+        Ok(Self {
+            path,
+            shared,
+            acceptor: Some(acceptor),
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &StreamStats {
+        &self.shared.stats
+    }
+
+    /// Queues one encoded frame (a body from
+    /// [`encode_poses_body`](super::message::encode_poses_body)) for every subscriber.
+    /// Never blocks on a subscriber; allocates nothing.
+    pub fn publish(&self, body: &[u8]) {
+        let subscribers = self
+            .shared
+            .subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for subscriber in subscribers.iter() {
+            if subscriber.queue.push(body) {
+                self.shared
+                    .stats
+                    .frames_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Stops accepting, lets every writer send what it has queued (for at most
+    /// `deadline`), closes the connections and removes the socket file. Returns the
+    /// final counters.
+    pub fn shutdown(mut self, deadline: Duration) -> Arc<Shared> {
+        self.stop(deadline);
+        Arc::clone(&self.shared)
+    }
+
+    fn stop(&mut self, deadline: Duration) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+        let subscribers: Vec<Subscriber> = std::mem::take(
+            &mut *self
+                .shared
+                .subscribers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for subscriber in &subscribers {
+            subscriber.queue.close();
+        }
+        let until = Instant::now() + deadline;
+        for subscriber in subscribers {
+            // A writer stuck on a stalled peer gives up at its send timeout; past the
+            // deadline it is left to end with the process.
+            while !subscriber.writer.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if subscriber.writer.is_finished() {
+                let _ = subscriber.writer.join();
+            }
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for StreamServer {
+    fn drop(&mut self) {
+        if self.acceptor.is_some() {
+            self.stop(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Removes `path` if it is a socket nobody listens on.
+fn remove_stale_socket(path: &Path) -> std::result::Result<(), String> {
+    let metadata = match std::fs::symlink_metadata(path) {
+        Ok(metadata) => metadata,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("cannot inspect: {e}")),
+    };
+    if !metadata.file_type().is_socket() {
+        return Err("exists and is not a socket; not replacing it".to_owned());
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err("another posed is serving this socket".to_owned()),
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => std::fs::remove_file(path)
+            .map_err(|e| format!("cannot remove the stale socket left by a crash: {e}")),
+        Err(e) => Err(format!("exists and cannot be checked: {e}")),
+    }
+}
+
+fn set_group(path: &Path, group: &str) -> std::result::Result<(), String> {
+    let name = std::ffi::CString::new(group)
+        .map_err(|_| format!("stream.group \"{group}\" contains a NUL byte"))?;
+    let mut entry: libc::group = libc::group {
+        gr_name: std::ptr::null_mut(),
+        gr_passwd: std::ptr::null_mut(),
+        gr_gid: 0,
+        gr_mem: std::ptr::null_mut(),
+    };
+    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call: `name` is NUL-terminated, `entry` and
+    // `found` are writable, and `buffer` is writable for its stated length.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            name.as_ptr(),
+            &mut entry,
+            buffer.as_mut_ptr(),
+            buffer.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
+        return Err(format!("stream.group: no group named \"{group}\""));
+    }
+    std::os::unix::fs::lchown(path, None, Some(entry.gr_gid))
+        .map_err(|e| format!("cannot give the socket to group \"{group}\": {e}"))
+}
+
+fn accept_loop(listener: &UnixListener, shared: &Arc<Shared>) {
+    let mut next_id = 0u64;
+    while !shared.stopping.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                next_id += 1;
+                accept(stream, next_id, shared);
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                tracing::warn!("pose stream: accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn accept(mut stream: UnixStream, id: u64, shared: &Arc<Shared>) {
+    let mut subscribers = shared.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+    // Forget writers that ended.
+    subscribers.retain(|s| !s.writer.is_finished());
+    if subscribers.len() >= shared.config.max_subscribers {
+        shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+        let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+        let _ = writeln!(
+            stream,
+            "{{\"type\":\"error\",\"reason\":\"too many subscribers ({}, stream.max_subscribers)\"}}",
+            shared.config.max_subscribers
+        );
+        return;
+    }
+    let queue = Arc::new(Queue::new(shared.config.queue_frames));
+    // Counted before the writer starts, so that its end can never be counted first.
+    shared.stats.subscribers.fetch_add(1, Ordering::Relaxed);
+    let writer = {
+        let queue = Arc::clone(&queue);
+        let shared = Arc::clone(shared);
+        std::thread::Builder::new()
+            .name(format!("posed-sub-{id}"))
+            .spawn(move || {
+                let peer = peer_name(&stream, id);
+                match serve(&stream, &queue, &shared) {
+                    Ok(()) => tracing::info!("pose stream: {peer} left"),
+                    Err(reason) => tracing::info!("pose stream: {peer} disconnected: {reason}"),
+                }
+                queue.close();
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+                shared.stats.subscribers.fetch_sub(1, Ordering::Relaxed);
+            })
+    };
+    match writer {
+        Ok(writer) => {
+            subscribers.push(Subscriber { queue, writer });
+            shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            shared.stats.subscribers.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!("pose stream: cannot start a writer for subscriber {id}: {e}");
+        }
+    }
+}
+
+fn set_send_buffer(stream: &UnixStream, bytes: usize) {
+    let value = bytes as libc::c_int;
+    // SAFETY: the fd is a connected socket owned by `stream`; `value` is a c_int that
+    // lives across the call and its size is passed. A failure leaves the default, which
+    // only delays noticing a stalled subscriber.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// `subscriber 3 (pid 1234)`.
+fn peer_name(stream: &UnixStream, id: u64) -> String {
+    let mut credentials = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: the fd is a connected Unix socket owned by `stream`; `credentials` and `len`
+    // are writable and `len` is the size of `credentials`.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut credentials as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 && credentials.pid > 0 {
+        format!("subscriber {id} (pid {})", credentials.pid)
+    } else {
+        format!("subscriber {id}")
+    }
+}
+
+/// What a subscriber sent so far.
+#[derive(Default)]
+struct ClientInput {
+    line: heapless::Vec<u8, MAX_CLIENT_LINE>,
+    lines: usize,
+    closed: bool,
+}
+
+impl ClientInput {
+    /// Reads what the peer sent, without blocking. Accepts one first line naming the
+    /// encoding (`ndjson`, the default); anything else is garbage.
+    fn poll(&mut self, stream: &UnixStream) -> std::result::Result<(), String> {
+        if self.closed {
+            return Ok(());
+        }
+        let mut buffer = [0u8; 256];
+        loop {
+            // SAFETY: `buffer` is writable for its length; MSG_DONTWAIT keeps the call from
+            // blocking, so the writer never waits on its peer's input.
+            let n = unsafe {
+                libc::recv(
+                    stream.as_raw_fd(),
+                    buffer.as_mut_ptr().cast(),
+                    buffer.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n == 0 {
+                // The peer closed its sending side (e.g. `socat -u`): it may still read.
+                self.closed = true;
+                return Ok(());
+            }
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                return match e.kind() {
+                    ErrorKind::WouldBlock | ErrorKind::Interrupted => Ok(()),
+                    _ => Err(format!("read failed: {e}")),
+                };
+            }
+            for &byte in &buffer[..n as usize] {
+                if byte == b'\n' {
+                    self.end_line()?;
+                } else if self.line.push(byte).is_err() {
+                    return Err(format!(
+                        "sent {MAX_CLIENT_LINE} bytes without a newline; a subscriber may only \
+                         send one line naming the encoding (\"ndjson\")"
+                    ));
+                }
+            }
+        }
+    }
+
+    fn end_line(&mut self) -> std::result::Result<(), String> {
+        self.lines += 1;
+        let line = String::from_utf8_lossy(&self.line).trim().to_owned();
+        self.line.clear();
+        match (self.lines, line.as_str()) {
+            (1, "ndjson") | (1, "json") | (1, "{\"encoding\":\"ndjson\"}") => Ok(()),
+            (1, "binary") => Err(
+                "asked for the binary encoding, which protocol version 1 does not have".to_owned(),
+            ),
+            _ => Err(format!(
+                "sent \"{}\"; a subscriber may only send one first line naming the encoding \
+                 (\"ndjson\")",
+                line.escape_debug()
+            )),
+        }
+    }
+}
+
+/// The writer of one subscriber: the hello, then queued frames, until the queue closes or
+/// the peer misbehaves.
+fn serve(stream: &UnixStream, queue: &Queue, shared: &Shared) -> std::result::Result<(), String> {
+    let stall = Duration::from_millis(shared.config.stall_timeout_ms);
+    set_send_buffer(stream, SEND_BUFFER_BYTES);
+    stream
+        .set_write_timeout(Some(stall))
+        .map_err(|e| format!("cannot set the send timeout: {e}"))?;
+    let stalled = |e: std::io::Error| {
+        if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
+            shared.stats.kicked_stalled.fetch_add(1, Ordering::Relaxed);
+            format!(
+                "read nothing for {} ms (stream.stall_timeout_ms)",
+                stall.as_millis()
+            )
+        } else {
+            format!("write failed: {e}")
+        }
+    };
+    let mut writer = stream;
+    writer.write_all(&shared.hello).map_err(stalled)?;
+    let mut input = ClientInput::default();
+    let mut spare: Vec<u8> = Vec::with_capacity(MAX_MESSAGE_BYTES);
+    loop {
+        if let Err(reason) = input.poll(stream) {
+            shared.stats.kicked_garbage.fetch_add(1, Ordering::Relaxed);
+            let _ = writeln!(
+                writer,
+                "{{\"type\":\"error\",\"reason\":\"{}\"}}",
+                reason.replace('\\', "\\\\").replace('"', "\\\"")
+            );
+            return Err(reason);
+        }
+        let (dropped, closed) = {
+            let mut state = queue.lock();
+            if state.filled.is_empty() && !state.closed {
+                state = queue
+                    .ready
+                    .wait_timeout(state, WRITER_TICK)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            match state.filled.pop_front() {
+                Some(buffer) => {
+                    // Swap buffers so that the lock is not held while writing.
+                    let filled = std::mem::replace(&mut spare, buffer);
+                    state.free.push(filled);
+                    (Some(state.dropped), false)
+                }
+                None => (None, state.closed),
+            }
+        };
+        if let Some(dropped) = dropped {
+            finish_for_subscriber(&mut spare, dropped);
+            writer.write_all(&spare).map_err(stalled)?;
+        } else if closed {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader};
+
+    use super::*;
+
+    fn config(dir: &Path) -> StreamConfig {
+        StreamConfig {
+            socket: dir.join("poses.sock"),
+            queue_frames: 2,
+            stall_timeout_ms: 300,
+            ..StreamConfig::default()
+        }
+    }
+
+    fn wait_for(what: &str, condition: impl Fn() -> bool) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(Instant::now() < until, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn body(frame: u64) -> Vec<u8> {
+        format!("{{\"type\":\"poses\",\"frame\":{frame},\"dropped\":").into_bytes()
+    }
+
+    #[test]
+    fn a_subscriber_gets_the_hello_then_frames_and_the_socket_is_removed_at_shutdown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(dir.path());
+        let server = StreamServer::bind(&config, b"{\"type\":\"hello\"}\n".to_vec()).expect("bind");
+        let mode = std::fs::metadata(&config.socket)
+            .expect("socket")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o660);
+        let stream = UnixStream::connect(&config.socket).expect("connect");
+        wait_for("the subscriber", || {
+            server.stats().subscribers.load(Ordering::Relaxed) == 1
+        });
+        server.publish(&body(1));
+        let mut lines = BufReader::new(stream).lines();
+        assert_eq!(
+            lines.next().expect("line").expect("hello"),
+            "{\"type\":\"hello\"}"
+        );
+        assert_eq!(
+            lines.next().expect("line").expect("frame"),
+            "{\"type\":\"poses\",\"frame\":1,\"dropped\":0}"
+        );
+        server.shutdown(Duration::from_secs(1));
+        assert!(lines.next().is_none(), "the connection ends at shutdown");
+        assert!(!config.socket.exists());
+    }
+
+    #[test]
+    fn a_full_queue_drops_its_oldest_frames_and_counts_them() {
+        let queue = Queue::new(2);
+        let dropped: Vec<bool> = (0..5).map(|frame| queue.push(&body(frame))).collect();
+        assert_eq!(dropped, [false, false, true, true, true]);
+        let state = queue.lock();
+        assert_eq!(state.dropped, 3);
+        let kept: Vec<&[u8]> = state.filled.iter().map(|b| b.as_slice()).collect();
+        assert_eq!(kept, [body(3).as_slice(), body(4).as_slice()]);
+        assert!(state
+            .filled
+            .iter()
+            .all(|b| b.capacity() >= MAX_MESSAGE_BYTES));
+    }
+
+    #[test]
+    fn a_subscriber_sending_garbage_is_told_and_disconnected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(dir.path());
+        let server = StreamServer::bind(&config, b"{}\n".to_vec()).expect("bind");
+        let mut stream = UnixStream::connect(&config.socket).expect("connect");
+        stream.write_all(b"GET / HTTP/1.1\r\n").expect("write");
+        let mut lines = BufReader::new(stream.try_clone().expect("clone")).lines();
+        assert_eq!(lines.next().expect("hello").expect("hello"), "{}");
+        let error = lines.next().expect("error line").expect("error line");
+        assert!(
+            error.contains("\"type\":\"error\"") && error.contains("GET"),
+            "{error}"
+        );
+        assert!(lines.next().is_none(), "disconnected");
+        assert_eq!(server.stats().kicked_garbage.load(Ordering::Relaxed), 1);
+
+        // The encoding line is fine.
+        let mut polite = UnixStream::connect(&config.socket).expect("connect");
+        polite.write_all(b"ndjson\n").expect("write");
+        wait_for("the second subscriber", || {
+            server.stats().accepted.load(Ordering::Relaxed) == 2
+                && server.stats().subscribers.load(Ordering::Relaxed) == 1
+        });
+        server.publish(&body(5));
+        let mut lines = BufReader::new(polite).lines();
+        lines.next();
+        assert!(lines
+            .next()
+            .expect("frame")
+            .expect("frame")
+            .contains("\"frame\":5"));
+        server.shutdown(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn stale_sockets_are_replaced_and_live_ones_and_files_are_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(dir.path());
+        // A stale socket: bound, then its listener gone (as after a crash).
+        drop(UnixListener::bind(&config.socket).expect("bind"));
+        assert!(config.socket.exists());
+        let server =
+            StreamServer::bind(&config, b"{}\n".to_vec()).expect("replaces the stale socket");
+        let message = StreamServer::bind(&config, b"{}\n".to_vec())
+            .expect_err("a live socket")
+            .to_string();
+        assert!(message.contains("another posed"), "{message}");
+        server.shutdown(Duration::from_secs(1));
+
+        std::fs::write(&config.socket, b"precious").expect("file");
+        let message = StreamServer::bind(&config, b"{}\n".to_vec())
+            .expect_err("a regular file")
+            .to_string();
+        assert!(
+            message.contains("not a socket") && message.contains("poses.sock"),
+            "{message}"
+        );
+        assert_eq!(std::fs::read(&config.socket).expect("kept"), b"precious");
+
+        let mut missing = config.clone();
+        missing.socket = dir.path().join("no/such/dir/poses.sock");
+        let message = StreamServer::bind(&missing, b"{}\n".to_vec())
+            .expect_err("no folder")
+            .to_string();
+        assert!(message.contains("does not exist"), "{message}");
+    }
+
+    #[test]
+    fn too_many_subscribers_are_refused_with_a_message() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = config(dir.path());
+        config.max_subscribers = 1;
+        let server = StreamServer::bind(&config, b"{}\n".to_vec()).expect("bind");
+        let _first = UnixStream::connect(&config.socket).expect("connect");
+        wait_for("the subscriber", || {
+            server.stats().subscribers.load(Ordering::Relaxed) == 1
+        });
+        let second = UnixStream::connect(&config.socket).expect("connect");
+        let line = BufReader::new(second)
+            .lines()
+            .next()
+            .expect("line")
+            .expect("line");
+        assert!(line.contains("too many subscribers"), "{line}");
+        server.shutdown(Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,293 @@
+//! The daemon in-process, with real sockets: 16 subscribers of which one never reads, a
+//! camera that goes away and comes back, and a sequence that ends. The pose network is
+//! [`ConstantPoseNetwork`] (the pipeline and stream are what is tested here; the networks
+//! have their own tests), objects are the scenes' annotated boxes.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use posed::bop::models::ModelSet;
+use posed::config::{ServiceConfig, SourceConfig, SourceKind, StreamConfig};
+use posed::daemon::message::PoseFrame;
+use posed::daemon::notify::Notifier;
+use posed::daemon::stream::StreamStats;
+use posed::daemon::{run, DaemonOptions, DaemonParts, FrameObserver, ObjectsProvider, RunReport};
+use posed::pipeline::{
+    ConstantPoseNetwork, DetectionFilter, InitScheme, PipelineOptions, PoseNetworks,
+    SingleViewPipeline,
+};
+use posed::source::sequence::{bop_boxes, SequenceSource};
+use posed::source::{Captured, Frame, FrameSource, SourceInfo};
+use posed::{Error, Result};
+
+fn ycbv() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/ycbv-mini")
+}
+
+fn sequence_config(rate_hz: f64, looping: bool) -> SourceConfig {
+    SourceConfig {
+        kind: SourceKind::Sequence,
+        path: Some(ycbv().join("test")),
+        rate_hz,
+        looping,
+        ..SourceConfig::default()
+    }
+}
+
+fn parts(source: Box<dyn FrameSource>) -> DaemonParts {
+    let models = ModelSet::load(&ycbv().join("models")).expect("models");
+    let options = PipelineOptions {
+        coarse_iterations: 0,
+        refiner_iterations: 1,
+        batch_size: 8,
+        render_threads: 2,
+        ..PipelineOptions::default()
+    };
+    let networks = PoseNetworks {
+        coarse: None,
+        refiner: Some(Box::new(ConstantPoseNetwork::identity(8))),
+    };
+    DaemonParts {
+        source,
+        objects: ObjectsProvider::DatasetBoxes(bop_boxes(&ycbv().join("test")).expect("boxes")),
+        filter: DetectionFilter::default(),
+        init: InitScheme::ZupAutodepth,
+        pipeline: SingleViewPipeline::new(&models, networks, options).expect("pipeline"),
+        obj_ids: models.objects.keys().copied().collect(),
+    }
+}
+
+fn options(socket: &Path, max_frames: Option<u64>) -> DaemonOptions {
+    DaemonOptions {
+        stream: StreamConfig {
+            socket: socket.to_owned(),
+            queue_frames: 4,
+            stall_timeout_ms: 500,
+            ..StreamConfig::default()
+        },
+        service: ServiceConfig {
+            warmup_frames: 1,
+            status_interval_ms: 60_000,
+        },
+        reopen_min: Duration::from_millis(10),
+        reopen_max: Duration::from_millis(40),
+        max_frames,
+    }
+}
+
+fn wait_for_socket(socket: &Path) {
+    let until = Instant::now() + Duration::from_secs(30);
+    // Waits for the file rather than connecting, which would count as a subscriber.
+    while !socket.exists() {
+        assert!(
+            Instant::now() < until,
+            "the daemon never listened on {}",
+            socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs the daemon on a thread; returns its handle and shutdown flag.
+fn start(
+    parts: DaemonParts,
+    options: DaemonOptions,
+    observer: Option<FrameObserver>,
+) -> (std::thread::JoinHandle<Result<RunReport>>, Arc<AtomicBool>) {
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&shutdown);
+    let socket = options.stream.socket.clone();
+    let handle =
+        std::thread::spawn(move || run(parts, options, flag, Notifier::disabled(), observer));
+    wait_for_socket(&socket);
+    (handle, shutdown)
+}
+
+#[test]
+fn sixteen_subscribers_one_never_reading_none_delays_the_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("poses.sock");
+    let source = SequenceSource::open(&sequence_config(0.0, true)).expect("sequence");
+    // The publish thread records when the silent subscriber was dropped and how many
+    // frames had gone out then.
+    let published_at_kick = Arc::new(AtomicU64::new(u64::MAX));
+    let published = Arc::new(AtomicU64::new(0));
+    let observer: FrameObserver = {
+        let published_at_kick = Arc::clone(&published_at_kick);
+        let published = Arc::clone(&published);
+        Box::new(move |_: &PoseFrame, stats: &StreamStats| {
+            let n = published.fetch_add(1, Ordering::Relaxed) + 1;
+            if stats.kicked_stalled.load(Ordering::Relaxed) > 0 {
+                let _ = published_at_kick.compare_exchange(
+                    u64::MAX,
+                    n,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+        })
+    };
+    let (daemon, shutdown) = start(
+        parts(Box::new(source)),
+        options(&socket, None),
+        Some(observer),
+    );
+
+    // The one that never reads: connected first, so that it is in every fan-out.
+    let silent = UnixStream::connect(&socket).expect("connect");
+    let frames_seen: Arc<Vec<AtomicU64>> = Arc::new((0..15).map(|_| AtomicU64::new(0)).collect());
+    let readers: Vec<_> = (0..15)
+        .map(|i| {
+            let stream = UnixStream::connect(&socket).expect("connect");
+            let frames_seen = Arc::clone(&frames_seen);
+            std::thread::spawn(move || {
+                let mut lines = BufReader::new(stream).lines();
+                let hello: serde_json::Value =
+                    serde_json::from_str(&lines.next().expect("hello").expect("hello"))
+                        .expect("json");
+                assert_eq!(hello["type"], "hello");
+                assert_eq!(hello["camera"]["width"], 640);
+                let mut last_frame = None;
+                for line in lines {
+                    let Ok(line) = line else { break };
+                    let message: serde_json::Value = serde_json::from_str(&line).expect("json");
+                    assert_eq!(message["type"], "poses", "{line}");
+                    let frame = message["frame"].as_u64().expect("frame");
+                    if let Some(last) = last_frame {
+                        assert!(frame > last, "frames in order: {last} then {frame}");
+                    }
+                    last_frame = Some(frame);
+                    assert!(!message["objects"].as_array().expect("objects").is_empty());
+                    frames_seen[i].fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+
+    // Run until the silent subscriber was dropped for stalling and every reader got 20
+    // frames published after that.
+    let started = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        let kick = published_at_kick.load(Ordering::Relaxed);
+        let least = frames_seen
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0);
+        if kick != u64::MAX && least > kick + 20 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "after 300 s: silent subscriber dropped at frame {kick}, readers saw {least} frames"
+        );
+    }
+    shutdown.store(true, Ordering::Relaxed);
+    let report = daemon.join().expect("daemon thread").expect("run");
+    for reader in readers {
+        reader.join().expect("reader");
+    }
+    assert_eq!(report.subscribers, 16);
+    assert_eq!(report.subscribers_stalled, 1, "{report:?}");
+    assert_eq!(report.subscribers_garbage, 0);
+    assert!(!socket.exists(), "the socket file is removed at shutdown");
+    // What the silent subscriber was sent: the hello, some frames, then the end.
+    let mut received = String::new();
+    BufReader::new(silent)
+        .read_to_string(&mut received)
+        .expect("read what was sent");
+    assert!(received.starts_with("{\"type\":\"hello\""));
+}
+
+/// A camera that delivers `good` frames, then fails; its reopen fails `refusals` times.
+struct FlakyCamera {
+    inner: SequenceSource,
+    good: u32,
+    refusals: u32,
+    delivered: u32,
+    lost: bool,
+}
+
+impl FrameSource for FlakyCamera {
+    fn info(&self) -> &SourceInfo {
+        self.inner.info()
+    }
+
+    fn capture(&mut self, frame: &mut Frame) -> Result<Captured> {
+        if self.delivered == self.good && !self.lost {
+            self.lost = true;
+            return Err(Error::Camera {
+                device: PathBuf::from("/dev/video7"),
+                detail: "VIDIOC_DQBUF: No such device (unplugged)".to_owned(),
+            });
+        }
+        self.delivered += 1;
+        self.inner.capture(frame)
+    }
+
+    fn reopen(&mut self) -> Result<()> {
+        if self.refusals > 0 {
+            self.refusals -= 1;
+            return Err(Error::Camera {
+                device: PathBuf::from("/dev/video7"),
+                detail: "no such device".to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_lost_camera_is_reopened_and_the_daemon_carries_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("poses.sock");
+    let camera = FlakyCamera {
+        inner: SequenceSource::open(&sequence_config(0.0, true)).expect("sequence"),
+        good: 3,
+        refusals: 2,
+        delivered: 0,
+        lost: false,
+    };
+    let (daemon, _shutdown) = start(parts(Box::new(camera)), options(&socket, Some(8)), None);
+    let report = daemon.join().expect("daemon thread").expect("run");
+    assert_eq!(report.camera_lost, 1, "{report:?}");
+    assert_eq!(report.published, 8, "{report:?}");
+}
+
+#[test]
+fn a_sequence_that_ends_ends_the_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("poses.sock");
+    let source = SequenceSource::open(&sequence_config(0.0, false)).expect("sequence");
+    let (daemon, _shutdown) = start(parts(Box::new(source)), options(&socket, None), None);
+    let report = daemon.join().expect("daemon thread").expect("run");
+    assert!(report.source_ended, "{report:?}");
+    assert_eq!(report.captured, 16);
+    assert_eq!(
+        report.published + report.dropped + report.failed,
+        16,
+        "{report:?}"
+    );
+    assert!(!socket.exists());
+}
+
+#[test]
+fn a_bad_socket_path_fails_before_any_work() {
+    let source = SequenceSource::open(&sequence_config(0.0, false)).expect("sequence");
+    let options = options(Path::new("/nonexistent-posed-dir/poses.sock"), None);
+    let message = run(
+        parts(Box::new(source)),
+        options,
+        Arc::new(AtomicBool::new(false)),
+        Notifier::disabled(),
+        None,
+    )
+    .expect_err("no folder")
+    .to_string();
+    assert!(message.contains("/nonexistent-posed-dir"), "{message}");
+}
