@@ -139,7 +139,12 @@ pub fn run_run(args: &RunArgs) -> anyhow::Result<()> {
         config.stream.socket = socket.clone();
     }
     let shutdown = Arc::new(AtomicBool::new(false));
+    // While loading (a TensorRT engine build can take minutes) a signal exits at once;
+    // once running it sets `shutdown` and the daemon stops cleanly.
+    let loading = Arc::new(AtomicBool::new(true));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register_conditional_shutdown(signal, 0, Arc::clone(&loading))
+            .with_context(|| format!("installing the handler of signal {signal}"))?;
         signal_hook::flag::register(signal, Arc::clone(&shutdown))
             .with_context(|| format!("installing the handler of signal {signal}"))?;
     }
@@ -150,6 +155,7 @@ pub fn run_run(args: &RunArgs) -> anyhow::Result<()> {
         config_path.display()
     );
     let (parts, mut options) = parts_from_config(&config)?;
+    loading.store(false, std::sync::atomic::Ordering::SeqCst);
     options.max_frames = args.frames;
     let report = run_daemon(parts, options, shutdown, notifier, None)?;
     tracing::info!(

@@ -329,11 +329,12 @@ pub(super) fn validate(config: &super::Config) -> crate::Result<()> {
                 }
                 _ => {}
             }
-            if !source.rate_hz.is_finite() || source.rate_hz < 0.0 {
+            if !(source.rate_hz == 0.0 || (0.001..=1000.0).contains(&source.rate_hz)) {
                 return Err(error(
                     "source.rate_hz",
                     format!(
-                        "expected frames per second >= 0 (0: as fast as possible), found {}",
+                        "expected frames per second from 0.001 to 1000, or 0 (as fast as \
+                         possible), found {}",
                         source.rate_hz
                     ),
                 ));
@@ -429,6 +430,15 @@ pub(super) fn validate(config: &super::Config) -> crate::Result<()> {
             return Err(error(key, "expected at least 1, found 0".to_owned()));
         }
     }
+    // Each queued frame reserves a full message buffer (about 42 KB) per subscriber.
+    for (key, value) in [
+        ("stream.queue_frames", stream.queue_frames),
+        ("stream.max_subscribers", stream.max_subscribers),
+    ] {
+        if value > 1024 {
+            return Err(error(key, format!("expected at most 1024, found {value}")));
+        }
+    }
     Ok(())
 }
 
@@ -507,6 +517,8 @@ mod tests {
             (format!("{NETWORKS}[source]\nkind = \"sequence\"\n{models}"), "source.path"),
             (format!("{NETWORKS}[source]\nkind = \"sequence\"\nglob = \"*.png\"\n{models}"), "source.intrinsics"),
             (format!("{NETWORKS}[source]\nkind = \"sequence\"\npath = \"p\"\nrate_hz = -1.0\n{models}"), "source.rate_hz"),
+            (format!("{NETWORKS}[source]\nkind = \"sequence\"\npath = \"p\"\nrate_hz = 1e-300\n{models}"), "source.rate_hz"),
+            (format!("{NETWORKS}{camera}{models}[stream]\nmax_subscribers = 100000000000\n"), "stream.max_subscribers"),
             (format!("{NETWORKS}[source]\nkind = \"webcam\"\n{models}"), "source.kind"),
             (format!("{NETWORKS}{camera}{models}objects = \"dataset-boxes\"\n"), "pipeline.objects"),
             (format!("{NETWORKS}[source]\nintrinsics = [0.0, 0.0, 320.0, 0.0, 600.0, 240.0, 0.0, 0.0, 1.0]\n{models}"), "source.intrinsics"),

@@ -360,6 +360,7 @@ pub fn run(
     let status_interval = Duration::from_millis(options.service.status_interval_ms);
     let watchdog_interval = notifier.watchdog().map(|period| period / 2);
     let mut last_ping = Instant::now();
+    let mut published_at_ping = 0u64;
     let mut last_status = Instant::now();
     let mut published_at_status = 0u64;
     let mut source_ended = false;
@@ -386,14 +387,6 @@ pub fn run(
                     ));
                     tracing::info!("posed: ready after {published} warm-up frame(s)");
                 }
-                if let Some(interval) = watchdog_interval {
-                    // Pinged only here, after a frame went out: a daemon whose frames stop
-                    // stops pinging, and systemd restarts it.
-                    if last_ping.elapsed() >= interval {
-                        notifier.watchdog_ping();
-                        last_ping = Instant::now();
-                    }
-                }
                 if options.max_frames.is_some_and(|max| published >= max) {
                     shutdown.store(true, Ordering::Relaxed);
                 }
@@ -404,6 +397,20 @@ pub fn run(
                 break;
             }
         }
+        if let Some(interval) = watchdog_interval {
+            // Progress is a frame gone out since the last ping, or a lost camera that the
+            // capture thread is still reopening (systemd must not restart a daemon that is
+            // waiting for its camera to come back). A stuck pipeline stops the pings, and
+            // systemd restarts it.
+            let published = stats.published.load(Ordering::Relaxed);
+            let reopening =
+                source_state.load(Ordering::Relaxed) == SOURCE_LOST && !capture.is_finished();
+            if (published != published_at_ping || reopening) && last_ping.elapsed() >= interval {
+                notifier.watchdog_ping();
+                last_ping = Instant::now();
+                published_at_ping = published;
+            }
+        }
         if last_status.elapsed() >= status_interval {
             let published = stats.published.load(Ordering::Relaxed);
             let seconds = last_status.elapsed().as_secs_f64();
@@ -411,8 +418,10 @@ pub fn run(
             status.clear();
             let _ = write!(
                 status,
-                "{fps:.1} fps, {published} frames, {} dropped, {} failed, {} subscriber(s){}",
-                stats.dropped(),
+                "{fps:.1} fps, {published} frames, dropped {} before inference and {} before \
+                 publishing, {} failed, {} subscriber(s){}",
+                stats.dropped_before_infer.load(Ordering::Relaxed),
+                stats.dropped_before_publish.load(Ordering::Relaxed),
                 stats.failed.load(Ordering::Relaxed),
                 server.stats().subscribers.load(Ordering::Relaxed),
                 match source_state.load(Ordering::Relaxed) {
@@ -442,7 +451,7 @@ pub fn run(
         subscriber_frames_dropped: 0,
         source_ended,
     };
-    let stream = server.shutdown(Duration::from_millis(300));
+    let stream = server.shutdown(Duration::from_millis(200));
     let stream_stats = stream.stats();
     let report = RunReport {
         subscribers_stalled: stream_stats.kicked_stalled.load(Ordering::Relaxed),
@@ -452,7 +461,7 @@ pub fn run(
     };
     // A frame in flight may take longer than the second a stop may take: past the
     // deadline it is abandoned (its thread ends with the process).
-    let deadline = Instant::now() + Duration::from_millis(500);
+    let deadline = Instant::now() + Duration::from_millis(300);
     for handle in [capture, infer] {
         while !handle.is_finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));

@@ -56,6 +56,8 @@ impl Notifier {
         } else {
             socket.connect(&path).map_err(unreachable)?;
         }
+        // A full service-manager queue must never stall the publish thread.
+        socket.set_nonblocking(true).map_err(unreachable)?;
         Ok(Self {
             socket: Some(socket),
             watchdog,

@@ -181,20 +181,27 @@ impl StreamServer {
         }
         remove_stale_socket(&path).map_err(error)?;
         let listener = UnixListener::bind(&path).map_err(|e| error(format!("cannot bind: {e}")))?;
-        let mode = config.mode_bits().ok_or_else(|| {
-            error(format!(
-                "stream.mode \"{}\" is not octal permission bits",
-                config.mode
-            ))
-        })?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| error(format!("cannot set mode {mode:o}: {e}")))?;
-        if let Some(group) = &config.group {
-            set_group(&path, group).map_err(error)?;
+        let prepared = (|| {
+            let mode = config.mode_bits().ok_or_else(|| {
+                format!(
+                    "stream.mode \"{}\" is not octal permission bits",
+                    config.mode
+                )
+            })?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| format!("cannot set mode {mode:o}: {e}"))?;
+            if let Some(group) = &config.group {
+                set_group(&path, group)?;
+            }
+            listener
+                .set_nonblocking(true)
+                .map_err(|e| format!("cannot set non-blocking: {e}"))
+        })();
+        if let Err(detail) = prepared {
+            // Nobody will serve it: leave no socket file behind.
+            let _ = std::fs::remove_file(&path);
+            return Err(error(detail));
         }
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| error(format!("cannot set non-blocking: {e}")))?;
         let shared = Arc::new(Shared {
             config: config.clone(),
             hello,
@@ -357,11 +364,18 @@ fn accept_loop(listener: &UnixListener, shared: &Arc<Shared>) {
     }
 }
 
+/// Registers a new subscriber. The subscriber list's lock, which `publish` takes for every
+/// frame, is held only to count and to add: the queue, the writer thread and a refusal
+/// are made without it, so connecting clients never delay frames. Only this (the accept)
+/// thread adds subscribers, so the count cannot change in between.
 fn accept(mut stream: UnixStream, id: u64, shared: &Arc<Shared>) {
-    let mut subscribers = shared.subscribers.lock().unwrap_or_else(|e| e.into_inner());
-    // Forget writers that ended.
-    subscribers.retain(|s| !s.writer.is_finished());
-    if subscribers.len() >= shared.config.max_subscribers {
+    let full = {
+        let mut subscribers = shared.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget writers that ended.
+        subscribers.retain(|s| !s.writer.is_finished());
+        subscribers.len() >= shared.config.max_subscribers
+    };
+    if full {
         shared.stats.refused.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
         let _ = writeln!(
@@ -392,7 +406,11 @@ fn accept(mut stream: UnixStream, id: u64, shared: &Arc<Shared>) {
     };
     match writer {
         Ok(writer) => {
-            subscribers.push(Subscriber { queue, writer });
+            shared
+                .subscribers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Subscriber { queue, writer });
             shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
         }
         Err(e) => {
@@ -501,7 +519,7 @@ impl ClientInput {
         let line = String::from_utf8_lossy(&self.line).trim().to_owned();
         self.line.clear();
         match (self.lines, line.as_str()) {
-            (1, "ndjson") | (1, "json") | (1, "{\"encoding\":\"ndjson\"}") => Ok(()),
+            (1, "ndjson") | (1, "json") | (1, "{\"encoding\":\"ndjson\"}") | (1, "") => Ok(()),
             (1, "binary") => Err(
                 "asked for the binary encoding, which protocol version 1 does not have".to_owned(),
             ),
