@@ -3,6 +3,7 @@
 
 use posed_engines::contract::DetectorLayout;
 use posed_engines::{EngineError, Outputs, Session, Sidecar};
+use posed_kernels::color::{to_normalized_planar, PackedImage, PixelLayout};
 
 use super::obj_id_of_label;
 use super::single_view::{ImageView, ObjectEstimate};
@@ -119,13 +120,20 @@ impl Detector {
             });
         }
         let plane = h * w;
-        let (red, rest) = self.input[..3 * plane].split_at_mut(plane);
-        let (green, blue) = rest.split_at_mut(plane);
-        for (p, rgb) in image.rgb.chunks_exact(3).enumerate() {
-            red[p] = f32::from(rgb[0]) / 255.0;
-            green[p] = f32::from(rgb[1]) / 255.0;
-            blue[p] = f32::from(rgb[2]) / 255.0;
-        }
+        // The camera conversion's planar output is exactly the detector's [3, H, W] input.
+        let packed = PackedImage {
+            layout: PixelLayout::Rgb24,
+            data: image.rgb,
+            width: w,
+            height: h,
+            stride_bytes: 3 * w,
+        };
+        to_normalized_planar(&packed, &mut self.input[..3 * plane]).map_err(|source| {
+            Error::Kernel {
+                context: format!("the {w} x {h} detector input"),
+                source,
+            }
+        })?;
         let batched = [1, 3, h, w];
         let shape: &[usize] = match self.layout {
             DetectorLayout::Batched => &batched,
