@@ -5,11 +5,22 @@
 //! estimate a close one, so each query starts with that distance as its bound and the
 //! tree only has to look at the few leaves that could beat it. General-purpose k-d tree
 //! crates (kiddo 5's `nearest_one`) start from infinity; this is about 5x faster on the
-//! ycbv-mini models (see `benches/benches/cpu_metrics.rs`).
+//! ycbv-mini models (see `benches/benches/cpu_metrics.rs`). Each point also keeps a short
+//! list of its own nearest neighbours: a query that starts from a close point is usually
+//! settled by that list alone, with no descent at all ([`KdTree::nearest_from`]).
 
 /// Points per leaf: small enough that the bound prunes well, large enough that the leaf
 /// loop dominates the descent.
 const LEAF_SIZE: usize = 32;
+
+/// Length of each point's list of nearest other points (see [`KdTree::nearest_from`]).
+const NEIGHBOURS: usize = 24;
+
+/// Relative slack on the stopping tests of [`KdTree::nearest_from`]: far above the
+/// rounding error of a few distances (about 1e-15 relative), so a point the list skips
+/// is farther than the answer by much more than rounding, and the result is the same bit
+/// for bit as a search over every point.
+const REACH_SLACK: f64 = 1.0 + 1e-9;
 
 /// A node with the tight bounding box of its points: on a mesh surface, partition cells
 /// reach far into empty space, and a tight box prunes far better than the split planes.
@@ -49,6 +60,14 @@ pub struct KdTree {
     ys: Vec<f64>,
     zs: Vec<f64>,
     nodes: Vec<Node>,
+    /// For each point (tree order), its [`NEIGHBOURS`] nearest other points (indices in
+    /// tree order), nearest first.
+    neighbours: Vec<u32>,
+    /// Lower bounds on the distances of those neighbours (not squared), same layout.
+    neighbour_distances: Vec<f32>,
+    /// For each point, a lower bound on the distance to every point not in its list
+    /// (infinity when the list holds every other point).
+    list_radius: Vec<f32>,
 }
 
 impl KdTree {
@@ -62,12 +81,149 @@ impl KdTree {
         let xs = points.iter().map(|p| p[0]).collect();
         let ys = points.iter().map(|p| p[1]).collect();
         let zs = points.iter().map(|p| p[2]).collect();
-        Self {
+        let mut tree = Self {
             points,
             xs,
             ys,
             zs,
             nodes,
+            neighbours: Vec::new(),
+            neighbour_distances: Vec::new(),
+            list_radius: Vec::new(),
+        };
+        tree.build_neighbour_lists();
+        tree
+    }
+
+    /// Fills the per-point neighbour lists with a k-nearest search per point.
+    fn build_neighbour_lists(&mut self) {
+        let n = self.points.len();
+        let k = NEIGHBOURS.min(n.saturating_sub(1));
+        self.neighbours = Vec::with_capacity(n * NEIGHBOURS);
+        self.neighbour_distances = Vec::with_capacity(n * NEIGHBOURS);
+        self.list_radius = Vec::with_capacity(n);
+        // (squared distance, index), sorted ascending; at most k + 1 long (the point
+        // itself is found too, and dropped).
+        let mut found: Vec<(f64, u32)> = Vec::with_capacity(k + 2);
+        for i in 0..n {
+            found.clear();
+            if !self.nodes.is_empty() {
+                self.k_nearest(0, &self.points[i], k + 1, &mut found);
+            }
+            // Drop the point itself (its duplicates, at distance 0 too, stay in the list).
+            if let Some(at) = found.iter().position(|&(_, j)| j as usize == i) {
+                found.remove(at);
+            }
+            found.truncate(k);
+            for &(distance_sq, j) in &found {
+                self.neighbours.push(j);
+                self.neighbour_distances
+                    .push(lower_bound_f32(distance_sq.sqrt()));
+            }
+            // Pad a short list (fewer than NEIGHBOURS other points) so that every list
+            // has the same stride; the padding is never read past `list_radius`.
+            for _ in found.len()..NEIGHBOURS {
+                self.neighbours.push(i as u32);
+                self.neighbour_distances.push(f32::INFINITY);
+            }
+            // Every point outside the list is at least as far as the last one in it; a
+            // list of every other point has nothing outside.
+            let radius = if k == n - 1 {
+                f32::INFINITY
+            } else {
+                found
+                    .last()
+                    .map_or(f32::INFINITY, |&(d, _)| lower_bound_f32(d.sqrt()))
+            };
+            self.list_radius.push(radius);
+        }
+    }
+
+    /// Collects into `found` (sorted ascending) the `k` nearest points to `query` in the
+    /// subtree at `node`.
+    fn k_nearest(&self, node: u32, query: &[f64; 3], k: usize, found: &mut Vec<(f64, u32)>) {
+        let worst = |found: &Vec<(f64, u32)>| {
+            if found.len() < k {
+                f64::INFINITY
+            } else {
+                found.last().map_or(f64::INFINITY, |&(d, _)| d)
+            }
+        };
+        match self.nodes[node as usize].kind {
+            NodeKind::Leaf { start, end } => {
+                for i in start..end {
+                    let d = squared_distance(&self.xs, &self.ys, &self.zs, i as usize, query);
+                    if d < worst(found) {
+                        let at = found.partition_point(|&(e, _)| e <= d);
+                        found.insert(at, (d, i));
+                        found.truncate(k);
+                    }
+                }
+            }
+            NodeKind::Split { left, right } => {
+                let [(near, near_sq), (far, far_sq)] = self.nearer_first(left, right, query);
+                if near_sq < worst(found) {
+                    self.k_nearest(near, query, k, found);
+                }
+                if far_sq < worst(found) {
+                    self.k_nearest(far, query, k, found);
+                }
+            }
+        }
+    }
+
+    /// The two children of a split with their squared box distances, the nearer first.
+    #[inline(always)]
+    fn nearer_first(&self, left: u32, right: u32, query: &[f64; 3]) -> [(u32, f64); 2] {
+        let left_sq = self.nodes[left as usize].distance_sq(query);
+        let right_sq = self.nodes[right as usize].distance_sq(query);
+        if left_sq <= right_sq {
+            [(left, left_sq), (right, right_sq)]
+        } else {
+            [(right, right_sq), (left, left_sq)]
+        }
+    }
+
+    /// The nearest point to `query`, as [`Self::nearest`], given `anchor`: a point (index
+    /// in [`Self::points`]) at squared distance `anchor_sq` from `query`. Exact.
+    ///
+    /// Any point closer to `query` than the best distance `b` so far lies within
+    /// `|query - anchor| + b` of the anchor (triangle inequality), so when that reach is
+    /// inside the anchor's precomputed neighbour list, the list alone decides, nearest
+    /// first, stopping at the first neighbour beyond the reach. For a query close to the
+    /// surface, as ADD-S's are for any useful estimate, that is a handful of points and
+    /// no tree descent; otherwise the tree finishes the search from the best bound found.
+    #[inline]
+    pub fn nearest_from(&self, query: &[f64; 3], anchor: usize, anchor_sq: f64) -> (f64, usize) {
+        let anchor_distance = anchor_sq.sqrt();
+        let radius = f64::from(self.list_radius[anchor]);
+        let mut best = (anchor_sq, anchor);
+        // A reach of at least the anchor distance: the list can only decide when the
+        // anchor is nearer than its radius.
+        if anchor_distance < radius {
+            let start = anchor * NEIGHBOURS;
+            let list = &self.neighbours[start..start + NEIGHBOURS];
+            let distances = &self.neighbour_distances[start..start + NEIGHBOURS];
+            let mut reach = (anchor_distance + anchor_distance) * REACH_SLACK;
+            let mut decided = false;
+            for (&j, &distance) in list.iter().zip(distances) {
+                if f64::from(distance) >= reach {
+                    decided = true;
+                    break;
+                }
+                let d = squared_distance(&self.xs, &self.ys, &self.zs, j as usize, query);
+                if d < best.0 {
+                    best = (d, j as usize);
+                    reach = (anchor_distance + d.sqrt()) * REACH_SLACK;
+                }
+            }
+            if decided || radius >= reach {
+                return best;
+            }
+        }
+        match self.nearest(query, best.0) {
+            (_, usize::MAX) => best,
+            found => found,
         }
     }
 
@@ -169,25 +325,15 @@ impl KdTree {
                 // leaf beats the bound, which is rare once the bound is tight.
                 let leaf_min = leaf_min_portable(xs, ys, zs, query);
                 if leaf_min < best.0 {
-                    let distance = |i: usize| {
-                        let dx = self.xs[i] - query[0];
-                        let dy = self.ys[i] - query[1];
-                        let dz = self.zs[i] - query[2];
-                        dx * dx + dy * dy + dz * dz
-                    };
+                    let distance =
+                        |i: usize| squared_distance(&self.xs, &self.ys, &self.zs, i, query);
                     if let Some(i) = range.clone().find(|&i| distance(i) == leaf_min) {
                         *best = (leaf_min, i);
                     }
                 }
             }
             NodeKind::Split { left, right } => {
-                let left_sq = self.nodes[left as usize].distance_sq(query);
-                let right_sq = self.nodes[right as usize].distance_sq(query);
-                let ((near, near_sq), (far, far_sq)) = if left_sq <= right_sq {
-                    ((left, left_sq), (right, right_sq))
-                } else {
-                    ((right, right_sq), (left, left_sq))
-                };
+                let [(near, near_sq), (far, far_sq)] = self.nearer_first(left, right, query);
                 if near_sq < best.0 {
                     recurse(self, near, query, best);
                 }
@@ -196,6 +342,28 @@ impl KdTree {
                 }
             }
         }
+    }
+}
+
+/// Squared distance from `query` to point `i`: the one expression every search uses, so
+/// that all of them agree bit for bit.
+#[inline(always)]
+fn squared_distance(xs: &[f64], ys: &[f64], zs: &[f64], i: usize, query: &[f64; 3]) -> f64 {
+    let dx = xs[i] - query[0];
+    let dy = ys[i] - query[1];
+    let dz = zs[i] - query[2];
+    dx * dx + dy * dy + dz * dz
+}
+
+/// The largest `f32` no greater than `value` (and a little less: the stored distances
+/// are lower bounds that must hold for the exact distance too, not only the rounded one).
+fn lower_bound_f32(value: f64) -> f32 {
+    let shrunk = value * (1.0 - 1e-12);
+    let rounded = shrunk as f32;
+    if f64::from(rounded) > shrunk {
+        rounded.next_down()
+    } else {
+        rounded
     }
 }
 
@@ -308,7 +476,93 @@ mod tests {
         assert_eq!(KdTree::new(&[]).nearest_distance_sq(&[0.0; 3], 4.0), 4.0);
     }
 
+    /// A lumpy closed surface of `n` points (a deformed sphere, as a mesh's vertices
+    /// are), every seventh point duplicated as at a texture seam.
+    fn surface(n: usize) -> Vec<[f64; 3]> {
+        let mut points: Vec<[f64; 3]> = (0..n)
+            .map(|i| {
+                let t = i as f64 * 2.399_963_229_728_653;
+                let z = 1.0 - 2.0 * (i as f64 + 0.5) / n as f64;
+                let r = (1.0 - z * z).sqrt();
+                let scale = 0.05 + 0.01 * (3.0 * t).sin();
+                [scale * r * t.cos(), 0.7 * scale * r * t.sin(), scale * z]
+            })
+            .collect();
+        let seams: Vec<_> = points.iter().step_by(7).copied().collect();
+        points.extend(seams);
+        points
+    }
+
+    #[test]
+    fn neighbour_lists_are_the_nearest_points_nearest_first() {
+        let points = surface(500);
+        let tree = KdTree::new(&points);
+        let ordered = tree.points();
+        for (i, p) in ordered.iter().enumerate() {
+            let list = &tree.neighbours[i * NEIGHBOURS..(i + 1) * NEIGHBOURS];
+            let distances = &tree.neighbour_distances[i * NEIGHBOURS..(i + 1) * NEIGHBOURS];
+            assert!(list.iter().all(|&j| j as usize != i));
+            assert!(distances.windows(2).all(|w| w[0] <= w[1]));
+            let mut others: Vec<f64> = (0..ordered.len())
+                .filter(|&j| j != i)
+                .map(|j| {
+                    (0..3)
+                        .map(|a| (ordered[j][a] - p[a]).powi(2))
+                        .sum::<f64>()
+                        .sqrt()
+                })
+                .collect();
+            others.sort_by(f64::total_cmp);
+            for (stored, exact) in distances.iter().zip(&others) {
+                assert!(f64::from(*stored) <= *exact && f64::from(*stored) >= exact * 0.999_999);
+            }
+            assert!(f64::from(tree.list_radius[i]) <= others[NEIGHBOURS - 1]);
+        }
+    }
+
+    #[test]
+    fn a_small_set_lists_every_other_point() {
+        let points = surface(10);
+        let tree = KdTree::new(&points);
+        assert!(tree.list_radius.iter().all(|r| r.is_infinite()));
+        let q = [0.2, 0.0, 0.0];
+        assert_eq!(tree.nearest_from(&q, 0, 1.0).0, brute_force(&points, &q));
+        let single = KdTree::new(&[[1.0, 2.0, 3.0]]);
+        assert_eq!(single.nearest_from(&[1.0, 2.0, 4.0], 0, 1.0), (1.0, 0));
+    }
+
     proptest! {
+        /// Queries a little off the surface (the list decides) and far off it (the tree
+        /// finishes), from the point they came from or a random one: the answer is the
+        /// brute-force minimum bit for bit.
+        #[test]
+        fn nearest_from_an_anchor_matches_brute_force(
+            n in 30usize..400,
+            offsets in proptest::collection::vec(prop::array::uniform3(-1.0f64..1.0), 1..40),
+            scale in prop::sample::select(vec![1e-6, 1e-3, 3e-3, 1e-2, 5e-2, 0.3]),
+            anchor_seed in 0usize..1000,
+        ) {
+            let points = surface(n);
+            let tree = KdTree::new(&points);
+            let ordered = tree.points();
+            for (k, offset) in offsets.iter().enumerate() {
+                let i = (anchor_seed + 31 * k) % ordered.len();
+                let q = [
+                    ordered[i][0] + scale * offset[0],
+                    ordered[i][1] + scale * offset[1],
+                    ordered[i][2] + scale * offset[2],
+                ];
+                let expected = brute_force(&points, &q);
+                for anchor in [i, (i * 7 + 3) % ordered.len()] {
+                    let anchor_sq = squared_distance(&tree.xs, &tree.ys, &tree.zs, anchor, &q);
+                    let (found_sq, index) = tree.nearest_from(&q, anchor, anchor_sq);
+                    prop_assert_eq!(found_sq, expected);
+                    let at_index = squared_distance(&tree.xs, &tree.ys, &tree.zs, index, &q);
+                    prop_assert_eq!(at_index, expected);
+                }
+            }
+        }
+
         #[test]
         fn matches_brute_force(
             points in proptest::collection::vec(prop::array::uniform3(-1.0f64..1.0), 1..300),

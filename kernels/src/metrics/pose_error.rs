@@ -100,25 +100,27 @@ impl PoseErrorModel {
     /// The k-d tree is built once over the model points; each GT-posed point is mapped
     /// into the estimate's object frame instead of re-posing and re-indexing the model
     /// for every pair (distances are invariant under the rigid map). Points are visited
-    /// in tree order, and each search starts from the better of two real distances: to
-    /// the point's own ADD partner, and to the previous point's neighbour.
+    /// in tree order, and each search starts from the nearer of two real points: the
+    /// point's own ADD partner, and the previous point's neighbour (see
+    /// [`KdTree::nearest_from`]).
     pub fn adds(&self, gt: &Pose, est: &Pose) -> f64 {
         let delta = est.inverse().compose(gt);
         let points = self.tree.points();
         let mut previous_nearest: Option<usize> = None;
         let mut sum = 0.0;
-        for p in points {
+        for (i, p) in points.iter().enumerate() {
             let v = Vector3::from(*p);
             let q = delta.rotation * v + delta.translation_m;
-            let mut bound_sq = (q - v).norm_squared();
+            let mut anchor = (i, (q - v).norm_squared());
             if let Some(index) = previous_nearest {
-                bound_sq = bound_sq.min((q - Vector3::from(points[index])).norm_squared());
+                let previous_sq = (q - Vector3::from(points[index])).norm_squared();
+                if previous_sq < anchor.1 {
+                    anchor = (index, previous_sq);
+                }
             }
             let query = [q.x, q.y, q.z];
-            let (distance_sq, index) = self.tree.nearest(&query, bound_sq);
-            if index != usize::MAX {
-                previous_nearest = Some(index);
-            }
+            let (distance_sq, index) = self.tree.nearest_from(&query, anchor.0, anchor.1);
+            previous_nearest = Some(index);
             sum += distance_sq.sqrt();
         }
         sum / points.len() as f64
