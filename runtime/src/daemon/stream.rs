@@ -129,6 +129,9 @@ struct Subscriber {
 /// The listening socket and its subscribers.
 pub struct StreamServer {
     path: PathBuf,
+    /// Device and inode of the socket file this server bound: at shutdown the file is
+    /// removed only if it is still that one (another posed may have replaced it).
+    socket_file: Option<(u64, u64)>,
     shared: Arc<Shared>,
     acceptor: Option<JoinHandle<()>>,
 }
@@ -181,6 +184,7 @@ impl StreamServer {
         }
         remove_stale_socket(&path).map_err(error)?;
         let listener = UnixListener::bind(&path).map_err(|e| error(format!("cannot bind: {e}")))?;
+        let socket_file = file_identity(&path);
         let prepared = (|| {
             let mode = config.mode_bits().ok_or_else(|| {
                 format!(
@@ -199,7 +203,7 @@ impl StreamServer {
         })();
         if let Err(detail) = prepared {
             // Nobody will serve it: leave no socket file behind.
-            let _ = std::fs::remove_file(&path);
+            remove_if_same_file(&path, socket_file);
             return Err(error(detail));
         }
         let shared = Arc::new(Shared {
@@ -218,6 +222,7 @@ impl StreamServer {
         };
         Ok(Self {
             path,
+            socket_file,
             shared,
             acceptor: Some(acceptor),
         })
@@ -286,7 +291,24 @@ impl StreamServer {
                 let _ = subscriber.writer.join();
             }
         }
-        let _ = std::fs::remove_file(&self.path);
+        remove_if_same_file(&self.path, self.socket_file);
+    }
+}
+
+/// Device and inode of the file at `path` (not following a link).
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Removes `path` if it is still the file `identity` names: a socket another process
+/// bound there since (a second posed started while this one was stopping) is not ours to
+/// delete.
+fn remove_if_same_file(path: &Path, identity: Option<(u64, u64)>) {
+    if identity.is_some() && file_identity(path) == identity {
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -730,6 +752,26 @@ mod tests {
             .expect_err("no folder")
             .to_string();
         assert!(message.contains("does not exist"), "{message}");
+    }
+
+    #[test]
+    fn shutdown_leaves_a_socket_another_server_bound_in_its_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(dir.path());
+        let server = StreamServer::bind(&config, b"{}\n".to_vec()).expect("bind");
+        // Another process takes the path over (as a second posed would after removing
+        // what it took for a stale socket). Bound beside it and renamed over it, so that
+        // the two files are sure to have different inodes.
+        let beside = dir.path().join("other.sock");
+        let other = UnixListener::bind(&beside).expect("bind the other");
+        std::fs::rename(&beside, &config.socket).expect("rename");
+        server.shutdown(Duration::from_secs(1));
+        assert!(
+            config.socket.exists(),
+            "the other server's socket was deleted"
+        );
+        UnixStream::connect(&config.socket).expect("the other server is reachable");
+        drop(other);
     }
 
     #[test]

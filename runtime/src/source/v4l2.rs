@@ -388,6 +388,7 @@ impl FrameSource for V4l2Source {
         // open while the old file still holds its buffers.
         self.camera = None;
         let (camera, negotiated) = Camera::open(&self.config)?;
+        check_reopened_size(&self.config.device, &self.negotiated, &negotiated)?;
         if negotiated != self.negotiated {
             tracing::warn!(
                 device = %self.config.device.display(),
@@ -402,6 +403,28 @@ impl FrameSource for V4l2Source {
         self.camera = Some(camera);
         Ok(())
     }
+}
+
+/// A reopened camera must deliver the size it was first opened at: the intrinsics are
+/// for that size, and the daemon's frames were allocated for it. Another size (a
+/// different camera on the same device node, a driver that fell back to a default) is a
+/// camera fault, so the daemon keeps retrying with backoff instead of exiting or
+/// estimating poses with the wrong intrinsics. A change of pixel format or stride at the
+/// same size is fine: every frame is converted to RGB anyway.
+fn check_reopened_size(device: &Path, before: &Negotiated, now: &Negotiated) -> Result<()> {
+    if (now.width, now.height) == (before.width, before.height) {
+        return Ok(());
+    }
+    // Dropping the Camera the caller holds closes the device again.
+    Err(Error::Camera {
+        device: device.to_path_buf(),
+        detail: format!(
+            "came back at {}x{} ({}), but posed started it at {}x{}: the intrinsics and \
+             the frame buffers are for that size, so posed keeps retrying (restart posed \
+             to take the new size)",
+            now.width, now.height, now.fourcc, before.width, before.height
+        ),
+    })
 }
 
 fn source_info(config: &SourceConfig, n: &Negotiated, intrinsics: Intrinsics) -> SourceInfo {
@@ -1564,6 +1587,33 @@ mod tests {
             stride_bytes,
             size_bytes: stride_bytes * height * 2,
             fps: 30.0,
+        }
+    }
+
+    #[test]
+    fn a_camera_that_comes_back_at_another_size_is_a_camera_fault() {
+        let device = Path::new("/dev/video7");
+        let before = negotiated(Decode::Yuyv, 640, 480, 1280);
+        // Another format and stride at the same size: accepted.
+        let mut same_size = negotiated(Decode::Nv12, 640, 480, 704);
+        same_size.fourcc = Fourcc::NV12;
+        assert!(check_reopened_size(device, &before, &same_size).is_ok());
+        // A larger (or smaller) image: the daemon's frames and K do not fit it.
+        for (w, h) in [(1280, 720), (320, 240)] {
+            match check_reopened_size(device, &before, &negotiated(Decode::Yuyv, w, h, 2 * w)) {
+                Err(Error::Camera {
+                    device: named,
+                    detail,
+                }) => {
+                    assert_eq!(named, device);
+                    assert!(
+                        detail.contains(&format!("came back at {w}x{h}")),
+                        "{detail}"
+                    );
+                    assert!(detail.contains("started it at 640x480"), "{detail}");
+                }
+                other => panic!("expected a camera error, got {other:?}"),
+            }
         }
     }
 
