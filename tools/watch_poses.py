@@ -4,7 +4,10 @@
 A minimal client of protocol version 1 (newline-delimited JSON; see README "The pose
 stream"), standard library only:
 
-    python3 tools/watch_poses.py --socket /run/posed/poses.sock [--count N]
+    python3 tools/watch_poses.py --socket /run/posed/poses.sock [--count N] [--binary]
+
+With --binary it asks for the binary encoding and decodes it with `struct`, from the
+layout in docs/pose-stream-binary.md alone.
 
 Each poses message gives, per object, R (row-major 3x3, camera_from_object) and t_m
 (metres, camera frame); a point p of the model (metres) is at R @ p + t_m in the camera.
@@ -13,13 +16,76 @@ Each poses message gives, per object, R (row-major 3x3, camera_from_object) and 
 import argparse
 import json
 import socket
+import struct
 import sys
+
+# docs/pose-stream-binary.md, layout version 1.
+BINARY_REQUEST = b'{"encoding":"binary","version":1}\n'
+KIND_POSES, KIND_ERROR = 1, 2
+STAGES = ("capture", "queue", "detect", "init", "crop", "render", "coarse", "refiner",
+          "update", "publish", "total")
+
+
+def decode_binary(message: bytes) -> dict:
+    """One binary message (length prefix included) as the dict the JSON encoding gives."""
+    kind, version = struct.unpack_from("<HH", message, 4)
+    if version != 1:
+        raise ValueError(f"binary layout version {version}, this client knows 1")
+    if kind == KIND_ERROR:
+        return {"type": "error", "reason": message[8:].decode("utf-8", "replace")}
+    if kind != KIND_POSES:
+        return {"type": f"unknown kind {kind}"}
+    frame, t_capture, t_publish, t_capture_wall, t_publish_wall = struct.unpack_from(
+        "<5Q", message, 8)
+    latencies = struct.unpack_from("<11Q", message, 48)
+    pipeline_dropped, dropped = struct.unpack_from("<2Q", message, 136)
+    header_bytes, object_bytes, count = struct.unpack_from("<3H", message, 152)
+    objects = []
+    for i in range(count):
+        at = header_bytes + i * object_bytes
+        (obj_id,) = struct.unpack_from("<I", message, at)
+        (score,) = struct.unpack_from("<d", message, at + 8)
+        rotation = list(struct.unpack_from("<9d", message, at + 16))
+        t_m = list(struct.unpack_from("<3d", message, at + 88))
+        bbox = list(struct.unpack_from("<4d", message, at + 112))
+        objects.append({"label": f"obj_{obj_id:06d}", "obj_id": obj_id, "score": score,
+                        "R": rotation, "t_m": t_m, "bbox": bbox})
+    return {"type": "poses", "frame": frame, "t_capture_ns": t_capture,
+            "t_publish_ns": t_publish, "t_capture_wall_ns": t_capture_wall,
+            "t_publish_wall_ns": t_publish_wall, "latency_ns": dict(zip(STAGES, latencies)),
+            "pipeline_dropped": pipeline_dropped, "objects": objects, "dropped": dropped}
+
+
+def messages(stream):
+    """The server's messages as (dict, encoding): JSON lines, and after the switch line
+    (`{"type":"encoding",...}`), binary messages."""
+    switched = False
+    while True:
+        if not switched:
+            line = stream.readline()
+            if not line:
+                return
+            message = json.loads(line)
+            if message.get("type") == "encoding":
+                switched = True
+                continue
+            yield message, "ndjson"
+        else:
+            prefix = stream.read(4)
+            if len(prefix) < 4:
+                return
+            (length,) = struct.unpack("<I", prefix)
+            body = stream.read(length)
+            if len(body) < length:
+                return
+            yield decode_binary(prefix + body), "binary"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--socket", default="/run/posed/poses.sock")
     parser.add_argument("--count", type=int, default=None, help="stop after N frames")
+    parser.add_argument("--binary", action="store_true", help="use the binary encoding")
     args = parser.parse_args()
 
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -28,10 +94,11 @@ def main() -> int:
     except OSError as error:
         print(f"cannot connect to {args.socket}: {error}; is posed running?", file=sys.stderr)
         return 1
+    if args.binary:
+        client.sendall(BINARY_REQUEST)
     frames = 0
-    with client, client.makefile("r", encoding="utf-8") as lines:
-        for line in lines:
-            message = json.loads(line)
+    with client, client.makefile("rb") as stream:
+        for message, encoding in messages(stream):
             kind = message.get("type")
             if kind == "hello":
                 if message.get("version") != 1:
@@ -39,11 +106,12 @@ def main() -> int:
                     return 1
                 camera = message["camera"]
                 print(f"hello: {message['source']}, {camera['width']}x{camera['height']}, "
-                      f"{len(message['labels'])} labels")
+                      f"{len(message['labels'])} labels"
+                      + (", binary requested" if args.binary else ""))
             elif kind == "poses":
                 frames += 1
                 latency_ms = message["latency_ns"]["total"] / 1e6
-                print(f"frame {message['frame']}: {len(message['objects'])} objects, "
+                print(f"frame {message['frame']} ({encoding}): {len(message['objects'])} objects, "
                       f"{latency_ms:.1f} ms, dropped {message['dropped']}")
                 for obj in message["objects"]:
                     x, y, z = obj["t_m"]

@@ -5,7 +5,7 @@
 //! [`ConstantPoseNetwork`] and the objects are the scenes' annotated boxes: the CPU
 //! backend's tract allocates inside each run, which the engines crate reports on its own.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -102,7 +102,12 @@ fn steady_state_frames_allocate_nothing() {
             if published == 1 {
                 // Hold the warm-up until the subscriber is in.
                 let until = Instant::now() + Duration::from_secs(60);
-                while stats.subscribers.load(Ordering::Relaxed) == 0 && Instant::now() < until {
+                // Both subscribers in, and the binary one switched (parsing its request
+                // allocates).
+                while (stats.subscribers.load(Ordering::Relaxed) < 2
+                    || stats.binary_subscribers.load(Ordering::Relaxed) < 1)
+                    && Instant::now() < until
+                {
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 subscribed.store(true, Ordering::Relaxed);
@@ -125,27 +130,39 @@ fn steady_state_frames_allocate_nothing() {
             Some(observer),
         )
     });
-    let until = Instant::now() + Duration::from_secs(60);
-    let mut stream = loop {
-        if let Ok(stream) = UnixStream::connect(&socket) {
-            break stream;
-        }
-        assert!(Instant::now() < until, "the daemon never listened");
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let reader = std::thread::spawn(move || {
-        let mut buffer = vec![0u8; 1 << 16];
-        let mut bytes = 0usize;
-        while let Ok(n) = stream.read(&mut buffer) {
-            if n == 0 {
-                break;
+    let connect = || {
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(stream) = UnixStream::connect(&socket) {
+                break stream;
             }
-            bytes += n;
+            assert!(Instant::now() < until, "the daemon never listened");
+            std::thread::sleep(Duration::from_millis(5));
         }
-        bytes
-    });
+    };
+    // Two subscribers: one reads JSON lines, the other asks for the binary encoding.
+    let read_all = |mut stream: UnixStream| {
+        std::thread::spawn(move || {
+            let mut buffer = vec![0u8; 1 << 16];
+            let mut bytes = 0usize;
+            while let Ok(n) = stream.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                bytes += n;
+            }
+            bytes
+        })
+    };
+    let reader = read_all(connect());
+    let mut binary = connect();
+    binary
+        .write_all(b"{\"encoding\":\"binary\",\"version\":1}\n")
+        .expect("ask for binary");
+    let binary_reader = read_all(binary);
     let report = daemon.join().expect("daemon thread").expect("run");
     let bytes = reader.join().expect("reader");
+    let binary_bytes = binary_reader.join().expect("binary reader");
 
     assert!(subscribed.load(Ordering::Relaxed));
     assert_eq!(report.published, WARMUP + COUNTED);
@@ -157,6 +174,11 @@ fn steady_state_frames_allocate_nothing() {
     assert!(
         bytes > 1000 * (WARMUP + COUNTED) as usize,
         "the subscriber got the frames"
+    );
+    // Binary frames are shorter than their JSON lines, but hold at least the header.
+    assert!(
+        binary_bytes > 160 * (WARMUP + COUNTED) as usize && binary_bytes < bytes,
+        "the binary subscriber got binary frames ({binary_bytes} bytes, JSON {bytes})"
     );
     let counted = at_end.load(Ordering::SeqCst) - at_warmup.load(Ordering::SeqCst);
     assert_eq!(

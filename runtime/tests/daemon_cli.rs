@@ -114,28 +114,40 @@ fn the_demo_streams_poses_to_watch_and_python_and_stops_cleanly_on_sigterm() {
         "{text}"
     );
 
-    // The Python example client, where there is a Python.
+    // The Python example client, where there is a Python: in JSON, and in the binary
+    // encoding, which it decodes from docs/pose-stream-binary.md alone.
     let script = data_dir("../tools/watch_poses.py");
-    match std::process::Command::new("python3")
-        .arg(&script)
-        .arg("--socket")
-        .arg(&socket)
-        .args(["--count", "2"])
-        .output()
-    {
-        Ok(output) => {
-            let text = String::from_utf8_lossy(&output.stdout);
-            assert!(
-                output.status.success(),
-                "{text}{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            assert!(
-                text.starts_with("hello: ") && text.contains("frame "),
-                "{text}"
-            );
+    for binary in [false, true] {
+        let mut command = std::process::Command::new("python3");
+        command
+            .arg(&script)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--count", "2"]);
+        if binary {
+            command.arg("--binary");
         }
-        Err(e) => eprintln!("python3 not found ({e}): the Python client was not exercised"),
+        match command.output() {
+            Ok(output) => {
+                let text = String::from_utf8_lossy(&output.stdout);
+                assert!(
+                    output.status.success(),
+                    "{text}{}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                let encoding = if binary { "(binary)" } else { "(ndjson)" };
+                assert!(
+                    text.starts_with("hello: ")
+                        && text.contains(encoding)
+                        && text.contains("obj_000001 score"),
+                    "{text}"
+                );
+            }
+            Err(e) => {
+                eprintln!("python3 not found ({e}): the Python client was not exercised");
+                break;
+            }
+        }
     }
 
     wait_for_notification(&notify, "WATCHDOG=1", &mut seen);

@@ -37,10 +37,11 @@ use crate::pipeline::{
 use crate::source::{monotonic_ns, wall_ns, Captured, Frame, FrameSource};
 use crate::{Error, Result};
 use message::{
-    encode_hello, encode_poses_body, PoseFrame, PosedObject, MAX_MESSAGE_BYTES, MAX_OBJECTS,
+    encode_hello, encode_poses_binary, encode_poses_body, PoseFrame, PosedObject,
+    MAX_MESSAGE_BYTES, MAX_OBJECTS,
 };
 use notify::Notifier;
-use stream::StreamServer;
+use stream::{EncodedFrame, StreamServer};
 
 /// Frames in the capture pool: one being captured, one queued, one in inference, one spare.
 const FRAME_POOL: usize = 4;
@@ -354,6 +355,7 @@ pub fn run(
 
     // The publish loop, on this thread.
     let mut body: Vec<u8> = Vec::with_capacity(MAX_MESSAGE_BYTES);
+    let mut binary: Vec<u8> = Vec::with_capacity(MAX_MESSAGE_BYTES);
     let mut status = String::with_capacity(256);
     let mut ready = false;
     let warmup = options.service.warmup_frames.max(1) as u64;
@@ -372,7 +374,11 @@ pub fn run(
                 pose.latency_ns.publish = pose.t_publish_ns.saturating_sub(pose.t_inferred_ns);
                 pose.latency_ns.total = pose.t_publish_ns.saturating_sub(pose.t_capture_ns);
                 encode_poses_body(&pose, &mut body);
-                server.publish(&body);
+                encode_poses_binary(&pose, &mut binary);
+                server.publish(&EncodedFrame {
+                    ndjson_body: &body,
+                    binary: &binary,
+                });
                 let published = stats.published.fetch_add(1, Ordering::Relaxed) + 1;
                 if let Some(observer) = observer.as_mut() {
                     observer(&pose, server.stats());

@@ -1,5 +1,6 @@
-//! The pose stream server: a Unix stream socket, a hello on connect, then one line per
-//! frame to every subscriber.
+//! The pose stream server: a Unix stream socket, a hello on connect, then one message per
+//! frame to every subscriber: a JSON line, or a binary message for a subscriber that asked
+//! for the binary encoding with its first line.
 //!
 //! Each subscriber has a bounded queue of message buffers (allocated when it connects) and
 //! a writer thread. [`StreamServer::publish`] only copies the frame's bytes into each
@@ -20,7 +21,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::message::{finish_for_subscriber, MAX_MESSAGE_BYTES};
+use super::message::{
+    encode_binary_error, finish_for_subscriber, parse_encoding_request, set_binary_dropped,
+    Encoding, BINARY_SWITCH_LINE, MAX_MESSAGE_BYTES,
+};
 use crate::config::StreamConfig;
 use crate::{Error, Result};
 
@@ -41,6 +45,8 @@ const WRITER_TICK: Duration = Duration::from_millis(50);
 pub struct StreamStats {
     /// Subscribers connected now.
     pub subscribers: AtomicU64,
+    /// Of those, the ones that switched to the binary encoding.
+    pub binary_subscribers: AtomicU64,
     /// Subscribers ever accepted.
     pub accepted: AtomicU64,
     /// Connections refused (too many subscribers).
@@ -60,6 +66,8 @@ struct QueueState {
     free: Vec<Vec<u8>>,
     /// Frames this subscriber lost since it connected.
     dropped: u64,
+    /// The encoding of the frames in `filled` and of every frame queued from now on.
+    encoding: Encoding,
     closed: bool,
 }
 
@@ -78,6 +86,7 @@ impl Queue {
                     .map(|_| Vec::with_capacity(MAX_MESSAGE_BYTES))
                     .collect(),
                 dropped: 0,
+                encoding: Encoding::Ndjson,
                 closed: false,
             }),
             ready: Condvar::new(),
@@ -89,13 +98,17 @@ impl Queue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Copies `body` in, dropping the oldest frame when full. Returns true if one was
-    /// dropped.
-    fn push(&self, body: &[u8]) -> bool {
+    /// Copies in the frame in this subscriber's encoding, dropping the oldest frame when
+    /// full. Returns true if one was dropped.
+    fn push(&self, frame: &EncodedFrame<'_>) -> bool {
         let mut state = self.lock();
         if state.closed {
             return false;
         }
+        let body = match state.encoding {
+            Encoding::Ndjson => frame.ndjson_body,
+            Encoding::Binary => frame.binary,
+        };
         let (mut buffer, dropped) = match state.free.pop() {
             Some(buffer) => (buffer, false),
             None => match state.filled.pop_front() {
@@ -119,6 +132,29 @@ impl Queue {
         self.lock().closed = true;
         self.ready.notify_one();
     }
+
+    /// Switches the queue to the binary encoding. Frames still queued as JSON are
+    /// dropped (and counted): after the switch line the subscriber reads only binary.
+    fn switch_to_binary(&self) {
+        let mut state = self.lock();
+        state.encoding = Encoding::Binary;
+        while let Some(buffer) = state.filled.pop_front() {
+            state.dropped += 1;
+            state.free.push(buffer);
+        }
+    }
+}
+
+/// One frame in both encodings, made once by the publisher: the JSON body up to
+/// `"dropped":` ([`encode_poses_body`](super::message::encode_poses_body)) and the binary
+/// message ([`encode_poses_binary`](super::message::encode_poses_binary)). Each
+/// subscriber's writer fills in its own `dropped`.
+#[derive(Debug, Clone, Copy)]
+pub struct EncodedFrame<'a> {
+    /// The JSON body.
+    pub ndjson_body: &'a [u8],
+    /// The binary message.
+    pub binary: &'a [u8],
 }
 
 struct Subscriber {
@@ -238,17 +274,16 @@ impl StreamServer {
         &self.shared.stats
     }
 
-    /// Queues one encoded frame (a body from
-    /// [`encode_poses_body`](super::message::encode_poses_body)) for every subscriber.
-    /// Never blocks on a subscriber; allocates nothing.
-    pub fn publish(&self, body: &[u8]) {
+    /// Queues one frame for every subscriber, in its encoding. Never blocks on a
+    /// subscriber; allocates nothing.
+    pub fn publish(&self, frame: &EncodedFrame<'_>) {
         let subscribers = self
             .shared
             .subscribers
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         for subscriber in subscribers.iter() {
-            if subscriber.queue.push(body) {
+            if subscriber.queue.push(frame) {
                 self.shared
                     .stats
                     .frames_dropped
@@ -423,6 +458,12 @@ fn accept(mut stream: UnixStream, id: u64, shared: &Arc<Shared>) {
                 }
                 queue.close();
                 let _ = stream.shutdown(std::net::Shutdown::Both);
+                if queue.lock().encoding == Encoding::Binary {
+                    shared
+                        .stats
+                        .binary_subscribers
+                        .fetch_sub(1, Ordering::Relaxed);
+                }
                 shared.stats.subscribers.fetch_sub(1, Ordering::Relaxed);
             })
     };
@@ -494,11 +535,12 @@ struct ClientInput {
 
 impl ClientInput {
     /// Reads what the peer sent, without blocking. Accepts one first line naming the
-    /// encoding (`ndjson`, the default); anything else is garbage.
-    fn poll(&mut self, stream: &UnixStream) -> std::result::Result<(), String> {
+    /// encoding, returned once it is complete; anything else is garbage.
+    fn poll(&mut self, stream: &UnixStream) -> std::result::Result<Option<Encoding>, String> {
         if self.closed {
-            return Ok(());
+            return Ok(None);
         }
+        let mut requested = None;
         let mut buffer = [0u8; 256];
         loop {
             // SAFETY: `buffer` is writable for its length; MSG_DONTWAIT keeps the call from
@@ -514,42 +556,40 @@ impl ClientInput {
             if n == 0 {
                 // The peer closed its sending side (e.g. `socat -u`): it may still read.
                 self.closed = true;
-                return Ok(());
+                return Ok(requested);
             }
             if n < 0 {
                 let e = std::io::Error::last_os_error();
                 return match e.kind() {
-                    ErrorKind::WouldBlock | ErrorKind::Interrupted => Ok(()),
+                    ErrorKind::WouldBlock | ErrorKind::Interrupted => Ok(requested),
                     _ => Err(format!("read failed: {e}")),
                 };
             }
             for &byte in &buffer[..n as usize] {
                 if byte == b'\n' {
-                    self.end_line()?;
+                    requested = Some(self.end_line()?);
                 } else if self.line.push(byte).is_err() {
                     return Err(format!(
                         "sent {MAX_CLIENT_LINE} bytes without a newline; a subscriber may only \
-                         send one line naming the encoding (\"ndjson\")"
+                         send one line naming the encoding (\"ndjson\" or \"binary\")"
                     ));
                 }
             }
         }
     }
 
-    fn end_line(&mut self) -> std::result::Result<(), String> {
+    fn end_line(&mut self) -> std::result::Result<Encoding, String> {
         self.lines += 1;
-        let line = String::from_utf8_lossy(&self.line).trim().to_owned();
+        let line = String::from_utf8_lossy(&self.line).into_owned();
         self.line.clear();
-        match (self.lines, line.as_str()) {
-            (1, "ndjson") | (1, "json") | (1, "{\"encoding\":\"ndjson\"}") | (1, "") => Ok(()),
-            (1, "binary") => Err(
-                "asked for the binary encoding, which protocol version 1 does not have".to_owned(),
-            ),
-            _ => Err(format!(
-                "sent \"{}\"; a subscriber may only send one first line naming the encoding \
-                 (\"ndjson\")",
-                line.escape_debug()
-            )),
+        if self.lines == 1 {
+            parse_encoding_request(&line)
+        } else {
+            Err(format!(
+                "sent \"{}\" after its first line; a subscriber may only send one first line \
+                 naming the encoding",
+                line.trim().escape_debug()
+            ))
         }
     }
 }
@@ -576,16 +616,32 @@ fn serve(stream: &UnixStream, queue: &Queue, shared: &Shared) -> std::result::Re
     let mut writer = stream;
     writer.write_all(&shared.hello).map_err(stalled)?;
     let mut input = ClientInput::default();
+    let mut encoding = Encoding::Ndjson;
     let mut spare: Vec<u8> = Vec::with_capacity(MAX_MESSAGE_BYTES);
     loop {
-        if let Err(reason) = input.poll(stream) {
-            shared.stats.kicked_garbage.fetch_add(1, Ordering::Relaxed);
-            let _ = writeln!(
-                writer,
-                "{{\"type\":\"error\",\"reason\":\"{}\"}}",
-                reason.replace('\\', "\\\\").replace('"', "\\\"")
-            );
-            return Err(reason);
+        match input.poll(stream) {
+            Ok(Some(Encoding::Binary)) if encoding == Encoding::Ndjson => {
+                queue.switch_to_binary();
+                encoding = Encoding::Binary;
+                shared
+                    .stats
+                    .binary_subscribers
+                    .fetch_add(1, Ordering::Relaxed);
+                writer.write_all(BINARY_SWITCH_LINE).map_err(stalled)?;
+            }
+            Ok(_) => {}
+            Err(reason) => {
+                shared.stats.kicked_garbage.fetch_add(1, Ordering::Relaxed);
+                let _ = match encoding {
+                    Encoding::Ndjson => writeln!(
+                        writer,
+                        "{{\"type\":\"error\",\"reason\":\"{}\"}}",
+                        reason.replace('\\', "\\\\").replace('"', "\\\"")
+                    ),
+                    Encoding::Binary => writer.write_all(&encode_binary_error(&reason)),
+                };
+                return Err(reason);
+            }
         }
         let (dropped, closed) = {
             let mut state = queue.lock();
@@ -607,7 +663,12 @@ fn serve(stream: &UnixStream, queue: &Queue, shared: &Shared) -> std::result::Re
             }
         };
         if let Some(dropped) = dropped {
-            finish_for_subscriber(&mut spare, dropped);
+            // The queue switched encodings only when this writer told it to, and dropped
+            // the frames queued before: every buffer popped since is in `encoding`.
+            match encoding {
+                Encoding::Ndjson => finish_for_subscriber(&mut spare, dropped),
+                Encoding::Binary => set_binary_dropped(&mut spare, dropped),
+            }
             writer.write_all(&spare).map_err(stalled)?;
         } else if closed {
             return Ok(());
@@ -619,6 +680,7 @@ fn serve(stream: &UnixStream, queue: &Queue, shared: &Shared) -> std::result::Re
 mod tests {
     use std::io::{BufRead, BufReader};
 
+    use super::super::message::{decode_binary, encode_poses_binary, BinaryMessage, PoseFrame};
     use super::*;
 
     fn config(dir: &Path) -> StreamConfig {
@@ -642,6 +704,25 @@ mod tests {
         format!("{{\"type\":\"poses\",\"frame\":{frame},\"dropped\":").into_bytes()
     }
 
+    /// Frame `frame` in both encodings: (JSON body, binary message).
+    fn encoded(frame: u64) -> (Vec<u8>, Vec<u8>) {
+        let pose_frame = PoseFrame {
+            frame,
+            ..PoseFrame::default()
+        };
+        let mut binary = Vec::with_capacity(MAX_MESSAGE_BYTES);
+        encode_poses_binary(&pose_frame, &mut binary);
+        (body(frame), binary)
+    }
+
+    fn publish(server: &StreamServer, frame: u64) {
+        let (ndjson_body, binary) = encoded(frame);
+        server.publish(&EncodedFrame {
+            ndjson_body: &ndjson_body,
+            binary: &binary,
+        });
+    }
+
     #[test]
     fn a_subscriber_gets_the_hello_then_frames_and_the_socket_is_removed_at_shutdown() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -656,7 +737,7 @@ mod tests {
         wait_for("the subscriber", || {
             server.stats().subscribers.load(Ordering::Relaxed) == 1
         });
-        server.publish(&body(1));
+        publish(&server, 1);
         let mut lines = BufReader::new(stream).lines();
         assert_eq!(
             lines.next().expect("line").expect("hello"),
@@ -674,7 +755,15 @@ mod tests {
     #[test]
     fn a_full_queue_drops_its_oldest_frames_and_counts_them() {
         let queue = Queue::new(2);
-        let dropped: Vec<bool> = (0..5).map(|frame| queue.push(&body(frame))).collect();
+        let dropped: Vec<bool> = (0..5)
+            .map(|frame| {
+                let (ndjson_body, binary) = encoded(frame);
+                queue.push(&EncodedFrame {
+                    ndjson_body: &ndjson_body,
+                    binary: &binary,
+                })
+            })
+            .collect();
         assert_eq!(dropped, [false, false, true, true, true]);
         let state = queue.lock();
         assert_eq!(state.dropped, 3);
@@ -710,7 +799,7 @@ mod tests {
             server.stats().accepted.load(Ordering::Relaxed) == 2
                 && server.stats().subscribers.load(Ordering::Relaxed) == 1
         });
-        server.publish(&body(5));
+        publish(&server, 5);
         let mut lines = BufReader::new(polite).lines();
         lines.next();
         assert!(lines
@@ -718,6 +807,90 @@ mod tests {
             .expect("frame")
             .expect("frame")
             .contains("\"frame\":5"));
+        server.shutdown(Duration::from_secs(1));
+    }
+
+    /// Reads one length-prefixed binary message.
+    fn read_binary(stream: &mut impl std::io::Read) -> Vec<u8> {
+        let mut prefix = [0u8; 4];
+        stream.read_exact(&mut prefix).expect("length prefix");
+        let mut message = prefix.to_vec();
+        message.resize(4 + u32::from_le_bytes(prefix) as usize, 0);
+        stream.read_exact(&mut message[4..]).expect("message");
+        message
+    }
+
+    #[test]
+    fn a_subscriber_that_asks_for_binary_gets_binary_frames() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = config(dir.path());
+        config.queue_frames = 4;
+        let server = StreamServer::bind(&config, b"{\"type\":\"hello\"}\n".to_vec()).expect("bind");
+        let mut stream = UnixStream::connect(&config.socket).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        stream
+            .write_all(b"{\"encoding\":\"binary\",\"version\":1}\n")
+            .expect("write");
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("hello");
+        assert_eq!(line, "{\"type\":\"hello\"}\n");
+        // JSON frames may come before the switch line; everything after it is binary.
+        loop {
+            line.clear();
+            reader.read_line(&mut line).expect("switch line");
+            if line.as_bytes() == BINARY_SWITCH_LINE {
+                break;
+            }
+            assert!(line.contains("\"type\":\"poses\""), "{line}");
+        }
+        for frame in [7, 8] {
+            publish(&server, frame);
+        }
+        for frame in [7, 8] {
+            match decode_binary(&read_binary(&mut reader)).expect("a binary message") {
+                BinaryMessage::Poses {
+                    frame: decoded,
+                    dropped,
+                } => {
+                    assert_eq!(decoded.frame, frame);
+                    assert_eq!(dropped, 0);
+                }
+                other => panic!("expected poses, got {other:?}"),
+            }
+        }
+        // A second line is garbage: the error comes in the subscriber's encoding.
+        stream.write_all(b"more\n").expect("write");
+        match decode_binary(&read_binary(&mut reader)).expect("a binary message") {
+            BinaryMessage::Error(reason) => assert!(reason.contains("more"), "{reason}"),
+            other => panic!("expected an error, got {other:?}"),
+        }
+        server.shutdown(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn an_unknown_encoding_or_version_is_refused_in_json() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(dir.path());
+        let server = StreamServer::bind(&config, b"{}\n".to_vec()).expect("bind");
+        for (request, expected) in [
+            ("{\"encoding\":\"binary\",\"version\":2}\n", "version 2"),
+            ("{\"encoding\":\"protobuf\"}\n", "protobuf"),
+            ("{\"encoding\":7}\n", "not a string"),
+        ] {
+            let mut stream = UnixStream::connect(&config.socket).expect("connect");
+            stream.write_all(request.as_bytes()).expect("write");
+            let mut lines = BufReader::new(stream).lines();
+            assert_eq!(lines.next().expect("hello").expect("hello"), "{}");
+            let error = lines.next().expect("error").expect("error");
+            assert!(
+                error.contains("\"type\":\"error\"") && error.contains(expected),
+                "{request}: {error}"
+            );
+            assert!(lines.next().is_none(), "disconnected");
+        }
         server.shutdown(Duration::from_secs(1));
     }
 
