@@ -358,6 +358,11 @@ fn squared_distance(xs: &[f64], ys: &[f64], zs: &[f64], i: usize, query: &[f64; 
 /// The largest `f32` no greater than `value` (and a little less: the stored distances
 /// are lower bounds that must hold for the exact distance too, not only the rounded one).
 fn lower_bound_f32(value: f64) -> f32 {
+    if value > f64::from(f32::MAX) {
+        // Also an overflowed (infinite) distance between finite points: f32::MAX still
+        // bounds it from below, infinity would not.
+        return f32::MAX;
+    }
     let shrunk = value * (1.0 - 1e-12);
     let rounded = shrunk as f32;
     if f64::from(rounded) > shrunk {
@@ -521,12 +526,37 @@ mod tests {
     }
 
     #[test]
+    fn stored_distances_are_lower_bounds_even_past_f32() {
+        for value in [
+            0.0,
+            1e-300,
+            1e-40,
+            0.1,
+            1.0,
+            3.0e38,
+            3.5e38,
+            1e300,
+            f64::INFINITY,
+        ] {
+            let bound = lower_bound_f32(value);
+            assert!(f64::from(bound) <= value, "{value}: {bound}");
+            assert!(bound.is_finite(), "{value}: {bound}");
+        }
+        assert_eq!(lower_bound_f32(f64::INFINITY), f32::MAX);
+        assert!(f64::from(lower_bound_f32(0.1)) > 0.1 * (1.0 - 1e-6));
+    }
+
+    #[test]
     fn a_small_set_lists_every_other_point() {
         let points = surface(10);
         let tree = KdTree::new(&points);
         assert!(tree.list_radius.iter().all(|r| r.is_infinite()));
         let q = [0.2, 0.0, 0.0];
-        assert_eq!(tree.nearest_from(&q, 0, 1.0).0, brute_force(&points, &q));
+        let anchor_sq = squared_distance(&tree.xs, &tree.ys, &tree.zs, 0, &q);
+        assert_eq!(
+            tree.nearest_from(&q, 0, anchor_sq).0,
+            brute_force(&points, &q)
+        );
         let single = KdTree::new(&[[1.0, 2.0, 3.0]]);
         assert_eq!(single.nearest_from(&[1.0, 2.0, 4.0], 0, 1.0), (1.0, 0));
     }

@@ -135,13 +135,17 @@ impl Queue {
 
     /// Switches the queue to the binary encoding. Frames still queued as JSON are
     /// dropped (and counted): after the switch line the subscriber reads only binary.
-    fn switch_to_binary(&self) {
+    /// Returns how many were dropped.
+    fn switch_to_binary(&self) -> u64 {
         let mut state = self.lock();
         state.encoding = Encoding::Binary;
+        let mut dropped = 0;
         while let Some(buffer) = state.filled.pop_front() {
-            state.dropped += 1;
+            dropped += 1;
             state.free.push(buffer);
         }
+        state.dropped += dropped;
+        dropped
     }
 }
 
@@ -301,6 +305,11 @@ impl StreamServer {
     }
 
     fn stop(&mut self, deadline: Duration) {
+        // Unlinked while the listener still lives: until it closes, another posed takes
+        // the socket for a live one and leaves it alone, so the file at the path is still
+        // ours (after, it could replace it, and a reused inode number would fool the
+        // identity check).
+        remove_if_same_file(&self.path, self.socket_file);
         self.shared.stopping.store(true, Ordering::SeqCst);
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();
@@ -326,7 +335,6 @@ impl StreamServer {
                 let _ = subscriber.writer.join();
             }
         }
-        remove_if_same_file(&self.path, self.socket_file);
     }
 }
 
@@ -621,7 +629,11 @@ fn serve(stream: &UnixStream, queue: &Queue, shared: &Shared) -> std::result::Re
     loop {
         match input.poll(stream) {
             Ok(Some(Encoding::Binary)) if encoding == Encoding::Ndjson => {
-                queue.switch_to_binary();
+                let dropped = queue.switch_to_binary();
+                shared
+                    .stats
+                    .frames_dropped
+                    .fetch_add(dropped, Ordering::Relaxed);
                 encoding = Encoding::Binary;
                 shared
                     .stats
