@@ -104,7 +104,7 @@ fn steady_state_frames_allocate_nothing() {
                 let until = Instant::now() + Duration::from_secs(60);
                 // Both subscribers in, and the binary one switched (parsing its request
                 // allocates).
-                while (stats.subscribers.load(Ordering::Relaxed) < 2
+                while (stats.accepted.load(Ordering::Relaxed) < 2
                     || stats.binary_subscribers.load(Ordering::Relaxed) < 1)
                     && Instant::now() < until
                 {

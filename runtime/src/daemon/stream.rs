@@ -47,7 +47,7 @@ pub struct StreamStats {
     pub subscribers: AtomicU64,
     /// Of those, the ones that switched to the binary encoding.
     pub binary_subscribers: AtomicU64,
-    /// Subscribers ever accepted.
+    /// Subscribers ever accepted (counted once [`StreamServer::publish`] reaches them).
     pub accepted: AtomicU64,
     /// Connections refused (too many subscribers).
     pub refused: AtomicU64,
@@ -704,6 +704,15 @@ mod tests {
         }
     }
 
+    /// A subscriber whose reads fail after 10 s instead of hanging the test run.
+    fn connect(socket: &Path) -> UnixStream {
+        let stream = UnixStream::connect(socket).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        stream
+    }
+
     fn wait_for(what: &str, condition: impl Fn() -> bool) {
         let until = Instant::now() + Duration::from_secs(10);
         while !condition() {
@@ -745,9 +754,11 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o660);
-        let stream = UnixStream::connect(&config.socket).expect("connect");
+        let stream = connect(&config.socket);
+        // `accepted` counts a subscriber once publish can reach it (`subscribers` counts it
+        // a little earlier, before its writer starts).
         wait_for("the subscriber", || {
-            server.stats().subscribers.load(Ordering::Relaxed) == 1
+            server.stats().accepted.load(Ordering::Relaxed) == 1
         });
         publish(&server, 1);
         let mut lines = BufReader::new(stream).lines();
@@ -792,7 +803,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = config(dir.path());
         let server = StreamServer::bind(&config, b"{}\n".to_vec()).expect("bind");
-        let mut stream = UnixStream::connect(&config.socket).expect("connect");
+        let mut stream = connect(&config.socket);
         stream.write_all(b"GET / HTTP/1.1\r\n").expect("write");
         let mut lines = BufReader::new(stream.try_clone().expect("clone")).lines();
         assert_eq!(lines.next().expect("hello").expect("hello"), "{}");
@@ -805,7 +816,7 @@ mod tests {
         assert_eq!(server.stats().kicked_garbage.load(Ordering::Relaxed), 1);
 
         // The encoding line is fine.
-        let mut polite = UnixStream::connect(&config.socket).expect("connect");
+        let mut polite = connect(&config.socket);
         polite.write_all(b"ndjson\n").expect("write");
         wait_for("the second subscriber", || {
             server.stats().accepted.load(Ordering::Relaxed) == 2
@@ -838,10 +849,7 @@ mod tests {
         let mut config = config(dir.path());
         config.queue_frames = 4;
         let server = StreamServer::bind(&config, b"{\"type\":\"hello\"}\n".to_vec()).expect("bind");
-        let mut stream = UnixStream::connect(&config.socket).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
+        let mut stream = connect(&config.socket);
         stream
             .write_all(b"{\"encoding\":\"binary\",\"version\":1}\n")
             .expect("write");
@@ -858,6 +866,10 @@ mod tests {
             }
             assert!(line.contains("\"type\":\"poses\""), "{line}");
         }
+        // The writer may switch before the accept thread has listed the subscriber.
+        wait_for("the subscriber", || {
+            server.stats().accepted.load(Ordering::Relaxed) == 1
+        });
         for frame in [7, 8] {
             publish(&server, frame);
         }
@@ -892,7 +904,7 @@ mod tests {
             ("{\"encoding\":\"protobuf\"}\n", "protobuf"),
             ("{\"encoding\":7}\n", "not a string"),
         ] {
-            let mut stream = UnixStream::connect(&config.socket).expect("connect");
+            let mut stream = connect(&config.socket);
             stream.write_all(request.as_bytes()).expect("write");
             let mut lines = BufReader::new(stream).lines();
             assert_eq!(lines.next().expect("hello").expect("hello"), "{}");
@@ -965,11 +977,11 @@ mod tests {
         let mut config = config(dir.path());
         config.max_subscribers = 1;
         let server = StreamServer::bind(&config, b"{}\n".to_vec()).expect("bind");
-        let _first = UnixStream::connect(&config.socket).expect("connect");
+        let _first = connect(&config.socket);
         wait_for("the subscriber", || {
             server.stats().subscribers.load(Ordering::Relaxed) == 1
         });
-        let second = UnixStream::connect(&config.socket).expect("connect");
+        let second = connect(&config.socket);
         let line = BufReader::new(second)
             .lines()
             .next()
