@@ -21,8 +21,8 @@ use crate::bop::targets::read_targets;
 use crate::config::EnginesConfig;
 use crate::engines::make_backend;
 use crate::pipeline::{
-    DetectionFilter, Detector, ImageView, InitScheme, Iteration, ObjectEstimate, PipelineOptions,
-    PoseNetworks, SingleViewPipeline, Stage, StageTimings,
+    ComputeDevice, DetectionFilter, Detector, ImageView, InitScheme, Iteration, ObjectEstimate,
+    PipelineOptions, PoseNetworks, SingleViewPipeline, Stage, StageTimings,
 };
 use crate::{Error, Result};
 
@@ -54,6 +54,9 @@ pub struct PredictRequest {
     pub init: InitScheme,
     /// Iterations, batch size, renderer.
     pub pipeline: PipelineOptions,
+    /// Where the loop's geometry runs; CUDA without a driver or device is a warning and
+    /// the CPU.
+    pub device: ComputeDevice,
     /// Filters of detections (not of given initial poses).
     pub filter: DetectionFilter,
     /// Backend and engine settings.
@@ -133,7 +136,16 @@ pub fn predict(
             .map(|p| open(p, Role::Refiner).map(|(s, _)| s))
             .transpose()?,
     };
-    let mut pipeline = SingleViewPipeline::new(&dataset.models, networks, request.pipeline)?;
+    let (mut pipeline, fallback) = SingleViewPipeline::for_device(
+        &dataset.models,
+        networks,
+        request.pipeline,
+        request.device,
+        (w, h),
+    )?;
+    if let Some(reason) = fallback {
+        eprintln!("posed predict: {reason}");
+    }
 
     let mut source = match &request.source {
         ObjectSource::Detector(path) => {

@@ -56,6 +56,57 @@ fn rows(path: &Path) -> Vec<EstimateRow> {
     read_results(path).expect("results read back")
 }
 
+/// `posed dataset make-detections` on `dataset`: its annotated boxes with 5 % noise.
+fn make_detections(dataset: &Path, seed: &str, out: &Path, cache: &Path) {
+    check_ok(
+        &run(
+            &[
+                "dataset",
+                "make-detections",
+                "--dataset",
+                path_str(dataset),
+                "--box-noise",
+                "0.05",
+                "--seed",
+                seed,
+                "--out",
+                path_str(out),
+            ],
+            cache,
+        ),
+        "make-detections",
+    );
+}
+
+/// `posed predict` with the test coarse and refiner networks on a detections file
+/// (z-up + auto-depth initial poses, 2 refiner iterations), quietly, plus `extra`.
+fn predict_coarse_refiner(
+    dataset: &Path,
+    detections: &Path,
+    extra: &[&str],
+    cache: &Path,
+) -> Output {
+    let (coarse, refiner) = (network("coarse-tiny.onnx"), network("refiner-tiny.onnx"));
+    let mut args = vec![
+        "predict",
+        "--dataset",
+        path_str(dataset),
+        "--coarse",
+        &coarse,
+        "--refiner",
+        &refiner,
+        "--detections",
+        path_str(detections),
+        "--init",
+        "zup-autodepth",
+        "--refiner-iterations",
+        "2",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    run(&args, cache)
+}
+
 struct Scratch {
     _dir: tempfile::TempDir,
     root: PathBuf,
@@ -198,44 +249,16 @@ fn detections_file_with_coarse_and_refiner_writes_every_iteration() {
     let out = scratch.file("out.csv");
     let iterations = scratch.file("iterations");
     let cache = scratch.file("cache");
-    check_ok(
-        &run(
-            &[
-                "dataset",
-                "make-detections",
-                "--dataset",
-                path_str(&dataset),
-                "--box-noise",
-                "0.05",
-                "--seed",
-                "3",
-                "--out",
-                path_str(&detections),
-            ],
-            &cache,
-        ),
-        "make-detections",
-    );
+    make_detections(&dataset, "3", &detections, &cache);
     let text = std::fs::read_to_string(&detections).expect("detections written");
     let entries: Vec<serde_json::Value> = serde_json::from_str(&text).expect("a JSON list");
     assert_eq!(entries.len(), 62);
 
     check_ok(
-        &run(
+        &predict_coarse_refiner(
+            &dataset,
+            &detections,
             &[
-                "predict",
-                "--dataset",
-                path_str(&dataset),
-                "--coarse",
-                &network("coarse-tiny.onnx"),
-                "--refiner",
-                &network("refiner-tiny.onnx"),
-                "--detections",
-                path_str(&detections),
-                "--init",
-                "zup-autodepth",
-                "--refiner-iterations",
-                "2",
                 "--max-images",
                 "3",
                 "--batch-size",
@@ -244,7 +267,6 @@ fn detections_file_with_coarse_and_refiner_writes_every_iteration() {
                 path_str(&iterations),
                 "--out",
                 path_str(&out),
-                "--quiet",
             ],
             &cache,
         ),
@@ -436,4 +458,62 @@ fn bad_requests_are_clear_errors() {
         &["unknown.json", "score"],
     );
     assert!(!out.exists(), "nothing is written when the run fails");
+}
+
+/// `--device cuda` runs crops, renders and updates on the CUDA device and must give the
+/// CPU's poses (the kernels are bit-identical twins of the CPU code, and the network runs
+/// on the same backend either way). Without a driver (CI, this project's machine) it is a
+/// warning and the CPU, which must give the same file too: on a GPU machine this test is
+/// the loop's GPU equivalence check (benches/gpu/run.sh runs it there).
+#[test]
+fn the_cuda_device_gives_the_cpu_poses_or_falls_back_to_the_cpu() {
+    let scratch = Scratch::new();
+    let dataset = data_dir("ycbv-mini");
+    let cache = scratch.file("cache");
+    let detections = scratch.file("detections.json");
+    make_detections(&dataset, "11", &detections, &cache);
+    let predict = |device: &str, out: &Path| {
+        predict_coarse_refiner(
+            &dataset,
+            &detections,
+            &[
+                "--max-images",
+                "2",
+                "--batch-size",
+                "3",
+                "--device",
+                device,
+                "--out",
+                path_str(out),
+            ],
+            &cache,
+        )
+    };
+    let on_cpu = scratch.file("cpu.csv");
+    let on_cuda = scratch.file("cuda.csv");
+    check_ok(&predict("cpu", &on_cpu), "predict --device cpu");
+    let output = predict("cuda", &on_cuda);
+    check_ok(&output, "predict --device cuda");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if stderr.contains("no CUDA device") || stderr.contains("without the cuda feature") {
+        eprintln!("no CUDA device here: checked the fallback to the CPU only");
+    } else {
+        eprintln!("ran on a CUDA device: checking it against the CPU");
+    }
+    let (cpu_rows, cuda_rows) = (rows(&on_cpu), rows(&on_cuda));
+    assert!(!cpu_rows.is_empty());
+    assert_eq!(cpu_rows.len(), cuda_rows.len());
+    for (cpu, cuda) in cpu_rows.iter().zip(&cuda_rows) {
+        let (a, b) = (&cpu.estimate, &cuda.estimate);
+        assert_eq!(
+            (a.scene_id, a.im_id, a.obj_id, a.score),
+            (b.scene_id, b.im_id, b.obj_id, b.score)
+        );
+        // The CSV holds what both computed, to the digits it writes.
+        assert_eq!(
+            a.camera_from_object, b.camera_from_object,
+            "line {}",
+            cpu.line
+        );
+    }
 }

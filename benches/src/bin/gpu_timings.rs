@@ -19,6 +19,12 @@
 //!   throughput table gives for this compute capability (non-FMA: `metrics.cu` is
 //!   compiled with `--fmad=false`).
 //!
+//! - **Single-view loop**: `SingleViewPipeline` on the CPU (2 threads) and with its
+//!   geometry on the device (`with_cuda`: crops, RoIAlign, renders, updates), 5 objects of
+//!   a ycbv-mini image, 2 refiner iterations, a constant non-identity network update
+//!   standing in for the network: milliseconds per frame and per stage for each, and the
+//!   largest difference between their final poses (the twins agree bit for bit, so 0).
+//!
 //! Without a CUDA device it prints `SKIPPED: no CUDA device (<reason>)` and exits 0.
 //! Output: human-readable lines, then one JSON line (the last line).
 //!
@@ -199,6 +205,7 @@ fn main() -> anyhow::Result<()> {
     info.print();
     let render = time_render(&device, &options, &info)?;
     let adds = time_adds(&device, &options, &info, &models_dir)?;
+    let single_view = time_single_view(&device, &options)?;
 
     println!(
         "{}",
@@ -207,6 +214,7 @@ fn main() -> anyhow::Result<()> {
             "device": info.to_json(),
             "render": render,
             "adds": adds,
+            "single_view": single_view,
         })
     );
     Ok(())
@@ -801,6 +809,115 @@ fn time_adds(
         "device_floor_with_scratch_s": scratch_floor_s,
         "cpu_gpu_bit_identical": identical,
         "cpu_gpu_max_relative_difference": max_relative,
+    }))
+}
+
+/// The single-view loop on the CPU and with its geometry on `device`: time per frame and
+/// the largest difference between the poses each gives.
+fn time_single_view(device: &CudaDevice, options: &Options) -> anyhow::Result<serde_json::Value> {
+    use posed::bop::dataset::{BopDataset, ImageFile};
+    use posed::bop::images::read_rgb;
+    use posed::pipeline::{
+        ConstantPoseNetwork, ImageView, InitScheme, ObjectEstimate, PipelineOptions, PoseNetworks,
+        SingleViewPipeline,
+    };
+
+    let dataset = BopDataset::load(&posed_benches::ycbv_mini(), "test")?;
+    let image = dataset
+        .image(1, 0)
+        .context("ycbv-mini has no scene 1 image 0")?;
+    let rgb_path = dataset
+        .image_file(1, 0, ImageFile::Rgb)
+        .context("ycbv-mini has no RGB file for scene 1 image 0")?;
+    let rgb = read_rgb(&rgb_path)?;
+    let view = ImageView {
+        rgb: rgb.pixels.as_flattened(),
+        width: rgb.width as usize,
+        height: rgb.height as usize,
+        intrinsics: image.camera.intrinsics,
+    };
+    let given: Vec<ObjectEstimate> = image
+        .gt
+        .iter()
+        .map(|gt| ObjectEstimate::from_pose(gt.obj_id, 1.0, gt.camera_from_object))
+        .collect();
+    // A small rotation, a shift of a few crop pixels and a 1 % depth change per iteration.
+    let update = [1.0, 0.02, 0.0, -0.02, 1.0, 0.01, 1.5, -2.0, 1.01];
+    let pipeline_options = PipelineOptions {
+        coarse_iterations: 0,
+        refiner_iterations: 2,
+        batch_size: 5,
+        render_threads: options.cpu_threads,
+        ..PipelineOptions::default()
+    };
+    let networks = || PoseNetworks {
+        coarse: None,
+        refiner: Some(Box::new(ConstantPoseNetwork::new(5, update))),
+    };
+    let mut on_cpu = SingleViewPipeline::new(&dataset.models, networks(), pipeline_options)?;
+    let mut on_gpu = SingleViewPipeline::with_cuda(
+        &dataset.models,
+        networks(),
+        pipeline_options,
+        device,
+        view.width,
+        view.height,
+    )?;
+    let mut results = Vec::new();
+    let mut poses: Vec<Vec<Pose>> = Vec::new();
+    for (name, pipeline) in [("cpu", &mut on_cpu), ("cuda", &mut on_gpu)] {
+        let mut objects = given.clone();
+        pipeline.boxes_from_poses(&view.intrinsics, &mut objects)?;
+        let boxed = objects.clone();
+        let frame = |pipeline: &mut SingleViewPipeline| {
+            let mut objects = boxed.clone();
+            pipeline.init_from_boxes(&view.intrinsics, InitScheme::ZupAutodepth, &mut objects)?;
+            pipeline.run(&view, &mut objects, &mut |_, _| {})?;
+            anyhow::Ok(objects)
+        };
+        for _ in 0..options.warmup.max(1) {
+            frame(pipeline)?;
+        }
+        pipeline.take_timings();
+        let frames = options.iterations.max(1);
+        let started = Instant::now();
+        let mut last = Vec::new();
+        for _ in 0..frames {
+            last = frame(pipeline)?;
+        }
+        let per_frame_ms = started.elapsed().as_secs_f64() * 1e3 / frames as f64;
+        let stages = pipeline.take_timings();
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3 / frames as f64;
+        println!(
+            "single-view loop on {name}: {per_frame_ms:.3} ms per frame (crops {:.3}, renders \
+             {:.3}, updates {:.3} ms), {} objects valid",
+            ms(stages.crop),
+            ms(stages.render),
+            ms(stages.update),
+            last.iter().filter(|o| o.valid).count()
+        );
+        results.push(json!({
+            "device": name,
+            "ms_per_frame": per_frame_ms,
+            "crop_ms": ms(stages.crop),
+            "render_ms": ms(stages.render),
+            "update_ms": ms(stages.update),
+        }));
+        poses.push(last.iter().map(|o| o.camera_from_object).collect());
+    }
+    let mut largest_difference: f64 = 0.0;
+    for (a, b) in poses[0].iter().zip(&poses[1]) {
+        let rotation = (a.rotation - b.rotation).abs().max();
+        let translation = (a.translation_m - b.translation_m).abs().max();
+        largest_difference = largest_difference.max(rotation).max(translation);
+    }
+    println!(
+        "single-view loop: largest difference between the CPU's and the CUDA poses: \
+         {largest_difference:e}"
+    );
+    Ok(json!({
+        "runs": results,
+        "largest_pose_difference": largest_difference,
     }))
 }
 

@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use posed_engines::BackendKind;
 
 use crate::config::Config;
-use crate::pipeline::{DetectionFilter, InitScheme, PipelineOptions};
+use crate::pipeline::{ComputeDevice, DetectionFilter, InitScheme, PipelineOptions};
 use crate::predict::{predict, ObjectSource, PredictReport, PredictRequest};
 
 /// Arguments of `posed predict`.
@@ -60,6 +60,10 @@ pub struct PredictArgs {
     /// Backend [default: engines.backend, else cpu].
     #[arg(long)]
     pub backend: Option<BackendKind>,
+    /// Where crops, renderings and pose updates run: `cpu`, or `cuda` (the first CUDA
+    /// device; without a driver or device, a warning and the CPU) [default: cpu].
+    #[arg(long, value_enum)]
+    pub device: Option<ComputeDevice>,
     /// Configuration file ([predict], [networks], [engines]).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -178,6 +182,7 @@ pub fn request_from(args: &PredictArgs) -> anyhow::Result<PredictRequest> {
         refiner,
         init: args.init.or(file.init).unwrap_or(InitScheme::Z1),
         pipeline,
+        device: args.device.or(file.device).unwrap_or_default(),
         filter: DetectionFilter {
             threshold,
             one_instance_per_class: args.one_instance_per_class

@@ -30,6 +30,7 @@
 //! one_instance_per_class = false
 //! labels = [1, 5]               # object ids to keep (default: all)
 //! render_threads = 4            # default: all cores
+//! device = "cpu"                # "cpu" or "cuda": where crops, renders and updates run
 //!
 //! [stream]
 //! socket = "/run/posed/poses.sock"
@@ -48,7 +49,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::pipeline::InitScheme;
+use crate::pipeline::{ComputeDevice, InitScheme};
 
 /// `[source]`: where frames come from.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -168,6 +169,9 @@ pub struct PipelineConfig {
     pub labels: Vec<u32>,
     /// Renderer threads (default: all cores).
     pub render_threads: Option<usize>,
+    /// Where crops, renderings and pose updates run (CUDA without a device: a warning
+    /// and the CPU).
+    pub device: ComputeDevice,
 }
 
 impl Default for PipelineConfig {
@@ -183,6 +187,7 @@ impl Default for PipelineConfig {
             one_instance_per_class: false,
             labels: Vec::new(),
             render_threads: None,
+            device: ComputeDevice::Cpu,
         }
     }
 }
@@ -479,6 +484,13 @@ mod tests {
         );
         assert_eq!(config.stream.mode_bits(), Some(0o660));
         assert_eq!(config.stream.group.as_deref(), Some("video"));
+        assert_eq!(config.pipeline.device, crate::pipeline::ComputeDevice::Cpu);
+        let on_cuda =
+            check(&text.replace("[stream]", "device = \"cuda\"\n[stream]")).expect("valid");
+        assert_eq!(
+            on_cuda.pipeline.device,
+            crate::pipeline::ComputeDevice::Cuda
+        );
     }
 
     #[test]
@@ -524,6 +536,7 @@ mod tests {
             (format!("{NETWORKS}[source]\nintrinsics = [0.0, 0.0, 320.0, 0.0, 600.0, 240.0, 0.0, 0.0, 1.0]\n{models}"), "source.intrinsics"),
             (format!("{NETWORKS}{camera}width = 0\n{models}"), "source.width"),
             (format!("{NETWORKS}{camera}{models}render_threads = 0\n"), "pipeline.render_threads"),
+            (format!("{NETWORKS}{camera}{models}device = \"gpu\"\n"), "pipeline.device"),
         ];
         for (text, key) in cases {
             let found = key_of(check(&text));

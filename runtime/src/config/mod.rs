@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 use posed_engines::{BackendKind, ModelOptions, Precision, Role};
 use serde::Deserialize;
 
-use crate::pipeline::InitScheme;
+use crate::pipeline::{ComputeDevice, InitScheme};
 use crate::{Error, Result};
 
 pub mod daemon;
@@ -98,6 +98,8 @@ pub struct PredictConfig {
     pub refiner_iterations: Option<usize>,
     /// Initial poses from boxes.
     pub init: Option<InitScheme>,
+    /// Where the loop's geometry runs (`cpu` or `cuda`).
+    pub device: Option<ComputeDevice>,
     /// Objects per network pass.
     pub batch_size: Option<usize>,
     /// Keep detections scoring above this.

@@ -72,7 +72,22 @@ pub fn parts_from_config(config: &Config) -> Result<(DaemonParts, DaemonOptions)
             .unwrap_or(PipelineOptions::default().render_threads),
         ..PipelineOptions::default()
     };
-    let pipeline = SingleViewPipeline::new(&models, networks, options)?;
+    // The source first: its image size bounds the pipeline's device buffers.
+    let source: Box<dyn FrameSource> = match config.source.kind {
+        SourceKind::Sequence => Box::new(SequenceSource::open(&config.source)?),
+        SourceKind::V4l2 => Box::new(V4l2Source::open(&config.source)?),
+    };
+    let info = source.info();
+    let (pipeline, fallback) = SingleViewPipeline::for_device(
+        &models,
+        networks,
+        options,
+        pipeline_config.device,
+        (info.width, info.height),
+    )?;
+    if let Some(reason) = fallback {
+        tracing::warn!("pipeline.device = \"cuda\": {reason}");
+    }
 
     let objects = match pipeline_config.objects {
         ObjectsFrom::Detector => {
@@ -93,10 +108,6 @@ pub fn parts_from_config(config: &Config) -> Result<(DaemonParts, DaemonOptions)
         }
     };
 
-    let source: Box<dyn FrameSource> = match config.source.kind {
-        SourceKind::Sequence => Box::new(SequenceSource::open(&config.source)?),
-        SourceKind::V4l2 => Box::new(V4l2Source::open(&config.source)?),
-    };
     let parts = DaemonParts {
         source,
         objects,

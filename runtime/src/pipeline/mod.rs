@@ -6,13 +6,16 @@
 //! - [`points`]: the 2,000 model points per object that place every crop.
 //! - [`single_view`]: [`SingleViewPipeline`], the loop, batched over a frame's objects,
 //!   every buffer allocated when it is built (a warm frame allocates nothing outside the
-//!   network backend).
+//!   network backend); its geometry on the CPU, or on a CUDA device (`gpu.rs`,
+//!   [`SingleViewPipeline::with_cuda`]).
 //! - [`detections`]: the detector network's outputs as boxes, and the filters of spec A.1
 //!   (threshold, one instance per class, label list).
 //! - [`ConstantPoseNetwork`]: a pose network that always gives the same answer (the
 //!   identity: "no change"), to measure or check everything but the network.
 
 pub mod detections;
+#[cfg(feature = "cuda")]
+mod gpu;
 pub mod points;
 pub mod single_view;
 
@@ -22,8 +25,8 @@ mod tests;
 pub use detections::{DetectionFilter, Detector};
 pub use points::CropPoints;
 pub use single_view::{
-    ConstantPoseNetwork, ImageView, InitScheme, Iteration, ObjectEstimate, PipelineOptions,
-    PoseNetworks, SingleViewPipeline, Stage, StageTimings, MAX_BATCH_SIZE,
+    ComputeDevice, ConstantPoseNetwork, ImageView, InitScheme, Iteration, ObjectEstimate,
+    PipelineOptions, PoseNetworks, SingleViewPipeline, Stage, StageTimings, MAX_BATCH_SIZE,
 };
 
 /// The label CosyPose gives BOP object `obj_id` (`obj_000001`).

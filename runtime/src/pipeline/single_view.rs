@@ -1,5 +1,5 @@
 //! The coarse + refiner loop of CosyPose (spec A.2-A.4), batched over the objects of one
-//! frame, on the CPU.
+//! frame, on the CPU, or with its geometry (crops, renders, updates) on a CUDA device.
 //!
 //! Per iteration and per batch of objects: the crop box around the current estimate, its
 //! `K_crop`, RoIAlign of the camera image into channels 0-2 of the network input, a
@@ -37,6 +37,17 @@ pub const MAX_BATCH_SIZE: usize = 64;
 const PLANE: usize = CROP_HEIGHT * CROP_WIDTH;
 /// Floats of one batch item of the network input: 6 planes of 240 x 320.
 const ITEM_LEN: usize = POSE_INPUT_CHANNELS * PLANE;
+
+/// Where the loop's geometry (crops, renderings, pose updates) runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeDevice {
+    /// The CPU (the renderer's threads).
+    #[default]
+    Cpu,
+    /// The first CUDA device ([`SingleViewPipeline::with_cuda`]).
+    Cuda,
+}
 
 /// How initial poses are made from boxes (spec A.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -253,6 +264,10 @@ pub struct SingleViewPipeline {
     targets: Vec<RenderTarget>,
     batch: Vec<BatchItem>,
     timings: StageTimings,
+    /// The geometry on a CUDA device ([`SingleViewPipeline::with_cuda`]); the CPU when
+    /// absent.
+    #[cfg(feature = "cuda")]
+    gpu: Option<Box<super::gpu::GpuGeometry>>,
 }
 
 impl std::fmt::Debug for SingleViewPipeline {
@@ -337,7 +352,104 @@ impl SingleViewPipeline {
                 .collect(),
             batch: Vec::with_capacity(batch_size),
             timings: StageTimings::default(),
+            #[cfg(feature = "cuda")]
+            gpu: None,
         })
+    }
+
+    /// [`SingleViewPipeline::new`], with the crops, `K_crop`, RoIAlign, renderings and
+    /// pose updates on `device` (the CUDA twins of the CPU code, compiled by NVRTC or
+    /// loaded from the kernel cache), for camera images of at most `max_width` x
+    /// `max_height`. The network input is copied to the host for the backend.
+    ///
+    /// # Errors
+    /// What [`SingleViewPipeline::new`] refuses; [`Error::Kernel`] for CUDA errors
+    /// (compiling, loading, allocating) and limits the kernels refuse.
+    #[cfg(feature = "cuda")]
+    pub fn with_cuda(
+        models: &ModelSet,
+        networks: PoseNetworks,
+        options: PipelineOptions,
+        device: &posed_kernels::cuda::CudaDevice,
+        max_width: usize,
+        max_height: usize,
+    ) -> Result<Self> {
+        let mut pipeline = Self::new(models, networks, options)?;
+        let mut meshes = Vec::with_capacity(models.objects.len());
+        let mut points = Vec::with_capacity(models.objects.len());
+        // The order of `mesh_of_object`: object indices on the device are mesh indices.
+        for (obj_id, model) in &models.objects {
+            meshes.push(object_mesh(model)?);
+            points.push(pipeline.points_of(*obj_id)?);
+        }
+        let gpu = super::gpu::GpuGeometry::new(
+            device,
+            &meshes,
+            &points,
+            pipeline.batch_size,
+            max_width,
+            max_height,
+        )
+        .map_err(|source| Error::Kernel {
+            context: "preparing the pipeline's CUDA geometry".to_string(),
+            source,
+        })?;
+        pipeline.gpu = Some(Box::new(gpu));
+        Ok(pipeline)
+    }
+
+    /// [`SingleViewPipeline::new`] or [`SingleViewPipeline::with_cuda`] (the first CUDA
+    /// device, camera images of at most `max_image_wh`) as `device` says. Asked for CUDA
+    /// where there is no driver, no device or no `cuda` feature, it is the CPU, and the
+    /// second value says why (for the caller's warning).
+    ///
+    /// # Errors
+    /// What [`SingleViewPipeline::new`] and [`SingleViewPipeline::with_cuda`] refuse.
+    pub fn for_device(
+        models: &ModelSet,
+        networks: PoseNetworks,
+        options: PipelineOptions,
+        device: ComputeDevice,
+        max_image_wh: (usize, usize),
+    ) -> Result<(Self, Option<String>)> {
+        match device {
+            ComputeDevice::Cpu => Ok((Self::new(models, networks, options)?, None)),
+            #[cfg(feature = "cuda")]
+            ComputeDevice::Cuda => match posed_kernels::cuda::CudaDevice::open(0) {
+                Ok(cuda) => {
+                    let (width, height) = max_image_wh;
+                    let pipeline =
+                        Self::with_cuda(models, networks, options, &cuda, width, height)?;
+                    Ok((pipeline, None))
+                }
+                Err(reason) => Ok((
+                    Self::new(models, networks, options)?,
+                    Some(format!(
+                        "no CUDA device ({reason}); the loop runs on the CPU"
+                    )),
+                )),
+            },
+            #[cfg(not(feature = "cuda"))]
+            ComputeDevice::Cuda => {
+                let _ = max_image_wh;
+                Ok((
+                    Self::new(models, networks, options)?,
+                    Some("built without the cuda feature; the loop runs on the CPU".to_string()),
+                ))
+            }
+        }
+    }
+
+    /// Whether the geometry runs on a CUDA device.
+    pub fn on_cuda(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        {
+            self.gpu.is_some()
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            false
+        }
     }
 
     /// The options it was built with.
@@ -441,16 +553,19 @@ impl SingleViewPipeline {
             self.points_of(object.obj_id)?;
         }
         let start = Instant::now();
-        if self.normalized.len() < image.rgb.len() {
-            // Grows with the largest image seen, then is reused.
-            self.normalized.resize(image.rgb.len(), 0.0);
-        }
-        normalize_rgb8(image.rgb, &mut self.normalized[..image.rgb.len()]).map_err(|source| {
-            Error::Kernel {
-                context: "the camera image".to_string(),
-                source,
+        // RoIAlign on the device reads the 8-bit image itself.
+        if !self.on_cuda() {
+            if self.normalized.len() < image.rgb.len() {
+                // Grows with the largest image seen, then is reused.
+                self.normalized.resize(image.rgb.len(), 0.0);
             }
-        })?;
+            normalize_rgb8(image.rgb, &mut self.normalized[..image.rgb.len()]).map_err(
+                |source| Error::Kernel {
+                    context: "the camera image".to_string(),
+                    source,
+                },
+            )?;
+        }
         self.timings.crop += start.elapsed();
         let stages = [
             (Stage::Coarse, self.options.coarse_iterations),
@@ -490,6 +605,12 @@ impl SingleViewPipeline {
     ) -> Result<usize> {
         let start = Instant::now();
         self.batch.clear();
+        #[cfg(feature = "cuda")]
+        if self.gpu.is_some() {
+            let index = self.fill_batch_cuda(image, objects, first)?;
+            self.timings.crop += start.elapsed();
+            return Ok(index);
+        }
         let mut index = first;
         while index < objects.len() && self.batch.len() < self.batch_size {
             let object = &mut objects[index];
@@ -524,6 +645,83 @@ impl SingleViewPipeline {
         self.crop_batch(image)?;
         self.timings.crop += start.elapsed();
         Ok(index)
+    }
+
+    /// [`Self::fill_batch`] on the CUDA device: the crop boxes and `K_crop` of up to a
+    /// batch of valid objects in one launch, then RoIAlign of the batch's crops into the
+    /// network input, copied to the host.
+    #[cfg(feature = "cuda")]
+    fn fill_batch_cuda(
+        &mut self,
+        image: &ImageView<'_>,
+        objects: &mut [ObjectEstimate],
+        first: usize,
+    ) -> Result<usize> {
+        let kernel_error = |context: &str| {
+            let context = context.to_string();
+            move |source| Error::Kernel { context, source }
+        };
+        let Some(gpu) = self.gpu.as_mut() else {
+            return Ok(first);
+        };
+        // The objects this batch looks at: the next `batch_size` valid ones.
+        let mut end = first;
+        let mut taken = 0;
+        while end < objects.len() && taken < self.batch_size {
+            taken += usize::from(objects[end].valid);
+            end += 1;
+        }
+        let mesh_of_object = &self.mesh_of_object;
+        let mesh_of = |obj_id: u32| mesh_of_object.get(&obj_id).copied().unwrap_or(0);
+        let candidates = objects[first..end]
+            .iter()
+            .filter(|o| o.valid)
+            .map(|o| (o.camera_from_object, mesh_of(o.obj_id)));
+        let crops = gpu
+            .crops(&image.intrinsics, image.width, image.height, candidates)
+            .map_err(kernel_error(
+                "the crop boxes of the current estimates (CUDA)",
+            ))?;
+        // The valid objects' indices, in the order their crops come back.
+        let mut valid = [0usize; MAX_BATCH_SIZE];
+        let mut valid_count = 0;
+        for i in (first..end).filter(|&i| objects[i].valid) {
+            valid[valid_count] = i;
+            valid_count += 1;
+        }
+        for (&object_index, crop) in valid[..valid_count].iter().zip(crops) {
+            let object = &mut objects[object_index];
+            match crop {
+                Ok(crop) => {
+                    // At most `batch_size` valid objects were taken.
+                    self.batch.push(BatchItem {
+                        object: object_index,
+                        crop: crop.box_xyxy,
+                        k_crop: crop.k_crop,
+                        instance: Instance {
+                            mesh: mesh_of(object.obj_id),
+                            camera_from_object: object.camera_from_object,
+                        },
+                    });
+                }
+                Err(_) => {
+                    object.valid = false;
+                    self.timings.invalid_objects += 1;
+                }
+            }
+        }
+        let count = self.batch.len();
+        if count > 0 {
+            gpu.crop_into(
+                image.rgb,
+                image.width,
+                image.height,
+                self.batch.iter().map(|item| item.crop),
+                &mut self.input[..count * ITEM_LEN],
+            )
+            .map_err(kernel_error("cropping the camera image (CUDA)"))?;
+        }
+        Ok(end)
     }
 
     /// RoIAlign of the normalised camera image over each batch item's crop box into
@@ -574,12 +772,18 @@ impl SingleViewPipeline {
             // The batch never exceeds MAX_BATCH_SIZE (see `new`).
             let _ = items.push(render_item);
         }
-        self.renderer
-            .render(&items, &mut self.targets[..count], &self.options.shading)
-            .map_err(|source| Error::Kernel {
-                context: "rendering the objects at their current estimates".to_string(),
-                source,
-            })?;
+        let targets = &mut self.targets[..count];
+        #[cfg(feature = "cuda")]
+        let rendered = match self.gpu.as_deref_mut() {
+            Some(gpu) => gpu.render(&items, targets, &self.options.shading),
+            None => self.renderer.render(&items, targets, &self.options.shading),
+        };
+        #[cfg(not(feature = "cuda"))]
+        let rendered = self.renderer.render(&items, targets, &self.options.shading);
+        rendered.map_err(|source| Error::Kernel {
+            context: "rendering the objects at their current estimates".to_string(),
+            source,
+        })?;
         for (item, target) in self.targets[..count].iter().enumerate() {
             let rendered = &mut self.input[item * ITEM_LEN + 3 * PLANE..(item + 1) * ITEM_LEN];
             let (red, rest) = rendered.split_at_mut(PLANE);
@@ -623,22 +827,58 @@ impl SingleViewPipeline {
         }
 
         let start = Instant::now();
-        for (item, update) in self.batch.iter().zip(updates.chunks_exact(POSE_UPDATE_LEN)) {
-            let object = &mut objects[item.object];
+        let output_of = |update: &[f32]| {
             let mut output = [0.0f32; POSE_UPDATE_LEN];
             output.copy_from_slice(update);
-            match apply_update(&object.camera_from_object, &output, &item.k_crop) {
-                Ok(pose) if pose.translation_m.iter().all(|v| v.is_finite()) => {
-                    object.camera_from_object = pose;
-                }
-                _ => {
-                    object.valid = false;
-                    self.timings.invalid_objects += 1;
-                }
+            output
+        };
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = self.gpu.as_deref_mut() {
+            let triples = self
+                .batch
+                .iter()
+                .zip(updates.chunks_exact(POSE_UPDATE_LEN))
+                .map(|(item, update)| {
+                    let pose = objects[item.object].camera_from_object;
+                    (pose, output_of(update), item.k_crop)
+                });
+            let results = gpu.updates(triples).map_err(|source| Error::Kernel {
+                context: "updating the poses (CUDA)".to_string(),
+                source,
+            })?;
+            for (item, result) in self.batch.iter().zip(results) {
+                let accepted = accept_update(&mut objects[item.object], result.clone());
+                self.timings.invalid_objects += usize::from(!accepted);
             }
+            self.timings.update += start.elapsed();
+            return Ok(());
+        }
+        for (item, update) in self.batch.iter().zip(updates.chunks_exact(POSE_UPDATE_LEN)) {
+            let object = &mut objects[item.object];
+            let result = apply_update(&object.camera_from_object, &output_of(update), &item.k_crop);
+            let accepted = accept_update(object, result);
+            self.timings.invalid_objects += usize::from(!accepted);
         }
         self.timings.update += start.elapsed();
         Ok(())
+    }
+}
+
+/// Takes an updated pose if it is finite; otherwise the object keeps its last good pose
+/// and leaves the loop. Returns whether the update was taken.
+fn accept_update(
+    object: &mut ObjectEstimate,
+    updated: std::result::Result<Pose, KernelError>,
+) -> bool {
+    match updated {
+        Ok(pose) if pose.translation_m.iter().all(|v| v.is_finite()) => {
+            object.camera_from_object = pose;
+            true
+        }
+        _ => {
+            object.valid = false;
+            false
+        }
     }
 }
 
