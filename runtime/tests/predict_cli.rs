@@ -495,7 +495,7 @@ fn the_cuda_device_gives_the_cpu_poses_or_falls_back_to_the_cpu() {
     let output = predict("cuda", &on_cuda);
     check_ok(&output, "predict --device cuda");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    if stderr.contains("no CUDA device") || stderr.contains("without the cuda feature") {
+    if stderr.contains("no usable CUDA device") || stderr.contains("without the cuda feature") {
         eprintln!("no CUDA device here: checked the fallback to the CPU only");
     } else {
         eprintln!("ran on a CUDA device: checking it against the CPU");

@@ -19,11 +19,13 @@
 //!   throughput table gives for this compute capability (non-FMA: `metrics.cu` is
 //!   compiled with `--fmad=false`).
 //!
-//! - **Single-view loop**: `SingleViewPipeline` on the CPU (2 threads) and with its
-//!   geometry on the device (`with_cuda`: crops, RoIAlign, renders, updates), 5 objects of
-//!   a ycbv-mini image, 2 refiner iterations, a constant non-identity network update
-//!   standing in for the network: milliseconds per frame and per stage for each, and the
-//!   largest difference between their final poses (the twins agree bit for bit, so 0).
+//! - **Single-view loop**: `SingleViewPipeline` on the CPU (`--cpu-threads`) and with its
+//!   geometry on the device (`with_cuda`: crops, RoIAlign, renders, updates), the 4
+//!   objects of ycbv-mini's first image, 2 refiner iterations, a constant non-identity
+//!   network update standing in for the network (it records the first frame's inputs):
+//!   milliseconds per frame and per stage for each, whether the first frame's network
+//!   inputs are equal bit for bit, and the largest difference between the final poses
+//!   (the twins agree bit for bit: `PASS` needs equal inputs and a difference of 0).
 //!
 //! Without a CUDA device it prints `SKIPPED: no CUDA device (<reason>)` and exits 0.
 //! Output: human-readable lines, then one JSON line (the last line).
@@ -205,7 +207,7 @@ fn main() -> anyhow::Result<()> {
     info.print();
     let render = time_render(&device, &options, &info)?;
     let adds = time_adds(&device, &options, &info, &models_dir)?;
-    let single_view = time_single_view(&device, &options)?;
+    let single_view = time_single_view(&device, &options);
 
     println!(
         "{}",
@@ -217,6 +219,9 @@ fn main() -> anyhow::Result<()> {
             "single_view": single_view,
         })
     );
+    if single_view["pass"] != json!(true) {
+        bail!("the single-view loop on CUDA does not match the CPU's (see above)");
+    }
     Ok(())
 }
 
@@ -812,15 +817,30 @@ fn time_adds(
     }))
 }
 
-/// The single-view loop on the CPU and with its geometry on `device`: time per frame and
-/// the largest difference between the poses each gives.
-fn time_single_view(device: &CudaDevice, options: &Options) -> anyhow::Result<serde_json::Value> {
+/// The single-view loop on the CPU and with its geometry on `device`: time per frame, and
+/// whether the two fed the network the same inputs and ended at the same poses. An error
+/// is reported in the JSON (the render and ADD-S figures before it are kept).
+fn time_single_view(device: &CudaDevice, options: &Options) -> serde_json::Value {
+    match compare_single_view(device, options) {
+        Ok(value) => value,
+        Err(error) => {
+            println!("single-view loop: FAILED: {error:#}");
+            json!({"error": format!("{error:#}")})
+        }
+    }
+}
+
+fn compare_single_view(
+    device: &CudaDevice,
+    options: &Options,
+) -> anyhow::Result<serde_json::Value> {
     use posed::bop::dataset::{BopDataset, ImageFile};
     use posed::bop::images::read_rgb;
     use posed::pipeline::{
         ConstantPoseNetwork, ImageView, InitScheme, ObjectEstimate, PipelineOptions, PoseNetworks,
-        SingleViewPipeline,
+        RecordingPoseNetwork, SingleViewPipeline,
     };
+    use std::sync::Mutex;
 
     let dataset = BopDataset::load(&posed_benches::ycbv_mini(), "test")?;
     let image = dataset
@@ -846,18 +866,25 @@ fn time_single_view(device: &CudaDevice, options: &Options) -> anyhow::Result<se
     let pipeline_options = PipelineOptions {
         coarse_iterations: 0,
         refiner_iterations: 2,
-        batch_size: 5,
+        batch_size: given.len().max(1),
         render_threads: options.cpu_threads,
         ..PipelineOptions::default()
     };
-    let networks = || PoseNetworks {
+    // The first frame's inputs: 2 iterations of one batch of every object.
+    let keep = 2 * given.len();
+    let recording =
+        || RecordingPoseNetwork::new(ConstantPoseNetwork::new(given.len().max(1), update), keep);
+    let (cpu_network, cpu_inputs) = recording();
+    let (gpu_network, gpu_inputs) = recording();
+    let networks = |network: RecordingPoseNetwork| PoseNetworks {
         coarse: None,
-        refiner: Some(Box::new(ConstantPoseNetwork::new(5, update))),
+        refiner: Some(Box::new(network)),
     };
-    let mut on_cpu = SingleViewPipeline::new(&dataset.models, networks(), pipeline_options)?;
+    let mut on_cpu =
+        SingleViewPipeline::new(&dataset.models, networks(cpu_network), pipeline_options)?;
     let mut on_gpu = SingleViewPipeline::with_cuda(
         &dataset.models,
-        networks(),
+        networks(gpu_network),
         pipeline_options,
         device,
         view.width,
@@ -865,7 +892,11 @@ fn time_single_view(device: &CudaDevice, options: &Options) -> anyhow::Result<se
     )?;
     let mut results = Vec::new();
     let mut poses: Vec<Vec<Pose>> = Vec::new();
-    for (name, pipeline) in [("cpu", &mut on_cpu), ("cuda", &mut on_gpu)] {
+    let runs = [
+        ("cpu", &mut on_cpu, options.cpu_iterations),
+        ("cuda", &mut on_gpu, options.iterations),
+    ];
+    for (name, pipeline, frames) in runs {
         let mut objects = given.clone();
         pipeline.boxes_from_poses(&view.intrinsics, &mut objects)?;
         let boxed = objects.clone();
@@ -875,13 +906,14 @@ fn time_single_view(device: &CudaDevice, options: &Options) -> anyhow::Result<se
             pipeline.run(&view, &mut objects, &mut |_, _| {})?;
             anyhow::Ok(objects)
         };
-        for _ in 0..options.warmup.max(1) {
+        // The first frame's network inputs are the ones compared.
+        let mut last = frame(pipeline)?;
+        for _ in 1..options.warmup.max(1) {
             frame(pipeline)?;
         }
         pipeline.take_timings();
-        let frames = options.iterations.max(1);
+        let frames = frames.max(1);
         let started = Instant::now();
-        let mut last = Vec::new();
         for _ in 0..frames {
             last = frame(pipeline)?;
         }
@@ -890,14 +922,16 @@ fn time_single_view(device: &CudaDevice, options: &Options) -> anyhow::Result<se
         let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3 / frames as f64;
         println!(
             "single-view loop on {name}: {per_frame_ms:.3} ms per frame (crops {:.3}, renders \
-             {:.3}, updates {:.3} ms), {} objects valid",
+             {:.3}, updates {:.3} ms), {} of {} objects valid",
             ms(stages.crop),
             ms(stages.render),
             ms(stages.update),
-            last.iter().filter(|o| o.valid).count()
+            last.iter().filter(|o| o.valid).count(),
+            last.len()
         );
         results.push(json!({
             "device": name,
+            "frames": frames,
             "ms_per_frame": per_frame_ms,
             "crop_ms": ms(stages.crop),
             "render_ms": ms(stages.render),
@@ -911,13 +945,31 @@ fn time_single_view(device: &CudaDevice, options: &Options) -> anyhow::Result<se
         let translation = (a.translation_m - b.translation_m).abs().max();
         largest_difference = largest_difference.max(rotation).max(translation);
     }
+    let bits = |inputs: &Mutex<Vec<Vec<f32>>>| -> Vec<Vec<u32>> {
+        inputs
+            .lock()
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|item| item.iter().map(|v| v.to_bits()).collect())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let same_inputs = bits(&cpu_inputs) == bits(&gpu_inputs);
+    let agree = same_inputs && largest_difference == 0.0;
     println!(
-        "single-view loop: largest difference between the CPU's and the CUDA poses: \
-         {largest_difference:e}"
+        "single-view loop: network inputs {} bit for bit; largest pose difference \
+         {largest_difference:e}: {}",
+        if same_inputs { "equal" } else { "DIFFER" },
+        if agree { "PASS" } else { "FAIL" }
     );
     Ok(json!({
+        "objects": given.len(),
         "runs": results,
+        "same_network_inputs": same_inputs,
         "largest_pose_difference": largest_difference,
+        "pass": agree,
     }))
 }
 

@@ -26,7 +26,8 @@ pub use detections::{DetectionFilter, Detector};
 pub use points::CropPoints;
 pub use single_view::{
     ComputeDevice, ConstantPoseNetwork, ImageView, InitScheme, Iteration, ObjectEstimate,
-    PipelineOptions, PoseNetworks, SingleViewPipeline, Stage, StageTimings, MAX_BATCH_SIZE,
+    PipelineOptions, PoseNetworks, RecordingPoseNetwork, SingleViewPipeline, Stage, StageTimings,
+    MAX_BATCH_SIZE,
 };
 
 /// The label CosyPose gives BOP object `obj_id` (`obj_000001`).

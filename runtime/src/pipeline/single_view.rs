@@ -9,7 +9,7 @@
 //! allocates nothing here (the network backend is another matter: see the engines crate).
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use posed_engines::backend::check_input;
@@ -268,6 +268,9 @@ pub struct SingleViewPipeline {
     /// absent.
     #[cfg(feature = "cuda")]
     gpu: Option<Box<super::gpu::GpuGeometry>>,
+    /// The largest camera image (width, height) the device buffers hold.
+    #[cfg(feature = "cuda")]
+    gpu_image_limit: (usize, usize),
 }
 
 impl std::fmt::Debug for SingleViewPipeline {
@@ -354,6 +357,8 @@ impl SingleViewPipeline {
             timings: StageTimings::default(),
             #[cfg(feature = "cuda")]
             gpu: None,
+            #[cfg(feature = "cuda")]
+            gpu_image_limit: (0, 0),
         })
     }
 
@@ -375,27 +380,45 @@ impl SingleViewPipeline {
         max_height: usize,
     ) -> Result<Self> {
         let mut pipeline = Self::new(models, networks, options)?;
+        pipeline
+            .attach_cuda(models, device, max_width, max_height)
+            .map_err(|source| Error::Kernel {
+                context: "preparing the pipeline's CUDA geometry".to_string(),
+                source,
+            })?;
+        Ok(pipeline)
+    }
+
+    /// Moves the geometry of a pipeline built by [`SingleViewPipeline::new`] for
+    /// `models` onto `device`.
+    #[cfg(feature = "cuda")]
+    fn attach_cuda(
+        &mut self,
+        models: &ModelSet,
+        device: &posed_kernels::cuda::CudaDevice,
+        max_width: usize,
+        max_height: usize,
+    ) -> std::result::Result<(), KernelError> {
         let mut meshes = Vec::with_capacity(models.objects.len());
         let mut points = Vec::with_capacity(models.objects.len());
         // The order of `mesh_of_object`: object indices on the device are mesh indices.
         for (obj_id, model) in &models.objects {
-            meshes.push(object_mesh(model)?);
-            points.push(pipeline.points_of(*obj_id)?);
+            meshes.push(object_mesh(model).map_err(|_| KernelError::InvalidMesh {
+                reason: "an object model the CPU pipeline accepted was refused",
+            })?);
+            points.push(self.points.get(*obj_id).unwrap_or(&[]));
         }
         let gpu = super::gpu::GpuGeometry::new(
             device,
             &meshes,
             &points,
-            pipeline.batch_size,
+            self.batch_size,
             max_width,
             max_height,
-        )
-        .map_err(|source| Error::Kernel {
-            context: "preparing the pipeline's CUDA geometry".to_string(),
-            source,
-        })?;
-        pipeline.gpu = Some(Box::new(gpu));
-        Ok(pipeline)
+        )?;
+        self.gpu = Some(Box::new(gpu));
+        self.gpu_image_limit = (max_width, max_height);
+        Ok(())
     }
 
     /// [`SingleViewPipeline::new`] or [`SingleViewPipeline::with_cuda`] (the first CUDA
@@ -415,20 +438,26 @@ impl SingleViewPipeline {
         match device {
             ComputeDevice::Cpu => Ok((Self::new(models, networks, options)?, None)),
             #[cfg(feature = "cuda")]
-            ComputeDevice::Cuda => match posed_kernels::cuda::CudaDevice::open(0) {
-                Ok(cuda) => {
-                    let (width, height) = max_image_wh;
-                    let pipeline =
-                        Self::with_cuda(models, networks, options, &cuda, width, height)?;
-                    Ok((pipeline, None))
-                }
-                Err(reason) => Ok((
-                    Self::new(models, networks, options)?,
-                    Some(format!(
-                        "no CUDA device ({reason}); the loop runs on the CPU"
+            ComputeDevice::Cuda => {
+                let mut pipeline = Self::new(models, networks, options)?;
+                let (width, height) = max_image_wh;
+                let attached = posed_kernels::cuda::CudaDevice::open(0)
+                    .and_then(|cuda| pipeline.attach_cuda(models, &cuda, width, height));
+                match attached {
+                    Ok(()) => Ok((pipeline, None)),
+                    // No driver, no device, no NVRTC: the CPU, and why.
+                    Err(KernelError::CudaUnavailable { reason }) => Ok((
+                        pipeline,
+                        Some(format!(
+                            "no usable CUDA device ({reason}); the loop runs on the CPU"
+                        )),
                     )),
-                )),
-            },
+                    Err(source) => Err(Error::Kernel {
+                        context: "preparing the pipeline's CUDA geometry".to_string(),
+                        source,
+                    }),
+                }
+            }
             #[cfg(not(feature = "cuda"))]
             ComputeDevice::Cuda => {
                 let _ = max_image_wh;
@@ -552,6 +581,20 @@ impl SingleViewPipeline {
         for object in objects.iter() {
             self.points_of(object.obj_id)?;
         }
+        #[cfg(feature = "cuda")]
+        if self.gpu.is_some() {
+            let (max_width, max_height) = self.gpu_image_limit;
+            if image.width > max_width || image.height > max_height {
+                return Err(Error::Invalid {
+                    what: "the camera image".to_string(),
+                    reason: format!(
+                        "{} x {} pixels, larger than the {max_width} x {max_height} the CUDA \
+                         pipeline was built for (the camera's size when it started)",
+                        image.width, image.height
+                    ),
+                });
+            }
+        }
         let start = Instant::now();
         // RoIAlign on the device reads the 8-bit image itself.
         if !self.on_cuda() {
@@ -664,37 +707,38 @@ impl SingleViewPipeline {
         let Some(gpu) = self.gpu.as_mut() else {
             return Ok(first);
         };
-        // The objects this batch looks at: the next `batch_size` valid ones.
-        let mut end = first;
-        let mut taken = 0;
-        while end < objects.len() && taken < self.batch_size {
-            taken += usize::from(objects[end].valid);
-            end += 1;
-        }
         let mesh_of_object = &self.mesh_of_object;
         let mesh_of = |obj_id: u32| mesh_of_object.get(&obj_id).copied().unwrap_or(0);
-        let candidates = objects[first..end]
-            .iter()
-            .filter(|o| o.valid)
-            .map(|o| (o.camera_from_object, mesh_of(o.obj_id)));
-        let crops = gpu
-            .crops(&image.intrinsics, image.width, image.height, candidates)
-            .map_err(kernel_error(
-                "the crop boxes of the current estimates (CUDA)",
-            ))?;
-        // The valid objects' indices, in the order their crops come back.
-        let mut valid = [0usize; MAX_BATCH_SIZE];
-        let mut valid_count = 0;
-        for i in (first..end).filter(|&i| objects[i].valid) {
-            valid[valid_count] = i;
-            valid_count += 1;
-        }
-        for (&object_index, crop) in valid[..valid_count].iter().zip(crops) {
-            let object = &mut objects[object_index];
-            match crop {
-                Ok(crop) => {
-                    // At most `batch_size` valid objects were taken.
-                    self.batch.push(BatchItem {
+        // As on the CPU, the batch fills up with objects whose crops succeed: one launch
+        // for as many valid objects as there are free places, again while some failed.
+        let mut end = first;
+        while end < objects.len() && self.batch.len() < self.batch_size {
+            let start = end;
+            let mut taken = 0;
+            while end < objects.len() && taken < self.batch_size - self.batch.len() {
+                taken += usize::from(objects[end].valid);
+                end += 1;
+            }
+            let candidates = objects[start..end]
+                .iter()
+                .filter(|o| o.valid)
+                .map(|o| (o.camera_from_object, mesh_of(o.obj_id)));
+            let crops = gpu
+                .crops(&image.intrinsics, image.width, image.height, candidates)
+                .map_err(kernel_error(
+                    "the crop boxes of the current estimates (CUDA)",
+                ))?;
+            // The valid objects' indices, in the order their crops come back.
+            let mut valid = [0usize; MAX_BATCH_SIZE];
+            let mut valid_count = 0;
+            for i in (start..end).filter(|&i| objects[i].valid) {
+                valid[valid_count] = i;
+                valid_count += 1;
+            }
+            for (&object_index, crop) in valid[..valid_count].iter().zip(crops) {
+                let object = &mut objects[object_index];
+                match crop {
+                    Ok(crop) => self.batch.push(BatchItem {
                         object: object_index,
                         crop: crop.box_xyxy,
                         k_crop: crop.k_crop,
@@ -702,11 +746,11 @@ impl SingleViewPipeline {
                             mesh: mesh_of(object.obj_id),
                             camera_from_object: object.camera_from_object,
                         },
-                    });
-                }
-                Err(_) => {
-                    object.valid = false;
-                    self.timings.invalid_objects += 1;
+                    }),
+                    Err(_) => {
+                        object.valid = false;
+                        self.timings.invalid_objects += 1;
+                    }
                 }
             }
         }
@@ -942,5 +986,54 @@ impl Session for ConstantPoseNetwork {
             }
         }
         Ok(())
+    }
+}
+
+/// A [`ConstantPoseNetwork`] that also keeps a copy of each of the first `keep` input
+/// items it is given (`[6, 240, 320]` floats each, in order): to check what the loop feeds
+/// a network (tests; the CPU-vs-CUDA comparison of `gpu_timings`).
+pub struct RecordingPoseNetwork {
+    inner: ConstantPoseNetwork,
+    keep: usize,
+    inputs: Arc<Mutex<Vec<Vec<f32>>>>,
+}
+
+impl RecordingPoseNetwork {
+    /// The network, and the list its inputs go to.
+    pub fn new(inner: ConstantPoseNetwork, keep: usize) -> (Self, Arc<Mutex<Vec<Vec<f32>>>>) {
+        let inputs = Arc::new(Mutex::new(Vec::new()));
+        let network = Self {
+            inner,
+            keep,
+            inputs: Arc::clone(&inputs),
+        };
+        (network, inputs)
+    }
+}
+
+impl Session for RecordingPoseNetwork {
+    fn contract(&self) -> Contract {
+        self.inner.contract()
+    }
+
+    fn options(&self) -> ModelOptions {
+        self.inner.options()
+    }
+
+    fn max_detections(&self) -> usize {
+        self.inner.max_detections()
+    }
+
+    fn run(
+        &mut self,
+        input: &[f32],
+        shape: &[usize],
+        outputs: &mut Outputs,
+    ) -> std::result::Result<(), EngineError> {
+        let mut inputs = self.inputs.lock().unwrap_or_else(PoisonError::into_inner);
+        let room = self.keep.saturating_sub(inputs.len());
+        inputs.extend(input.chunks_exact(ITEM_LEN).take(room).map(<[f32]>::to_vec));
+        drop(inputs);
+        self.inner.run(input, shape, outputs)
     }
 }

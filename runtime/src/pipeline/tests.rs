@@ -2,11 +2,8 @@
 //! answer does to the pose, batching, and degenerate answers.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 
-use posed_engines::{
-    Backend, Contract, CpuBackend, EngineError, ModelOptions, Network, Outputs, Session,
-};
+use posed_engines::{Backend, CpuBackend, ModelOptions, Network, Session};
 use posed_kernels::cosypose::crop::{crop_box, k_crop, project_robust, roi_align_rgb8};
 use posed_kernels::cosypose::{CROP_HEIGHT, CROP_WIDTH};
 use posed_kernels::Pose;
@@ -79,52 +76,14 @@ impl Scene {
     }
 }
 
-/// The identity refiner, keeping a copy of every input item it was given.
-struct RecordingNetwork {
-    inner: ConstantPoseNetwork,
-    inputs: Arc<Mutex<Vec<Vec<f32>>>>,
-}
-
-impl Session for RecordingNetwork {
-    fn contract(&self) -> Contract {
-        self.inner.contract()
-    }
-
-    fn options(&self) -> ModelOptions {
-        self.inner.options()
-    }
-
-    fn max_detections(&self) -> usize {
-        self.inner.max_detections()
-    }
-
-    fn run(
-        &mut self,
-        input: &[f32],
-        shape: &[usize],
-        outputs: &mut Outputs,
-    ) -> std::result::Result<(), EngineError> {
-        let mut inputs = self.inputs.lock().expect("lock");
-        inputs.extend(input.chunks_exact(6 * PLANE).map(<[f32]>::to_vec));
-        self.inner.run(input, shape, outputs)
-    }
-}
-
 /// Channels 0-2 are RoIAlign of the camera image over the crop box of the current pose;
 /// channels 3-5 are the rendering at `K_crop`, in [0, 1], with the object origin at the
 /// crop centre (spec A.2: the crop is centred on the projected origin).
 #[test]
 fn the_network_sees_the_crop_and_the_rendering() {
     let scene = scene();
-    let inputs = Arc::new(Mutex::new(Vec::new()));
-    let mut pipeline = scene.pipeline(
-        Box::new(RecordingNetwork {
-            inner: ConstantPoseNetwork::identity(4),
-            inputs: Arc::clone(&inputs),
-        }),
-        1,
-        4,
-    );
+    let (network, inputs) = RecordingPoseNetwork::new(ConstantPoseNetwork::identity(4), usize::MAX);
+    let mut pipeline = scene.pipeline(Box::new(network), 1, 4);
     let mut objects = scene.objects.clone();
     pipeline
         .run(&scene.view(), &mut objects, &mut |_, _| {})
