@@ -268,9 +268,6 @@ pub struct SingleViewPipeline {
     /// absent.
     #[cfg(feature = "cuda")]
     gpu: Option<Box<super::gpu::GpuGeometry>>,
-    /// The largest camera image (width, height) the device buffers hold.
-    #[cfg(feature = "cuda")]
-    gpu_image_limit: (usize, usize),
 }
 
 impl std::fmt::Debug for SingleViewPipeline {
@@ -357,8 +354,6 @@ impl SingleViewPipeline {
             timings: StageTimings::default(),
             #[cfg(feature = "cuda")]
             gpu: None,
-            #[cfg(feature = "cuda")]
-            gpu_image_limit: (0, 0),
         })
     }
 
@@ -381,7 +376,7 @@ impl SingleViewPipeline {
     ) -> Result<Self> {
         let mut pipeline = Self::new(models, networks, options)?;
         pipeline
-            .attach_cuda(models, device, max_width, max_height)
+            .attach_cuda(device, max_width, max_height)
             .map_err(|source| Error::Kernel {
                 context: "preparing the pipeline's CUDA geometry".to_string(),
                 source,
@@ -389,35 +384,30 @@ impl SingleViewPipeline {
         Ok(pipeline)
     }
 
-    /// Moves the geometry of a pipeline built by [`SingleViewPipeline::new`] for
-    /// `models` onto `device`.
+    /// Moves the geometry of a pipeline built by [`SingleViewPipeline::new`] onto
+    /// `device`: the renderer's meshes and the crop points, uploaded once.
     #[cfg(feature = "cuda")]
     fn attach_cuda(
         &mut self,
-        models: &ModelSet,
         device: &posed_kernels::cuda::CudaDevice,
         max_width: usize,
         max_height: usize,
     ) -> std::result::Result<(), KernelError> {
-        let mut meshes = Vec::with_capacity(models.objects.len());
-        let mut points = Vec::with_capacity(models.objects.len());
-        // The order of `mesh_of_object`: object indices on the device are mesh indices.
-        for (obj_id, model) in &models.objects {
-            meshes.push(object_mesh(model).map_err(|_| KernelError::InvalidMesh {
-                reason: "an object model the CPU pipeline accepted was refused",
-            })?);
-            points.push(self.points.get(*obj_id).unwrap_or(&[]));
+        let meshes = self.renderer.meshes();
+        // Object indices on the device are mesh indices.
+        let mut points: Vec<&[[f32; 3]]> = vec![&[]; meshes.len()];
+        for (obj_id, &mesh) in &self.mesh_of_object {
+            points[mesh] = self.points.get(*obj_id).unwrap_or(&[]);
         }
         let gpu = super::gpu::GpuGeometry::new(
             device,
-            &meshes,
+            meshes,
             &points,
             self.batch_size,
             max_width,
             max_height,
         )?;
         self.gpu = Some(Box::new(gpu));
-        self.gpu_image_limit = (max_width, max_height);
         Ok(())
     }
 
@@ -442,7 +432,7 @@ impl SingleViewPipeline {
                 let mut pipeline = Self::new(models, networks, options)?;
                 let (width, height) = max_image_wh;
                 let attached = posed_kernels::cuda::CudaDevice::open(0)
-                    .and_then(|cuda| pipeline.attach_cuda(models, &cuda, width, height));
+                    .and_then(|cuda| pipeline.attach_cuda(&cuda, width, height));
                 match attached {
                     Ok(()) => Ok((pipeline, None)),
                     // No driver, no device, no NVRTC: the CPU, and why.
@@ -581,20 +571,6 @@ impl SingleViewPipeline {
         for object in objects.iter() {
             self.points_of(object.obj_id)?;
         }
-        #[cfg(feature = "cuda")]
-        if self.gpu.is_some() {
-            let (max_width, max_height) = self.gpu_image_limit;
-            if image.width > max_width || image.height > max_height {
-                return Err(Error::Invalid {
-                    what: "the camera image".to_string(),
-                    reason: format!(
-                        "{} x {} pixels, larger than the {max_width} x {max_height} the CUDA \
-                         pipeline was built for (the camera's size when it started)",
-                        image.width, image.height
-                    ),
-                });
-            }
-        }
         let start = Instant::now();
         // RoIAlign on the device reads the 8-bit image itself.
         if !self.on_cuda() {
@@ -670,17 +646,12 @@ impl SingleViewPipeline {
                 self.timings.invalid_objects += 1;
                 continue;
             };
-            let mesh = self
-                .mesh_of_object
-                .get(&object.obj_id)
-                .copied()
-                .unwrap_or(0);
             self.batch.push(BatchItem {
                 object: index - 1,
                 crop,
                 k_crop,
                 instance: Instance {
-                    mesh,
+                    mesh: mesh_index(&self.mesh_of_object, object.obj_id),
                     camera_from_object: *pose,
                 },
             });
@@ -707,8 +678,7 @@ impl SingleViewPipeline {
         let Some(gpu) = self.gpu.as_mut() else {
             return Ok(first);
         };
-        let mesh_of_object = &self.mesh_of_object;
-        let mesh_of = |obj_id: u32| mesh_of_object.get(&obj_id).copied().unwrap_or(0);
+        let mesh_of = |obj_id: u32| mesh_index(&self.mesh_of_object, obj_id);
         // As on the CPU, the batch fills up with objects whose crops succeed: one launch
         // for as many valid objects as there are free places, again while some failed.
         let mut end = first;
@@ -906,6 +876,11 @@ impl SingleViewPipeline {
         self.timings.update += start.elapsed();
         Ok(())
     }
+}
+
+/// The renderer's mesh of object `obj_id` (every object has one: `run` checks them first).
+fn mesh_index(mesh_of_object: &BTreeMap<u32, usize>, obj_id: u32) -> usize {
+    mesh_of_object.get(&obj_id).copied().unwrap_or(0)
 }
 
 /// Takes an updated pose if it is finite; otherwise the object keeps its last good pose
