@@ -1,7 +1,8 @@
-//! The CPU backend (tract) on the refiner-shaped test network (data/networks/refiner-tiny,
-//! B x 6 x 240 x 320 -> B x 9) at batch 1, 5 and 16: throughput in crops per second, the
-//! cost of creating a session and of loading the model, and the heap allocations one warm
-//! run makes (counted by this binary's global allocator and printed before the benches).
+//! The CPU backend on the refiner-shaped test network (data/networks/refiner-tiny,
+//! B x 6 x 240 x 320 -> B x 9) at batch 1, 5 and 16, on both executors (posed's planned
+//! one, the default, and tract's plan): throughput in crops per second, the cost of
+//! creating a session and of loading the model, and the heap allocations one warm run
+//! makes (counted by this binary's global allocator and printed before the benches).
 
 // criterion_group! generates undocumented items.
 #![allow(missing_docs)]
@@ -11,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use posed_engines::cpu::CpuExecutor;
 use posed_engines::{Backend, CpuBackend, Model, ModelOptions, Network};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -46,6 +48,7 @@ unsafe impl GlobalAlloc for CountingAllocator {
 static GLOBAL: CountingAllocator = CountingAllocator;
 
 const BATCHES: [usize; 3] = [1, 5, 16];
+const EXECUTORS: [CpuExecutor; 2] = [CpuExecutor::Planned, CpuExecutor::Tract];
 const CROP_VALUES: usize = 6 * 240 * 320;
 
 fn refiner() -> Network {
@@ -53,12 +56,15 @@ fn refiner() -> Network {
     Network::open(&path).expect("data/networks/refiner-tiny.onnx")
 }
 
-fn model() -> Box<dyn Model> {
+fn model(executor: CpuExecutor) -> Box<dyn Model> {
     let options = ModelOptions {
         max_batch: 16,
         ..ModelOptions::default()
     };
-    CpuBackend::new().load(refiner(), options).expect("load")
+    CpuBackend::new()
+        .with_executor(executor)
+        .load(refiner(), options)
+        .expect("load")
 }
 
 fn crops(batch: usize) -> Vec<f32> {
@@ -68,9 +74,9 @@ fn crops(batch: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Prints the allocations of one warm run per batch size.
-fn report_allocations() {
-    let model = model();
+/// Prints the allocations of one warm run per batch size and executor.
+fn report_allocations(executor: CpuExecutor) {
+    let model = model(executor);
     let mut session = model.new_session().expect("session");
     let mut outputs = session.allocate_outputs();
     for batch in BATCHES {
@@ -85,7 +91,8 @@ fn report_allocations() {
         );
         session.run(&input, &shape, &mut outputs).expect("run");
         println!(
-            "engines/cpu/refiner-tiny batch {batch:>2}: {} heap allocations ({:.1} MiB) in one warm run, all inside tract",
+            "engines/cpu/refiner-tiny {} batch {batch:>2}: {} heap allocations ({:.1} MiB) in one warm run",
+            executor.name(),
             ALLOCATIONS.load(Ordering::Relaxed) - count,
             (ALLOCATED_BYTES.load(Ordering::Relaxed) - bytes) as f64 / (1024.0 * 1024.0)
         );
@@ -93,34 +100,47 @@ fn report_allocations() {
 }
 
 fn run(c: &mut Criterion) {
-    report_allocations();
-    let model = model();
-    let mut session = model.new_session().expect("session");
-    let mut outputs = session.allocate_outputs();
-    let mut group = c.benchmark_group("engines/cpu/refiner-tiny");
-    for batch in BATCHES {
-        let input = crops(batch);
-        let shape = [batch, 6, 240, 320];
-        group.throughput(Throughput::Elements(batch as u64));
-        group.bench_with_input(BenchmarkId::new("run", batch), &batch, |b, _| {
-            b.iter(|| session.run(&input, &shape, &mut outputs).expect("run"))
-        });
+    for executor in EXECUTORS {
+        report_allocations(executor);
     }
-    group.finish();
+    for executor in EXECUTORS {
+        let model = model(executor);
+        let mut session = model.new_session().expect("session");
+        let mut outputs = session.allocate_outputs();
+        let mut group = c.benchmark_group(format!("engines/cpu/refiner-tiny/{}", executor.name()));
+        for batch in BATCHES {
+            let input = crops(batch);
+            let shape = [batch, 6, 240, 320];
+            group.throughput(Throughput::Elements(batch as u64));
+            group.bench_with_input(BenchmarkId::new("run", batch), &batch, |b, _| {
+                b.iter(|| session.run(&input, &shape, &mut outputs).expect("run"))
+            });
+        }
+        group.finish();
+    }
 }
 
 fn setup(c: &mut Criterion) {
-    let model = model();
-    c.bench_function("engines/cpu/refiner-tiny/new_session", |b| {
-        b.iter(|| model.new_session().expect("session"))
-    });
     let options = ModelOptions {
         max_batch: 16,
         ..ModelOptions::default()
     };
-    c.bench_function("engines/cpu/refiner-tiny/load_onnx", |b| {
-        b.iter(|| CpuBackend::new().load(refiner(), options).expect("load"))
-    });
+    for executor in EXECUTORS {
+        let model = model(executor);
+        let name = executor.name();
+        c.bench_function(
+            &format!("engines/cpu/refiner-tiny/{name}/new_session"),
+            |b| b.iter(|| model.new_session().expect("session")),
+        );
+        c.bench_function(&format!("engines/cpu/refiner-tiny/{name}/load_onnx"), |b| {
+            b.iter(|| {
+                CpuBackend::new()
+                    .with_executor(executor)
+                    .load(refiner(), options)
+                    .expect("load")
+            })
+        });
+    }
 }
 
 criterion_group!(benches, run, setup);

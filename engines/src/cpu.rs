@@ -1,19 +1,25 @@
-//! The CPU backend: tract-onnx, pure Rust, the default and what CI runs.
+//! The CPU backend: pure Rust, the default and what CI runs.
 //!
-//! tract optimises a graph much better when every dimension is known: on the refiner-shaped
-//! test network a plan for a fixed batch of 1 runs 3x faster than one for a symbolic batch
-//! (depthwise convolutions get their direct kernel instead of im2col), and running a batch
-//! as B single-item runs is faster per crop than one batched run (the working set stays in
-//! cache). So a model holds one optimised plan per *item* shape: `[1, 6, 240, 320]` for the
-//! coarse and refiner networks, `[1, 3, H, W]` (or torchvision's `[3, H, W]`) for a
-//! detector, made at load for the largest image and on first sight for any other size.
-//! Sessions run a batch item by item and write each item's outputs into its rows of the
-//! caller's [`Outputs`]. Eval-mode networks compute each batch item independently, so this
-//! changes nothing but speed.
+//! tract parses, types and declutters the ONNX graph (constant folding, simplification);
+//! then one of two executors runs it:
 //!
-//! tract evaluates each operator into a freshly allocated tensor, so a run allocates
-//! inside tract (counted by `benches/benches/engines.rs`); nothing on posed's side of the
-//! call allocates once an input shape has been seen.
+//! - [`CpuExecutor::Planned`] (the default): posed's own executor (`planned.rs`), which
+//!   compiles the decluttered graph into steps over buffers that a session allocates once,
+//!   so a run allocates nothing. It covers the op set CosyPose-style networks declutter
+//!   into; a graph with another op falls back to tract's plan, with a warning naming the
+//!   node.
+//! - [`CpuExecutor::Tract`]: tract's optimised plan, which evaluates each operator into a
+//!   freshly allocated tensor (about 160 allocations per refiner crop).
+//!
+//! Both are planned per *item* shape (`[1, 6, 240, 320]` for the coarse and refiner
+//! networks, `[1, 3, H, W]` (or torchvision's `[3, H, W]`) for a detector), made at load for
+//! the largest image and on first sight for any other size: tract optimises a graph much
+//! better when every dimension is known (3x on the refiner-shaped test network), and a
+//! batch run as B single-item runs keeps the working set in cache. Eval-mode networks
+//! compute each batch item independently, so this changes nothing but speed.
+
+mod kernels;
+mod planned;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -26,8 +32,9 @@ use crate::backend::{
 };
 use crate::cache::{CacheOutcome, EngineCache, EngineKey, Precision};
 use crate::contract::{Contract, DimSpec, Role};
-use crate::tensor::{DType, OutputData, Outputs, Shape};
+use crate::tensor::{DType, OutputData, OutputTensor, Outputs, Shape};
 use crate::{EngineError, Network};
+use planned::{OutputView, PlannedGraph};
 
 /// tract's version, as engine keys and `posed engines list` report it.
 pub const TRACT_VERSION: &str = "0.23.9";
@@ -39,23 +46,54 @@ pub const CPU_ENGINE_VERSION: u32 = 2;
 /// sizes; the coarse and refiner networks have one).
 const MAX_ITEM_SHAPES: usize = 4;
 
-/// The tract backend. With an [`EngineCache`], loading keeps the decluttered graph as an
+/// Which executor runs a decluttered graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CpuExecutor {
+    /// posed's planned executor: every buffer allocated with the session, runs allocate
+    /// nothing; tract's plan for a graph with an op it does not have.
+    #[default]
+    Planned,
+    /// tract's optimised plan (allocates inside each run).
+    Tract,
+}
+
+impl CpuExecutor {
+    /// The name logs and benches use.
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuExecutor::Planned => "planned",
+            CpuExecutor::Tract => "tract",
+        }
+    }
+}
+
+/// The CPU backend. With an [`EngineCache`], loading keeps the decluttered graph as an
 /// NNEF archive (tract's own format) keyed like a TensorRT engine, so a later load skips
 /// ONNX parsing and analysis; the cache verifies, rebuilds and locks as for TensorRT.
 #[derive(Debug, Clone, Default)]
 pub struct CpuBackend {
     cache: Option<EngineCache>,
+    executor: CpuExecutor,
 }
 
 impl CpuBackend {
     /// A backend that parses the ONNX file on every load.
     pub fn new() -> CpuBackend {
-        CpuBackend { cache: None }
+        CpuBackend::default()
     }
 
     /// A backend that keeps decluttered graphs in `cache`.
     pub fn with_cache(cache: EngineCache) -> CpuBackend {
-        CpuBackend { cache: Some(cache) }
+        CpuBackend {
+            cache: Some(cache),
+            executor: CpuExecutor::default(),
+        }
+    }
+
+    /// The same backend running graphs on `executor`.
+    pub fn with_executor(mut self, executor: CpuExecutor) -> CpuBackend {
+        self.executor = executor;
+        self
     }
 
     /// The cache key of a network's CPU engine: the single-item graph at the largest
@@ -92,7 +130,7 @@ impl CpuBackend {
         let item = load_item_shape(&network.contract(), &options);
         let Some(cache) = &self.cache else {
             let decluttered = decluttered_from_onnx(&network, item)?;
-            let model = CpuModel::new(network, options, item, decluttered)?;
+            let model = CpuModel::new(network, options, item, decluttered, self.executor)?;
             return Ok((model, CacheOutcome::Built));
         };
         let key = CpuBackend::engine_key(&network, &options);
@@ -117,7 +155,7 @@ impl CpuBackend {
                 decluttered_from_onnx(&network, item)?
             }
         };
-        let model = CpuModel::new(network, options, item, decluttered)?;
+        let model = CpuModel::new(network, options, item, decluttered, self.executor)?;
         Ok((model, outcome))
     }
 }
@@ -195,18 +233,37 @@ fn decluttered_from_onnx(network: &Network, item: Shape) -> Result<TypedModel, E
         .map_err(tract_error(path, "decluttering"))
 }
 
-fn optimised_plan(
+/// A graph ready to run for one item shape, on one executor.
+#[derive(Debug, Clone)]
+enum ItemPlan {
+    Planned(Arc<PlannedGraph>),
+    Tract(Arc<TypedSimplePlan>),
+}
+
+/// Plans `decluttered` on `executor`; a graph the planned executor cannot take runs on
+/// tract's plan, with a warning naming the node.
+fn item_plan(
     network: &Network,
     decluttered: TypedModel,
-) -> Result<Arc<TypedSimplePlan>, EngineError> {
-    decluttered
+    executor: CpuExecutor,
+) -> Result<ItemPlan, EngineError> {
+    if executor == CpuExecutor::Planned {
+        match PlannedGraph::plan(&decluttered) {
+            Ok(plan) => return Ok(ItemPlan::Planned(Arc::new(plan))),
+            Err(e) => {
+                tracing::warn!(path = %network.path().display(), reason = %e, "the planned CPU executor cannot run this network; using tract's plan, which allocates in every run");
+            }
+        }
+    }
+    let plan = decluttered
         .into_optimized()
         .map_err(tract_error(network.path(), "optimising"))?
         .into_runnable()
-        .map_err(tract_error(network.path(), "planning"))
+        .map_err(tract_error(network.path(), "planning"))?;
+    Ok(ItemPlan::Tract(plan))
 }
 
-/// A network optimised by tract.
+/// A network prepared for the CPU.
 #[derive(Debug, Clone)]
 pub struct CpuModel {
     shared: Arc<ModelShared>,
@@ -216,22 +273,24 @@ pub struct CpuModel {
 struct ModelShared {
     network: Network,
     options: ModelOptions,
-    plans: Mutex<Vec<(Shape, Arc<TypedSimplePlan>)>>,
+    executor: CpuExecutor,
+    plans: Mutex<Vec<(Shape, ItemPlan)>>,
 }
 
 impl ModelShared {
     /// The plan for one item shape, made (from the ONNX file) on first sight.
-    fn plan(&self, item: Shape) -> Result<Arc<TypedSimplePlan>, EngineError> {
+    fn plan(&self, item: Shape) -> Result<ItemPlan, EngineError> {
         let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, plan)) = plans.iter().find(|(s, _)| *s == item) {
-            return Ok(Arc::clone(plan));
+            return Ok(plan.clone());
         }
         tracing::info!(path = %self.network.path().display(), shape = %item, "planning the CPU network for a new input size");
-        let plan = optimised_plan(&self.network, decluttered_from_onnx(&self.network, item)?)?;
+        let decluttered = decluttered_from_onnx(&self.network, item)?;
+        let plan = item_plan(&self.network, decluttered, self.executor)?;
         if plans.len() == MAX_ITEM_SHAPES {
             plans.remove(0);
         }
-        plans.push((item, Arc::clone(&plan)));
+        plans.push((item, plan.clone()));
         Ok(plan)
     }
 }
@@ -242,15 +301,37 @@ impl CpuModel {
         options: ModelOptions,
         item: Shape,
         decluttered: TypedModel,
+        executor: CpuExecutor,
     ) -> Result<CpuModel, EngineError> {
-        let plan = optimised_plan(&network, decluttered)?;
+        let plan = item_plan(&network, decluttered, executor)?;
         Ok(CpuModel {
             shared: Arc::new(ModelShared {
                 network,
                 options,
+                executor,
                 plans: Mutex::new(vec![(item, plan)]),
             }),
         })
+    }
+
+    /// The executor that runs the load-time input shape: [`CpuExecutor::Tract`] when the
+    /// planned executor was asked for but cannot take the graph.
+    pub fn executor(&self) -> CpuExecutor {
+        let plans = self.shared.plans.lock().unwrap_or_else(|e| e.into_inner());
+        match plans.first() {
+            Some((_, ItemPlan::Planned(_))) => CpuExecutor::Planned,
+            _ => CpuExecutor::Tract,
+        }
+    }
+
+    /// Bytes of buffers a session of the planned executor holds for the load-time input
+    /// shape (0 on tract's plan, which allocates as it runs).
+    pub fn session_buffer_bytes(&self) -> usize {
+        let plans = self.shared.plans.lock().unwrap_or_else(|e| e.into_inner());
+        match plans.first() {
+            Some((_, ItemPlan::Planned(plan))) => plan.buffer_bytes(),
+            _ => 0,
+        }
     }
 }
 
@@ -285,11 +366,28 @@ impl Model for CpuModel {
     }
 }
 
-/// What a session keeps per item shape: tract's state and the input tensor it reads.
-struct ItemState {
-    shape: Shape,
-    state: TypedSimpleState,
-    input: Arc<Tensor>,
+/// What a session keeps per item shape.
+enum ItemState {
+    /// The planned executor's buffers.
+    Planned {
+        shape: Shape,
+        plan: Arc<PlannedGraph>,
+        buffers: Vec<Vec<f32>>,
+    },
+    /// tract's state and the input tensor it reads.
+    Tract {
+        shape: Shape,
+        state: TypedSimpleState,
+        input: Arc<Tensor>,
+    },
+}
+
+impl ItemState {
+    fn shape(&self) -> Shape {
+        match self {
+            ItemState::Planned { shape, .. } | ItemState::Tract { shape, .. } => *shape,
+        }
+    }
 }
 
 struct CpuSession {
@@ -308,51 +406,134 @@ impl CpuSession {
 
     /// The index of the state for `shape`, made on first sight.
     fn item_index(&mut self, shape: Shape) -> Result<usize, EngineError> {
-        if let Some(index) = self.items.iter().position(|item| item.shape == shape) {
+        if let Some(index) = self.items.iter().position(|item| item.shape() == shape) {
             return Ok(index);
         }
-        let plan = self.model.plan(shape)?;
-        let state = plan
-            .spawn()
-            .map_err(self.tract_error("creating a session"))?;
-        let input =
-            Tensor::zero::<f32>(shape.dims()).map_err(self.tract_error("allocating the input"))?;
+        let state = match self.model.plan(shape)? {
+            ItemPlan::Planned(plan) => {
+                if plan.input_len() != shape.volume() {
+                    return Err(EngineError::Tract {
+                        path: self.path.clone(),
+                        stage: "planning",
+                        reason: format!(
+                            "the planned graph reads {} values, the input {shape} has {}",
+                            plan.input_len(),
+                            shape.volume()
+                        ),
+                    });
+                }
+                ItemState::Planned {
+                    shape,
+                    buffers: plan.new_buffers(),
+                    plan,
+                }
+            }
+            ItemPlan::Tract(plan) => {
+                let state = plan
+                    .spawn()
+                    .map_err(self.tract_error("creating a session"))?;
+                let input = Tensor::zero::<f32>(shape.dims())
+                    .map_err(self.tract_error("allocating the input"))?;
+                ItemState::Tract {
+                    shape,
+                    state,
+                    input: Arc::new(input),
+                }
+            }
+        };
         if self.items.len() == MAX_ITEM_SHAPES {
             self.items.remove(0);
         }
-        self.items.push(ItemState {
-            shape,
-            state,
-            input: Arc::new(input),
-        });
+        self.items.push(state);
         Ok(self.items.len() - 1)
     }
+}
 
-    /// Runs one item (already a slice of the item's shape) and returns tract's outputs.
-    fn run_item(&mut self, index: usize, values: &[f32]) -> Result<TVec<TValue>, EngineError> {
-        let path = self.path.clone();
-        let item = &mut self.items[index];
-        if Arc::get_mut(&mut item.input).is_none() {
-            // tract still holds the last run's input (it should not): start a fresh one.
-            let fresh = Tensor::zero::<f32>(item.shape.dims())
-                .map_err(tract_error(&path, "allocating the input"))?;
-            item.input = Arc::new(fresh);
+/// Runs one item on tract's plan and returns tract's outputs.
+fn run_tract_item(
+    path: &Path,
+    shape: Shape,
+    state: &mut TypedSimpleState,
+    input: &mut Arc<Tensor>,
+    values: &[f32],
+) -> Result<TVec<TValue>, EngineError> {
+    if Arc::get_mut(input).is_none() {
+        // tract still holds the last run's input (it should not): start a fresh one.
+        let fresh =
+            Tensor::zero::<f32>(shape.dims()).map_err(tract_error(path, "allocating the input"))?;
+        *input = Arc::new(fresh);
+    }
+    let tensor = Arc::get_mut(input).ok_or_else(|| EngineError::Tract {
+        path: path.to_owned(),
+        stage: "filling the input",
+        reason: "input tensor is shared".to_owned(),
+    })?;
+    tensor
+        .try_as_plain_ram_mut()
+        .and_then(|mut view| {
+            view.as_slice_mut::<f32>()?.copy_from_slice(values);
+            Ok(())
+        })
+        .map_err(tract_error(path, "filling the input"))?;
+    state
+        .run(tvec![TValue::from_const(Arc::clone(input))])
+        .map_err(tract_error(path, "running"))
+}
+
+/// Where one batch item's outputs go: checks each output's shape against the contract and
+/// copies it into the item's rows of the caller's buffers.
+struct ItemWriter<'a> {
+    contract: &'a Contract,
+    max_detections: usize,
+    batch: usize,
+    item: usize,
+    /// The detection count, which must agree between outputs and between batch items.
+    detections: &'a mut Option<usize>,
+}
+
+impl ItemWriter<'_> {
+    fn write(
+        &mut self,
+        index: usize,
+        item_dims: &[usize],
+        data: OutputView<'_>,
+        out: &mut OutputTensor,
+    ) -> Result<(), EngineError> {
+        let spec = &self.contract.outputs[index];
+        let item_batch = usize::from(self.contract.is_batched());
+        check_output_shape(
+            spec,
+            item_dims,
+            item_batch,
+            self.max_detections,
+            self.detections,
+        )?;
+        // The whole batch's shape: the item's with the batch dimension set.
+        let mut full = [0usize; crate::tensor::MAX_RANK];
+        full[..item_dims.len()].copy_from_slice(item_dims);
+        if self.contract.is_batched() {
+            full[0] = self.batch;
         }
-        let tensor = Arc::get_mut(&mut item.input).ok_or_else(|| EngineError::Tract {
-            path: path.clone(),
-            stage: "filling the input",
-            reason: "input tensor is shared".to_owned(),
-        })?;
-        tensor
-            .try_as_plain_ram_mut()
-            .and_then(|mut view| {
-                view.as_slice_mut::<f32>()?.copy_from_slice(values);
-                Ok(())
-            })
-            .map_err(tract_error(&path, "filling the input"))?;
-        item.state
-            .run(tvec![TValue::from_const(Arc::clone(&item.input))])
-            .map_err(tract_error(&path, "running"))
+        let row_len: usize = item_dims.iter().product();
+        let rows = self.item * row_len..(self.item + 1) * row_len;
+        match (spec.dtype, out.prepare(&full[..item_dims.len()])?, data) {
+            (DType::F32, OutputData::F32(dst), OutputView::F32(src)) if src.len() == row_len => {
+                dst[rows].copy_from_slice(src);
+            }
+            (DType::I64, OutputData::I64(dst), OutputView::I64(src)) if src.len() == row_len => {
+                dst[rows].copy_from_slice(src);
+            }
+            _ => {
+                return Err(EngineError::Output {
+                    tensor: spec.name.to_owned(),
+                    reason: format!(
+                        "expected {} with {row_len} values; the model or the caller's buffer has another type",
+                        spec.dtype.onnx_name()
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -376,76 +557,71 @@ impl Session for CpuSession {
         outputs: &mut Outputs,
     ) -> Result<(), EngineError> {
         let batch = check_input(&self.contract, &self.options, input, shape)?;
-        if outputs.tensors().len() != self.contract.outputs.len() {
+        let n_outputs = self.contract.outputs.len();
+        if outputs.tensors().len() != n_outputs {
             return Err(EngineError::Output {
                 tensor: "(all)".to_owned(),
                 reason: format!(
-                    "{} output buffers, the contract has {} outputs",
+                    "{} output buffers, the contract has {n_outputs} outputs",
                     outputs.tensors().len(),
-                    self.contract.outputs.len()
                 ),
             });
         }
         let item = item_shape(&self.contract, shape);
         let index = self.item_index(item)?;
         let item_len = item.volume();
-        // The detection count must agree between outputs and between batch items.
         let mut detections = None;
+        let count_error = |found: usize| EngineError::Output {
+            tensor: "(all)".to_owned(),
+            reason: format!("{found} outputs from the model, the contract has {n_outputs}"),
+        };
         for b in 0..batch {
-            let results = self.run_item(index, &input[b * item_len..(b + 1) * item_len])?;
-            if results.len() != self.contract.outputs.len() {
-                return Err(EngineError::Output {
-                    tensor: "(all)".to_owned(),
-                    reason: format!(
-                        "{} outputs from the model, the contract has {}",
-                        results.len(),
-                        self.contract.outputs.len()
-                    ),
-                });
-            }
-            let item_batch = usize::from(self.contract.is_batched());
-            for ((spec, value), out) in self
-                .contract
-                .outputs
-                .iter()
-                .zip(&results)
-                .zip(outputs.tensors_mut())
-            {
-                let item_dims = value.shape();
-                check_output_shape(
-                    spec,
-                    item_dims,
-                    item_batch,
-                    self.max_detections,
-                    &mut detections,
-                )?;
-                // The whole batch's shape: the item's with the batch dimension set.
-                let mut full = [0usize; crate::tensor::MAX_RANK];
-                full[..item_dims.len()].copy_from_slice(item_dims);
-                if self.contract.is_batched() {
-                    full[0] = batch;
+            let values = &input[b * item_len..(b + 1) * item_len];
+            let mut writer = ItemWriter {
+                contract: &self.contract,
+                max_detections: self.max_detections,
+                batch,
+                item: b,
+                detections: &mut detections,
+            };
+            match &mut self.items[index] {
+                ItemState::Planned { plan, buffers, .. } => {
+                    plan.run(buffers, values);
+                    if plan.output_count() != n_outputs {
+                        return Err(count_error(plan.output_count()));
+                    }
+                    for (i, out) in outputs.tensors_mut().iter_mut().enumerate() {
+                        let (data, dims) = plan
+                            .output(buffers, values, i)
+                            .ok_or_else(|| count_error(i))?;
+                        writer.write(i, dims, data, out)?;
+                    }
                 }
-                let row_len: usize = item_dims.iter().product();
-                let rows = b * row_len..(b + 1) * row_len;
-                let view = value
-                    .try_as_plain_ram()
-                    .map_err(tract_error(&self.path, "reading outputs"))?;
-                let read_error = |e: TractError| EngineError::Output {
-                    tensor: spec.name.to_owned(),
-                    reason: format!("expected {}: {e:#}", spec.dtype.onnx_name()),
-                };
-                match (spec.dtype, out.prepare(&full[..item_dims.len()])?) {
-                    (DType::F32, OutputData::F32(dst)) => {
-                        dst[rows].copy_from_slice(view.as_slice::<f32>().map_err(read_error)?);
+                ItemState::Tract {
+                    shape,
+                    state,
+                    input,
+                } => {
+                    let results = run_tract_item(&self.path, *shape, state, input, values)?;
+                    if results.len() != n_outputs {
+                        return Err(count_error(results.len()));
                     }
-                    (DType::I64, OutputData::I64(dst)) => {
-                        dst[rows].copy_from_slice(view.as_slice::<i64>().map_err(read_error)?);
-                    }
-                    _ => {
-                        return Err(EngineError::Output {
-                            tensor: spec.name.to_owned(),
-                            reason: "the caller's buffer has the wrong element type".to_owned(),
-                        });
+                    for (i, (value, out)) in results.iter().zip(outputs.tensors_mut()).enumerate() {
+                        let view = value
+                            .try_as_plain_ram()
+                            .map_err(tract_error(&self.path, "reading outputs"))?;
+                        let data = match self.contract.outputs[i].dtype {
+                            DType::I64 => view.as_slice::<i64>().map(OutputView::I64),
+                            _ => view.as_slice::<f32>().map(OutputView::F32),
+                        }
+                        .map_err(|e| EngineError::Output {
+                            tensor: self.contract.outputs[i].name.to_owned(),
+                            reason: format!(
+                                "expected {}: {e:#}",
+                                self.contract.outputs[i].dtype.onnx_name()
+                            ),
+                        })?;
+                        writer.write(i, value.shape(), data, out)?;
                     }
                 }
             }

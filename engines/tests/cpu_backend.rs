@@ -1,10 +1,12 @@
-//! The CPU backend (tract) against onnxruntime's outputs on the test networks
-//! (data/networks/golden, made by tools/onnx_golden.py), and its behaviour on bad runs.
+//! The CPU backend, on both executors (posed's planned one and tract's plan), against
+//! onnxruntime's outputs on the test networks (data/networks/golden, made by
+//! tools/onnx_golden.py), and its behaviour on bad runs.
 
 use std::path::{Path, PathBuf};
 
+use posed_engines::cpu::CpuExecutor;
 use posed_engines::npy::{read_npy, NpyData};
-use posed_engines::{Backend, CpuBackend, ModelOptions, Network, Outputs, Session};
+use posed_engines::{CpuBackend, Model, ModelOptions, Network, Outputs, Session};
 use serde::Deserialize;
 
 /// tract and onnxruntime sum in different orders; the networks are small and in [0, 1].
@@ -40,12 +42,22 @@ fn manifest() -> Manifest {
 }
 
 fn session(network: &Path, max_batch: usize) -> Box<dyn Session> {
+    session_on(network, max_batch, CpuExecutor::Planned)
+}
+
+/// A session on `executor`, which must be the one that runs the network (no fallback).
+fn session_on(network: &Path, max_batch: usize, executor: CpuExecutor) -> Box<dyn Session> {
     let network = Network::open(network).expect("network");
     let options = ModelOptions {
         max_batch,
         max_image_hw: (240, 320),
     };
-    let model = CpuBackend::new().load(network, options).expect("load");
+    let path = network.path().to_owned();
+    let (model, _) = CpuBackend::new()
+        .with_executor(executor)
+        .load_with_outcome(network, options)
+        .expect("load");
+    assert_eq!(model.executor(), executor, "{}", path.display());
     model.new_session().expect("session")
 }
 
@@ -61,8 +73,11 @@ fn read_input(file: &str) -> (Vec<usize>, Vec<f32>) {
 fn matches_onnxruntime_on_every_golden_case() {
     let cases = manifest().cases;
     assert_eq!(cases.len(), 8, "every network at every golden batch size");
-    for case in cases {
-        let mut session = session(&networks_dir().join(&case.network), 4);
+    for (case, executor) in cases
+        .iter()
+        .flat_map(|case| [CpuExecutor::Planned, CpuExecutor::Tract].map(|e| (case, e)))
+    {
+        let mut session = session_on(&networks_dir().join(&case.network), 4, executor);
         let (shape, input) = read_input(&case.input.file);
         assert_eq!(shape, case.input.shape);
         let mut outputs = session.allocate_outputs();
@@ -94,9 +109,10 @@ fn matches_onnxruntime_on_every_golden_case() {
                         .fold(0.0f32, f32::max);
                     assert!(
                         worst <= MAX_ABS_DIFFERENCE,
-                        "{} {}: max |tract - onnxruntime| = {worst:e}",
+                        "{} {} on {}: max |posed - onnxruntime| = {worst:e}",
                         case.network,
-                        golden.name
+                        golden.name,
+                        executor.name()
                     );
                 }
                 NpyData::I64(expected) => {

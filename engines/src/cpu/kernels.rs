@@ -1,0 +1,754 @@
+//! The numeric kernels of the planned executor: plain safe Rust over `f32` slices, written
+//! so the compiler vectorises the inner loops (contiguous rows, no calls in the loop body).
+//! Every index a kernel uses is checked by the planner when it lays the step out; a kernel
+//! still indexes through bounds-checked slices, so a planning mistake is a panic in a test,
+//! never a wrong read.
+
+/// Largest rank the strided loops handle (after merging, real networks use 1 to 4).
+pub(crate) const MAX_RANK: usize = 8;
+
+/// Rows of the inner (contiguous) loop a matmul processes at a time: small enough for the
+/// output rows to stay in L1 while the reduction runs over them.
+const MATMUL_TILE: usize = 512;
+
+/// An N-d walk over an output and up to two operands, each with its own strides (0 where
+/// an operand is broadcast or an output axis is reduced). Adjacent axes that are contiguous
+/// for every operand are merged at construction, so the innermost loop is as long as the
+/// layout allows.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StridedWalk {
+    rank: usize,
+    dims: [usize; MAX_RANK],
+    /// Strides of the output, then of each operand.
+    strides: [[isize; MAX_RANK]; 3],
+}
+
+impl StridedWalk {
+    /// A walk over `dims` with the given strides (output first). `None` when the rank is
+    /// too high.
+    pub(crate) fn new(dims: &[usize], strides: [&[isize]; 3]) -> Option<StridedWalk> {
+        if dims.len() > MAX_RANK {
+            return None;
+        }
+        // Drop unit axes, then merge axis i into i + 1 when every stride agrees.
+        let mut kept_dims = [1usize; MAX_RANK];
+        let mut kept = [[0isize; MAX_RANK]; 3];
+        let mut rank = 0;
+        for (axis, &dim) in dims.iter().enumerate() {
+            if dim == 1 {
+                continue;
+            }
+            if rank > 0 {
+                let prev = rank - 1;
+                let mergeable = (0..3).all(|o| kept[o][prev] == strides[o][axis] * dim as isize);
+                if mergeable {
+                    kept_dims[prev] *= dim;
+                    for (o, stride) in strides.iter().enumerate() {
+                        kept[o][prev] = stride[axis];
+                    }
+                    continue;
+                }
+            }
+            kept_dims[rank] = dim;
+            for (o, stride) in strides.iter().enumerate() {
+                kept[o][rank] = stride[axis];
+            }
+            rank += 1;
+        }
+        if rank == 0 {
+            // A scalar: one inner loop of length 1.
+            rank = 1;
+        }
+        Some(StridedWalk {
+            rank,
+            dims: kept_dims,
+            strides: kept,
+        })
+    }
+
+    /// Calls `inner(offsets, len, inner_strides)` for every innermost row, offsets being
+    /// those of the row's first element (output, operand a, operand b).
+    #[inline(always)]
+    fn for_each_row(&self, mut inner: impl FnMut([isize; 3], usize, [isize; 3])) {
+        let last = self.rank - 1;
+        let len = self.dims[last];
+        let inner_strides = [
+            self.strides[0][last],
+            self.strides[1][last],
+            self.strides[2][last],
+        ];
+        let mut index = [0usize; MAX_RANK];
+        let mut offsets = [0isize; 3];
+        loop {
+            inner(offsets, len, inner_strides);
+            // Odometer over the outer axes.
+            let mut axis = last;
+            loop {
+                if axis == 0 {
+                    return;
+                }
+                axis -= 1;
+                index[axis] += 1;
+                for (o, offset) in offsets.iter_mut().enumerate() {
+                    *offset += self.strides[o][axis];
+                }
+                if index[axis] < self.dims[axis] {
+                    break;
+                }
+                for (o, offset) in offsets.iter_mut().enumerate() {
+                    *offset -= self.strides[o][axis] * self.dims[axis] as isize;
+                }
+                index[axis] = 0;
+            }
+        }
+    }
+}
+
+/// `out[i] = f(a[i], b[i])` with broadcasting (the walk's strides).
+#[inline(always)]
+pub(crate) fn binary(
+    walk: &StridedWalk,
+    out: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    f: impl Fn(f32, f32) -> f32 + Copy,
+) {
+    walk.for_each_row(|[o, ao, bo], len, [os, as_, bs]| {
+        let (o, ao, bo) = (o as usize, ao as usize, bo as usize);
+        let out = &mut out[o..o + len];
+        match (os, as_, bs) {
+            (1, 1, 1) => {
+                for ((y, &x), &z) in out.iter_mut().zip(&a[ao..ao + len]).zip(&b[bo..bo + len]) {
+                    *y = f(x, z);
+                }
+            }
+            (1, 1, 0) => {
+                let z = b[bo];
+                for (y, &x) in out.iter_mut().zip(&a[ao..ao + len]) {
+                    *y = f(x, z);
+                }
+            }
+            (1, 0, 1) => {
+                let x = a[ao];
+                for (y, &z) in out.iter_mut().zip(&b[bo..bo + len]) {
+                    *y = f(x, z);
+                }
+            }
+            _ => {
+                for (i, y) in out.iter_mut().enumerate() {
+                    let x = a[(ao as isize + i as isize * as_) as usize];
+                    let z = b[(bo as isize + i as isize * bs) as usize];
+                    *y = f(x, z);
+                }
+            }
+        }
+    });
+}
+
+/// `out[reduced index] = f(out[..], x[i])` over every element of `x`; the walk's output
+/// strides are 0 on the reduced axes, and `out` holds the reducer's identity beforehand.
+#[inline(always)]
+pub(crate) fn reduce(walk: &StridedWalk, out: &mut [f32], x: &[f32], f: impl Fn(f32, f32) -> f32) {
+    walk.for_each_row(|[o, xo, _], len, [os, xs, _]| {
+        if os == 0 {
+            let mut acc = out[o as usize];
+            for i in 0..len {
+                acc = f(acc, x[(xo + i as isize * xs) as usize]);
+            }
+            out[o as usize] = acc;
+        } else {
+            for i in 0..len {
+                let y = &mut out[(o + i as isize * os) as usize];
+                *y = f(*y, x[(xo + i as isize * xs) as usize]);
+            }
+        }
+    });
+}
+
+/// `out[i] = x[i]` through the walk's strides (transposes, slices, pads, concatenations,
+/// broadcasts).
+#[inline(always)]
+pub(crate) fn copy(walk: &StridedWalk, out: &mut [f32], x: &[f32], out_base: usize, x_base: usize) {
+    walk.for_each_row(|[o, xo, _], len, [os, xs, _]| {
+        let o = out_base as isize + o;
+        let xo = x_base as isize + xo;
+        if os == 1 && xs == 1 {
+            out[o as usize..o as usize + len].copy_from_slice(&x[xo as usize..xo as usize + len]);
+        } else {
+            for i in 0..len as isize {
+                out[(o + i * os) as usize] = x[(xo + i * xs) as usize];
+            }
+        }
+    });
+}
+
+/// Element-wise functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unary {
+    Sigmoid,
+    Silu,
+    Exp,
+    Tanh,
+    Abs,
+    Neg,
+    Sqrt,
+    Recip,
+    Square,
+}
+
+impl Unary {
+    /// The function for tract's element-wise op of that name.
+    pub(crate) fn from_tract_name(name: &str) -> Option<Unary> {
+        Some(match name {
+            "Sigmoid" => Unary::Sigmoid,
+            "Silu" => Unary::Silu,
+            "Exp" => Unary::Exp,
+            "Tanh" => Unary::Tanh,
+            "Abs" => Unary::Abs,
+            "Neg" => Unary::Neg,
+            "Sqrt" => Unary::Sqrt,
+            "Recip" => Unary::Recip,
+            "Square" => Unary::Square,
+            _ => return None,
+        })
+    }
+}
+
+/// `out = f(x)`, same length.
+#[inline(always)]
+pub(crate) fn unary(op: Unary, out: &mut [f32], x: &[f32]) {
+    #[inline(always)]
+    fn map(out: &mut [f32], x: &[f32], f: impl Fn(f32) -> f32) {
+        for (y, &v) in out.iter_mut().zip(x) {
+            *y = f(v);
+        }
+    }
+    match op {
+        Unary::Sigmoid => map(out, x, sigmoid),
+        Unary::Silu => map(out, x, |v| v * sigmoid(v)),
+        Unary::Exp => map(out, x, exp),
+        Unary::Tanh => map(out, x, |v| 2.0 * sigmoid(2.0 * v) - 1.0),
+        Unary::Abs => map(out, x, f32::abs),
+        Unary::Neg => map(out, x, |v| -v),
+        Unary::Sqrt => map(out, x, f32::sqrt),
+        Unary::Recip => map(out, x, |v| 1.0 / v),
+        Unary::Square => map(out, x, |v| v * v),
+    }
+}
+
+/// `e^x` to about 2 ulp, branch-free so that a loop of it vectorises (the standard
+/// library's `exp` is a call per element). Cody-Waite range reduction, Cephes' degree-6
+/// polynomial; inputs are clamped to the range where the result is a finite normal.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.0, 88.0);
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let r2 = r * r;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
+    let e = p * r2 + r + 1.0;
+    // 2^n by building the exponent bits: `shifted`'s low mantissa bits hold n (0x4B40_0000
+    // is ROUND's bit pattern); n is within [-126, 127] after the clamp.
+    let n_bits = shifted.to_bits().wrapping_sub(0x4B40_0000);
+    e * f32::from_bits(n_bits.wrapping_add(127) << 23)
+}
+
+/// The logistic function.
+#[inline(always)]
+pub(crate) fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+/// A batched matrix product laid out by offset tables: for every batch entry, row `m`
+/// and reduction index `k`, `out[c_batch + c_m[m] + n] += a[a_batch + a_m[m] + a_k[k]] *
+/// b[b_batch + b_k[k] + n]` over a contiguous run of `n` (the einsum axes that only one
+/// operand and the output carry, laid out contiguously in both). The operand with the
+/// contiguous rows is `b`; the planner swaps the operands when needed.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct MatmulPlan {
+    pub(crate) batch: Vec<[usize; 3]>,
+    pub(crate) rows: Vec<[usize; 2]>,
+    pub(crate) reduction: Vec<[usize; 2]>,
+    pub(crate) n: usize,
+}
+
+/// Runs a [`MatmulPlan`]: `out` is overwritten.
+#[inline(always)]
+pub(crate) fn matmul(plan: &MatmulPlan, out: &mut [f32], a: &[f32], b: &[f32]) {
+    let n = plan.n;
+    for &[a_batch, b_batch, c_batch] in &plan.batch {
+        let mut start = 0;
+        while start < n {
+            let len = MATMUL_TILE.min(n - start);
+            let mut rows = plan.rows.chunks_exact(4);
+            for four in &mut rows {
+                let [c0, c1, c2, c3] = [0, 1, 2, 3].map(|i| c_batch + four[i][1] + start);
+                // Four output rows at a time: each input row is read once for four of them.
+                let mut acc = [[0f32; MATMUL_TILE]; 4];
+                for &[a_k, b_k] in &plan.reduction {
+                    let w = [0, 1, 2, 3].map(|i| a[a_batch + four[i][0] + a_k]);
+                    let x = &b[b_batch + b_k + start..b_batch + b_k + start + len];
+                    let [r0, r1, r2, r3] = &mut acc;
+                    for (j, &v) in x.iter().enumerate() {
+                        r0[j] += w[0] * v;
+                        r1[j] += w[1] * v;
+                        r2[j] += w[2] * v;
+                        r3[j] += w[3] * v;
+                    }
+                }
+                for (row, c) in acc.iter().zip([c0, c1, c2, c3]) {
+                    out[c..c + len].copy_from_slice(&row[..len]);
+                }
+            }
+            for &[a_m, c_m] in rows.remainder() {
+                let c = c_batch + c_m + start;
+                let row = &mut out[c..c + len];
+                row.fill(0.0);
+                for &[a_k, b_k] in &plan.reduction {
+                    let w = a[a_batch + a_m + a_k];
+                    let x = &b[b_batch + b_k + start..b_batch + b_k + start + len];
+                    for (y, &v) in row.iter_mut().zip(x) {
+                        *y += w * v;
+                    }
+                }
+            }
+            start += len;
+        }
+    }
+}
+
+/// A 2-D convolution over channel-first planes (one image: C x H x W in, O x OH x OW out),
+/// weights O x (C / group) x KH x KW.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ConvGeometry {
+    pub(crate) in_channels: usize,
+    pub(crate) in_hw: [usize; 2],
+    pub(crate) out_channels: usize,
+    pub(crate) out_hw: [usize; 2],
+    pub(crate) kernel_hw: [usize; 2],
+    pub(crate) stride: [usize; 2],
+    pub(crate) dilation: [usize; 2],
+    pub(crate) pad_before: [usize; 2],
+    pub(crate) group: usize,
+    /// Images in the batch (the planner folds a leading N here).
+    pub(crate) images: usize,
+}
+
+impl ConvGeometry {
+    /// Values of the scratch buffer [`conv`] needs: one output row's patch (every tap of
+    /// one group's input channels, over the output width).
+    pub(crate) fn scratch_len(&self) -> usize {
+        let patch = (self.in_channels / self.group.max(1))
+            * self.kernel_hw[0]
+            * self.kernel_hw[1]
+            * self.out_hw[1];
+        // A depthwise convolution's input row split into its stride phases instead.
+        let phases = self.stride[1] * self.in_hw[1].div_ceil(self.stride[1].max(1));
+        patch.max(phases)
+    }
+}
+
+/// Runs a convolution: `out` is overwritten with bias + sum of weight x input. Per output
+/// row and group, the input values every tap reads are gathered once into `patch` (taps x
+/// output width, zeros where the tap falls in the padding), so the sums run over
+/// contiguous rows whatever the stride, and a gathered row serves every output channel of
+/// the group.
+#[inline(always)]
+pub(crate) fn conv(
+    geo: &ConvGeometry,
+    out: &mut [f32],
+    x: &[f32],
+    weights: &[f32],
+    bias: Option<&[f32]>,
+    patch: &mut [f32],
+) {
+    let [ih, iw] = geo.in_hw;
+    let [oh, ow] = geo.out_hw;
+    let [kh, kw] = geo.kernel_hw;
+    let [sy, sx] = geo.stride;
+    let [dy, dx] = geo.dilation;
+    let [py, px] = geo.pad_before;
+    let cin_per_group = geo.in_channels / geo.group;
+    let cout_per_group = geo.out_channels / geo.group;
+    let taps = cin_per_group * kh * kw;
+    let in_plane = ih * iw;
+    let out_plane = oh * ow;
+    if cin_per_group == 1 && cout_per_group == 1 {
+        return conv_depthwise(geo, out, x, weights, bias, patch);
+    }
+    let patch = &mut patch[..taps * ow];
+    for image in 0..geo.images {
+        let x = &x[image * geo.in_channels * in_plane..(image + 1) * geo.in_channels * in_plane];
+        let out = &mut out
+            [image * geo.out_channels * out_plane..(image + 1) * geo.out_channels * out_plane];
+        for group in 0..geo.group {
+            for oy in 0..oh {
+                // Gather the patch of this output row.
+                for ci in 0..cin_per_group {
+                    let input = &x[(group * cin_per_group + ci) * in_plane..][..in_plane];
+                    for ky in 0..kh {
+                        let iy = (oy * sy + ky * dy) as isize - py as isize;
+                        for kx in 0..kw {
+                            let tap = (ci * kh + ky) * kw + kx;
+                            let row = &mut patch[tap * ow..(tap + 1) * ow];
+                            if iy < 0 || iy >= ih as isize {
+                                row.fill(0.0);
+                                continue;
+                            }
+                            let row_in = &input[iy as usize * iw..(iy as usize + 1) * iw];
+                            // Output columns whose input column ox * sx + kx * dx - px is inside.
+                            let offset_x = (kx * dx) as isize - px as isize;
+                            let begin = first_inside(offset_x, sx).min(ow);
+                            let end = last_inside(offset_x, sx, iw).min(ow).max(begin);
+                            row[..begin].fill(0.0);
+                            row[end..].fill(0.0);
+                            if begin == end {
+                                continue;
+                            }
+                            let ix0 = ((begin * sx) as isize + offset_x) as usize;
+                            let dst = &mut row[begin..end];
+                            if sx == 1 {
+                                dst.copy_from_slice(&row_in[ix0..ix0 + dst.len()]);
+                            } else {
+                                for (y, &v) in dst.iter_mut().zip(row_in[ix0..].iter().step_by(sx))
+                                {
+                                    *y = v;
+                                }
+                            }
+                        }
+                    }
+                }
+                // Every output channel of the group: bias + weights . patch.
+                let first_co = group * cout_per_group;
+                let mut co = first_co;
+                while co < first_co + cout_per_group {
+                    let block = (first_co + cout_per_group - co).min(4);
+                    let mut start = 0;
+                    while start < ow {
+                        let len = MATMUL_TILE.min(ow - start);
+                        let mut acc = [[0f32; MATMUL_TILE]; 4];
+                        for (r, row) in acc.iter_mut().enumerate().take(block) {
+                            row[..len].fill(bias.map_or(0.0, |b| b[co + r]));
+                        }
+                        if block == 4 {
+                            let w: [&[f32]; 4] =
+                                [0, 1, 2, 3].map(|r| &weights[(co + r) * taps..][..taps]);
+                            let [r0, r1, r2, r3] = &mut acc;
+                            for tap in 0..taps {
+                                let v = &patch[tap * ow + start..tap * ow + start + len];
+                                let (w0, w1, w2, w3) = (w[0][tap], w[1][tap], w[2][tap], w[3][tap]);
+                                for (j, &p) in v.iter().enumerate() {
+                                    r0[j] += w0 * p;
+                                    r1[j] += w1 * p;
+                                    r2[j] += w2 * p;
+                                    r3[j] += w3 * p;
+                                }
+                            }
+                        } else {
+                            for (r, row) in acc.iter_mut().enumerate().take(block) {
+                                let w = &weights[(co + r) * taps..][..taps];
+                                for (tap, &wt) in w.iter().enumerate() {
+                                    let v = &patch[tap * ow + start..tap * ow + start + len];
+                                    for (y, &p) in row[..len].iter_mut().zip(v) {
+                                        *y += wt * p;
+                                    }
+                                }
+                            }
+                        }
+                        for (r, row) in acc.iter().enumerate().take(block) {
+                            let dst = (co + r) * out_plane + oy * ow + start;
+                            out[dst..dst + len].copy_from_slice(&row[..len]);
+                        }
+                        start += len;
+                    }
+                    co += block;
+                }
+            }
+        }
+    }
+}
+
+/// A depthwise convolution (one input channel per output channel): each tap's weight
+/// multiplies a row of the input straight into the output row, no patch (it would serve
+/// one output channel only). With a horizontal stride s, each input row is first split
+/// into its s phases (columns p, p + s, p + 2s, ...) in `phases`, so every tap reads a
+/// contiguous run.
+#[inline(always)]
+fn conv_depthwise(
+    geo: &ConvGeometry,
+    out: &mut [f32],
+    x: &[f32],
+    weights: &[f32],
+    bias: Option<&[f32]>,
+    phases: &mut [f32],
+) {
+    let [ih, iw] = geo.in_hw;
+    let [oh, ow] = geo.out_hw;
+    let [kh, kw] = geo.kernel_hw;
+    let [sy, sx] = geo.stride;
+    let [dy, dx] = geo.dilation;
+    let [py, px] = geo.pad_before;
+    let in_plane = ih * iw;
+    let out_plane = oh * ow;
+    for image in 0..geo.images {
+        for c in 0..geo.out_channels {
+            let plane = image * geo.out_channels + c;
+            let input = &x[plane * in_plane..(plane + 1) * in_plane];
+            let output = &mut out[plane * out_plane..(plane + 1) * out_plane];
+            output.fill(bias.map_or(0.0, |b| b[c]));
+            for oy in 0..oh {
+                let row_out = &mut output[oy * ow..(oy + 1) * ow];
+                for ky in 0..kh {
+                    let iy = (oy * sy + ky * dy) as isize - py as isize;
+                    if iy < 0 || iy >= ih as isize {
+                        continue;
+                    }
+                    let row_in = &input[iy as usize * iw..(iy as usize + 1) * iw];
+                    // Phase p of the row: columns p, p + sx, ...; stride 1 has one phase,
+                    // the row itself.
+                    let phase_len = iw.div_ceil(sx);
+                    let split: &[f32] = if sx == 1 {
+                        row_in
+                    } else {
+                        let split = &mut phases[..sx * phase_len];
+                        for p in 0..sx {
+                            let dst = &mut split[p * phase_len..(p + 1) * phase_len];
+                            let mut n = 0;
+                            for (d, &v) in dst.iter_mut().zip(row_in[p..].iter().step_by(sx)) {
+                                *d = v;
+                                n += 1;
+                            }
+                            dst[n..].fill(0.0);
+                        }
+                        split
+                    };
+                    for kx in 0..kw {
+                        let w = weights[(c * kh + ky) * kw + kx];
+                        // Input column ox * sx + offset = (ox + shift) * sx + phase.
+                        let offset = (kx * dx) as isize - px as isize;
+                        let phase = offset.rem_euclid(sx as isize) as usize;
+                        let shift = offset.div_euclid(sx as isize);
+                        // Columns of this phase that exist in the row.
+                        let count = (iw - phase.min(iw)).div_ceil(sx) as isize;
+                        let begin = (-shift).clamp(0, ow as isize) as usize;
+                        let end = (count - shift).clamp(begin as isize, ow as isize) as usize;
+                        if begin == end {
+                            continue;
+                        }
+                        let src_begin = phase * phase_len + (begin as isize + shift) as usize;
+                        let src = &split[src_begin..src_begin + (end - begin)];
+                        for (y, &v) in row_out[begin..end].iter_mut().zip(src) {
+                            *y += w * v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The first output index whose input index `o * stride + offset` is >= 0.
+fn first_inside(offset: isize, stride: usize) -> usize {
+    if offset >= 0 {
+        0
+    } else {
+        (-offset as usize).div_ceil(stride)
+    }
+}
+
+/// One past the last output index whose input index `o * stride + offset` is < `len`.
+fn last_inside(offset: isize, stride: usize, len: usize) -> usize {
+    let limit = len as isize - offset; // o * stride < limit
+    if limit <= 0 {
+        0
+    } else {
+        (limit as usize).div_ceil(stride)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_matches_the_standard_library_to_a_few_ulp() {
+        let mut worst = 0f32;
+        let mut x = -80.0f32;
+        while x < 80.0 {
+            let expected = x.exp();
+            let relative = ((exp(x) - expected) / expected).abs();
+            worst = worst.max(relative);
+            x += 0.0137;
+        }
+        assert!(worst < 4.0 * f32::EPSILON, "worst relative error {worst}");
+        assert_eq!(sigmoid(0.0), 0.5);
+        assert!(sigmoid(-200.0) >= 0.0 && sigmoid(-200.0) < 1e-37);
+        assert_eq!(sigmoid(200.0), 1.0);
+    }
+
+    #[test]
+    fn a_walk_merges_contiguous_axes_and_keeps_broadcasts() {
+        // [2, 3, 4] + [2, 1, 1]: the last two axes merge (both contiguous in out and a,
+        // stride 0 in b).
+        let walk = StridedWalk::new(&[2, 3, 4], [&[12, 4, 1], &[12, 4, 1], &[1, 0, 0]]).unwrap();
+        assert_eq!(walk.rank, 2);
+        assert_eq!(&walk.dims[..2], &[2, 12]);
+        let a: Vec<f32> = (0..24).map(|i| i as f32).collect();
+        let b = [100.0, 200.0];
+        let mut out = vec![0.0; 24];
+        binary(&walk, &mut out, &a, &b, |x, y| x + y);
+        assert_eq!(out[0], 100.0);
+        assert_eq!(out[11], 111.0);
+        assert_eq!(out[12], 212.0);
+    }
+
+    #[test]
+    fn conv_matches_a_direct_sum_with_padding_strides_and_groups() {
+        let geo = ConvGeometry {
+            in_channels: 4,
+            in_hw: [7, 9],
+            out_channels: 6,
+            out_hw: [4, 4],
+            kernel_hw: [3, 2],
+            stride: [2, 2],
+            dilation: [1, 2],
+            pad_before: [1, 0],
+            group: 2,
+            images: 1,
+        };
+        let x: Vec<f32> = (0..4 * 63).map(|i| ((i * 37) % 11) as f32 - 5.0).collect();
+        let w: Vec<f32> = (0..6 * 2 * 6)
+            .map(|i| ((i * 13) % 7) as f32 - 3.0)
+            .collect();
+        let bias = [0.5, -1.0, 2.0, 0.0, 1.0, -0.5];
+        let mut out = vec![f32::NAN; 6 * 16];
+        let mut patch = vec![f32::NAN; geo.scratch_len()];
+        conv(&geo, &mut out, &x, &w, Some(&bias), &mut patch);
+        for co in 0..6 {
+            let g = co / 3;
+            for oy in 0..4 {
+                for ox in 0..4 {
+                    let mut sum = bias[co];
+                    for ci in 0..2 {
+                        for ky in 0..3 {
+                            for kx in 0..2 {
+                                let iy = (oy * 2 + ky) as isize - 1;
+                                let ix = (ox * 2 + kx * 2) as isize;
+                                if !(0..7).contains(&iy) || ix >= 9 {
+                                    continue;
+                                }
+                                let v = x[(g * 2 + ci) * 63 + iy as usize * 9 + ix as usize];
+                                sum += w[((co * 2 + ci) * 3 + ky) * 2 + kx] * v;
+                            }
+                        }
+                    }
+                    assert_eq!(out[co * 16 + oy * 4 + ox], sum, "co {co} oy {oy} ox {ox}");
+                }
+            }
+        }
+    }
+
+    /// The direct sum a convolution must equal.
+    fn reference_conv(geo: &ConvGeometry, x: &[f32], w: &[f32], bias: &[f32]) -> Vec<f32> {
+        let [ih, iw] = geo.in_hw;
+        let [oh, ow] = geo.out_hw;
+        let [kh, kw] = geo.kernel_hw;
+        let cin_g = geo.in_channels / geo.group;
+        let cout_g = geo.out_channels / geo.group;
+        let mut out = vec![0.0; geo.out_channels * oh * ow];
+        for co in 0..geo.out_channels {
+            let g = co / cout_g;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut sum = bias[co];
+                    for ci in 0..cin_g {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy = (oy * geo.stride[0] + ky * geo.dilation[0]) as isize
+                                    - geo.pad_before[0] as isize;
+                                let ix = (ox * geo.stride[1] + kx * geo.dilation[1]) as isize
+                                    - geo.pad_before[1] as isize;
+                                if iy < 0 || iy >= ih as isize || ix < 0 || ix >= iw as isize {
+                                    continue;
+                                }
+                                let v = x[((g * cin_g + ci) * ih + iy as usize) * iw + ix as usize];
+                                sum += w[((co * cin_g + ci) * kh + ky) * kw + kx] * v;
+                            }
+                        }
+                    }
+                    out[(co * oh + oy) * ow + ox] = sum;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn depthwise_conv_matches_a_direct_sum_at_strides_1_2_and_3() {
+        for (stride, pad, dilation) in [(1, 2, 1), (2, 1, 1), (2, 2, 1), (3, 1, 2)] {
+            let (ih, iw, k) = (9, 11, 5);
+            let oh = (ih + 2 * pad - dilation * (k - 1) - 1) / stride + 1;
+            let ow = (iw + 2 * pad - dilation * (k - 1) - 1) / stride + 1;
+            let geo = ConvGeometry {
+                in_channels: 3,
+                in_hw: [ih, iw],
+                out_channels: 3,
+                out_hw: [oh, ow],
+                kernel_hw: [k, k],
+                stride: [stride, stride],
+                dilation: [dilation, dilation],
+                pad_before: [pad, pad],
+                group: 3,
+                images: 1,
+            };
+            let x: Vec<f32> = (0..3 * ih * iw)
+                .map(|i| ((i * 37) % 11) as f32 - 5.0)
+                .collect();
+            let w: Vec<f32> = (0..3 * k * k)
+                .map(|i| ((i * 13) % 7) as f32 - 3.0)
+                .collect();
+            let bias = [0.5, -1.0, 2.0];
+            let mut out = vec![f32::NAN; 3 * oh * ow];
+            let mut scratch = vec![f32::NAN; geo.scratch_len()];
+            conv(&geo, &mut out, &x, &w, Some(&bias), &mut scratch);
+            // Small integers: every order of summation gives the same floats.
+            assert_eq!(
+                out,
+                reference_conv(&geo, &x, &w, &bias),
+                "stride {stride} pad {pad}"
+            );
+        }
+    }
+
+    #[test]
+    fn matmul_handles_row_blocks_and_remainders() {
+        // out[m][n] = sum_k a[m][k] * b[k][n], 6 rows (a block of 4 and 2 left), n = 700
+        // (two tiles).
+        let (m, k, n) = (6, 3, 700);
+        let a: Vec<f32> = (0..m * k).map(|i| i as f32 - 4.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i % 17) as f32).collect();
+        let plan = MatmulPlan {
+            batch: vec![[0, 0, 0]],
+            rows: (0..m).map(|r| [r * k, r * n]).collect(),
+            reduction: (0..k).map(|j| [j, j * n]).collect(),
+            n,
+        };
+        let mut out = vec![f32::NAN; m * n];
+        matmul(&plan, &mut out, &a, &b);
+        for r in 0..m {
+            for c in 0..n {
+                let expected: f32 = (0..k).map(|j| a[r * k + j] * b[j * n + c]).sum();
+                assert_eq!(out[r * n + c], expected);
+            }
+        }
+    }
+}

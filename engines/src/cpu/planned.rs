@@ -1,0 +1,1268 @@
+//! The planned executor: runs tract's decluttered graph with every buffer laid out ahead
+//! of time, so a run allocates nothing.
+//!
+//! tract parses the ONNX file, types it, folds its constants and simplifies it (that is
+//! most of the work of an ONNX runtime, and tract does it well); its own plan then
+//! evaluates each operator into a freshly allocated tensor, about 160 allocations per
+//! refiner crop. Here the decluttered graph, with every shape known (one batch item), is
+//! compiled once into a list of steps over numbered buffers: each value gets a slot, slots
+//! are reused once their value is dead, and a session allocates the slots when it is
+//! created. The op set is what CosyPose's networks decluttered into (convolutions,
+//! einsums for the 1x1 convolutions and linear layers, broadcast arithmetic, sigmoid and
+//! SiLU, reductions, reshapes, pads, slices, concatenations); a graph with anything else is
+//! reported by [`PlanError`] and runs on tract's plan instead.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::array::{MultiBroadcastTo, Pad, PadMode, Slice, TypedConcat};
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::change_axes::AxisOp;
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
+use tract_onnx::tract_core::ops::einsum::EinSum;
+use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
+use tract_onnx::tract_core::ops::konst::Const;
+use tract_onnx::tract_core::ops::nn::{Reduce, Reducer};
+use tract_onnx::tract_core::ops::source::TypedSource;
+
+use super::kernels::{self, ConvGeometry, MatmulPlan, StridedWalk, Unary};
+
+/// Why a graph cannot be planned: the node, its op, and what is missing.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PlanError {
+    pub(crate) node: String,
+    pub(crate) op: String,
+    pub(crate) reason: String,
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "node `{}` ({}): {}", self.node, self.op, self.reason)
+    }
+}
+
+/// Where a step reads a value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Operand {
+    /// The run's input.
+    Input,
+    /// A session buffer, holding `len` values.
+    Slot { slot: usize, len: usize },
+    /// A constant of the plan.
+    Const(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Max,
+    Min,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum ReduceOp {
+    Sum,
+    Max,
+    Min,
+    Prod,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct CopyPart {
+    x: Operand,
+    walk: StridedWalk,
+    out_base: usize,
+    x_base: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Step {
+    Conv {
+        x: Operand,
+        weights: usize,
+        bias: Option<usize>,
+        geometry: ConvGeometry,
+        /// The slot of the convolutions' patch buffer (holds no value).
+        scratch: usize,
+    },
+    Matmul {
+        a: Operand,
+        b: Operand,
+        plan: MatmulPlan,
+    },
+    Binary {
+        op: BinaryOp,
+        a: Operand,
+        b: Operand,
+        walk: StridedWalk,
+    },
+    Unary {
+        op: Unary,
+        x: Operand,
+    },
+    Reduce {
+        op: ReduceOp,
+        x: Operand,
+        walk: StridedWalk,
+    },
+    Copy {
+        fill: Option<f32>,
+        parts: Vec<CopyPart>,
+    },
+}
+
+/// One planned step and the slot it writes (`len` values).
+#[derive(Debug, Clone, PartialEq)]
+struct PlannedStep {
+    step: Step,
+    out_slot: usize,
+    out_len: usize,
+}
+
+/// A model output: a computed or constant `f32` value, or an `i64` constant (the label
+/// lists detectors carry).
+#[derive(Debug, Clone, PartialEq)]
+enum PlannedOutput {
+    F32 { value: Operand, dims: Vec<usize> },
+    I64 { values: Vec<i64>, dims: Vec<usize> },
+}
+
+/// What an output holds after a run.
+pub(crate) enum OutputView<'a> {
+    F32(&'a [f32]),
+    I64(&'a [i64]),
+}
+
+/// A graph compiled into steps over numbered buffers. Shared by the sessions of a model;
+/// each session owns its buffers ([`PlannedGraph::new_buffers`]).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PlannedGraph {
+    steps: Vec<PlannedStep>,
+    consts: Vec<Vec<f32>>,
+    slot_lens: Vec<usize>,
+    input_len: usize,
+    outputs: Vec<PlannedOutput>,
+}
+
+/// What the planner knows of a value.
+#[derive(Debug, Clone)]
+enum Value {
+    F32 { operand: Operand, dims: Vec<usize> },
+    I64 { values: Vec<i64>, dims: Vec<usize> },
+}
+
+impl PlannedGraph {
+    /// Compiles a graph whose every shape is known. Fails, naming the node, on an op or a
+    /// layout the executor does not have.
+    pub(crate) fn plan(model: &TypedModel) -> Result<PlannedGraph, PlanError> {
+        Planner::new(model).run()
+    }
+
+    /// Values a run's input holds.
+    pub(crate) fn input_len(&self) -> usize {
+        self.input_len
+    }
+
+    /// The buffers one session runs in, allocated once.
+    pub(crate) fn new_buffers(&self) -> Vec<Vec<f32>> {
+        self.slot_lens.iter().map(|&len| vec![0.0; len]).collect()
+    }
+
+    /// Bytes of buffers a session holds.
+    pub(crate) fn buffer_bytes(&self) -> usize {
+        self.slot_lens.iter().sum::<usize>() * std::mem::size_of::<f32>()
+    }
+
+    /// Runs the graph on `input` (of [`PlannedGraph::input_len`] values) in `buffers`.
+    /// Allocates nothing. On x86_64 CPUs with AVX2 the kernels run compiled for it (twice
+    /// the lanes of the SSE2 baseline; the same operations in the same order, no FMA
+    /// contraction, so the same results bit for bit).
+    pub(crate) fn run(&self, buffers: &mut [Vec<f32>], input: &[f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2, the only feature the function enables.
+                return unsafe { self.run_avx2(buffers, input) };
+            }
+        }
+        self.run_steps(buffers, input);
+    }
+
+    /// [`PlannedGraph::run_steps`] compiled for AVX2.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn run_avx2(&self, buffers: &mut [Vec<f32>], input: &[f32]) {
+        self.run_steps(buffers, input);
+    }
+
+    /// The steps in order; inlined into each instruction-set variant of [`PlannedGraph::run`]
+    /// with every kernel.
+    #[inline(always)]
+    fn run_steps(&self, buffers: &mut [Vec<f32>], input: &[f32]) {
+        for planned in &self.steps {
+            // Take the output buffer out so the step can read the others; `take` leaves an
+            // empty Vec, which does not allocate.
+            let mut out_buffer = std::mem::take(&mut buffers[planned.out_slot]);
+            let out = &mut out_buffer[..planned.out_len];
+            let read = |operand: Operand| -> &[f32] {
+                match operand {
+                    Operand::Input => input,
+                    Operand::Slot { slot, len } => &buffers[slot][..len],
+                    Operand::Const(index) => &self.consts[index],
+                }
+            };
+            match &planned.step {
+                Step::Conv {
+                    x,
+                    weights,
+                    bias,
+                    geometry,
+                    scratch,
+                } => {
+                    let mut patch = std::mem::take(&mut buffers[*scratch]);
+                    let read = |operand: Operand| -> &[f32] {
+                        match operand {
+                            Operand::Input => input,
+                            Operand::Slot { slot, len } => &buffers[slot][..len],
+                            Operand::Const(index) => &self.consts[index],
+                        }
+                    };
+                    kernels::conv(
+                        geometry,
+                        out,
+                        read(*x),
+                        &self.consts[*weights],
+                        bias.map(|b| &self.consts[b][..]),
+                        &mut patch,
+                    );
+                    buffers[*scratch] = patch;
+                }
+                Step::Matmul { a, b, plan } => kernels::matmul(plan, out, read(*a), read(*b)),
+                Step::Binary { op, a, b, walk } => {
+                    let (a, b) = (read(*a), read(*b));
+                    match op {
+                        BinaryOp::Add => kernels::binary(walk, out, a, b, |x, y| x + y),
+                        BinaryOp::Sub => kernels::binary(walk, out, a, b, |x, y| x - y),
+                        BinaryOp::Mul => kernels::binary(walk, out, a, b, |x, y| x * y),
+                        BinaryOp::Div => kernels::binary(walk, out, a, b, |x, y| x / y),
+                        BinaryOp::Max => kernels::binary(walk, out, a, b, f32::max),
+                        BinaryOp::Min => kernels::binary(walk, out, a, b, f32::min),
+                    }
+                }
+                Step::Unary { op, x } => kernels::unary(*op, out, read(*x)),
+                Step::Reduce { op, x, walk } => {
+                    let x = read(*x);
+                    match op {
+                        ReduceOp::Sum => {
+                            out.fill(0.0);
+                            kernels::reduce(walk, out, x, |acc, v| acc + v);
+                        }
+                        ReduceOp::Prod => {
+                            out.fill(1.0);
+                            kernels::reduce(walk, out, x, |acc, v| acc * v);
+                        }
+                        ReduceOp::Max => {
+                            out.fill(f32::NEG_INFINITY);
+                            kernels::reduce(walk, out, x, f32::max);
+                        }
+                        ReduceOp::Min => {
+                            out.fill(f32::INFINITY);
+                            kernels::reduce(walk, out, x, f32::min);
+                        }
+                    }
+                }
+                Step::Copy { fill, parts } => {
+                    if let Some(value) = fill {
+                        out.fill(*value);
+                    }
+                    for part in parts {
+                        kernels::copy(&part.walk, out, read(part.x), part.out_base, part.x_base);
+                    }
+                }
+            }
+            buffers[planned.out_slot] = out_buffer;
+        }
+    }
+
+    /// Output `index` after a run in `buffers` on `input`, with its dimensions.
+    pub(crate) fn output<'a>(
+        &'a self,
+        buffers: &'a [Vec<f32>],
+        input: &'a [f32],
+        index: usize,
+    ) -> Option<(OutputView<'a>, &'a [usize])> {
+        Some(match self.outputs.get(index)? {
+            PlannedOutput::F32 { value, dims } => {
+                let data = match *value {
+                    Operand::Input => input,
+                    Operand::Slot { slot, len } => &buffers[slot][..len],
+                    Operand::Const(c) => &self.consts[c][..],
+                };
+                (OutputView::F32(data), &dims[..])
+            }
+            PlannedOutput::I64 { values, dims } => (OutputView::I64(values), &dims[..]),
+        })
+    }
+
+    /// Number of outputs.
+    pub(crate) fn output_count(&self) -> usize {
+        self.outputs.len()
+    }
+}
+
+/// Row-major strides of `dims`.
+fn contiguous_strides(dims: &[usize]) -> Vec<isize> {
+    let mut strides = vec![1isize; dims.len()];
+    for axis in (0..dims.len().saturating_sub(1)).rev() {
+        strides[axis] = strides[axis + 1] * dims[axis + 1] as isize;
+    }
+    strides
+}
+
+/// Strides reading `dims` broadcast to `out_dims` (right-aligned, 0 on broadcast axes).
+fn broadcast_strides(dims: &[usize], out_dims: &[usize]) -> Option<Vec<isize>> {
+    if dims.len() > out_dims.len() {
+        return None;
+    }
+    let own = contiguous_strides(dims);
+    let lead = out_dims.len() - dims.len();
+    let mut strides = vec![0isize; out_dims.len()];
+    for (axis, &dim) in dims.iter().enumerate() {
+        let out_dim = out_dims[lead + axis];
+        if dim == out_dim {
+            strides[lead + axis] = own[axis];
+        } else if dim != 1 {
+            return None;
+        }
+    }
+    Some(strides)
+}
+
+struct Planner<'m> {
+    model: &'m TypedModel,
+    values: HashMap<OutletId, Value>,
+    consts: Vec<Vec<f32>>,
+    steps: Vec<PlannedStep>,
+    slot_lens: Vec<usize>,
+    free_slots: Vec<usize>,
+    /// For each slot value, the index (in evaluation order) of its last reader;
+    /// `usize::MAX` for model outputs.
+    last_use: HashMap<OutletId, usize>,
+    /// The convolutions' shared patch buffer.
+    scratch_slot: Option<usize>,
+    /// Slots a node's extra steps used, freed once its output slot is allocated.
+    pending_free: Vec<usize>,
+    node: Option<usize>,
+}
+
+impl<'m> Planner<'m> {
+    fn new(model: &'m TypedModel) -> Planner<'m> {
+        Planner {
+            model,
+            values: HashMap::new(),
+            consts: Vec::new(),
+            steps: Vec::new(),
+            slot_lens: Vec::new(),
+            free_slots: Vec::new(),
+            last_use: HashMap::new(),
+            scratch_slot: None,
+            pending_free: Vec::new(),
+            node: None,
+        }
+    }
+
+    fn error(&self, reason: impl Into<String>) -> PlanError {
+        let (node, op) = match self.node {
+            Some(id) => {
+                let node = self.model.node(id);
+                (node.name.clone(), node.op().name().to_string())
+            }
+            None => ("(graph)".to_owned(), "-".to_owned()),
+        };
+        PlanError {
+            node,
+            op,
+            reason: reason.into(),
+        }
+    }
+
+    fn run(mut self) -> Result<PlannedGraph, PlanError> {
+        let model = self.model;
+        let order = model
+            .eval_order_opt_ram()
+            .map_err(|e| self.error(format!("ordering the graph: {e}")))?;
+        for (position, &id) in order.iter().enumerate() {
+            for input in &model.node(id).inputs {
+                self.last_use.insert(*input, position);
+            }
+        }
+        let outputs = model
+            .output_outlets()
+            .map_err(|e| self.error(format!("{e}")))?
+            .to_vec();
+        for output in &outputs {
+            self.last_use.insert(*output, usize::MAX);
+        }
+        let inputs = model
+            .input_outlets()
+            .map_err(|e| self.error(format!("{e}")))?;
+        if inputs.len() != 1 {
+            return Err(self.error(format!("expected one input, found {}", inputs.len())));
+        }
+        let mut input_len = 0;
+        for (position, &id) in order.iter().enumerate() {
+            self.node = Some(id);
+            let node = model.node(id);
+            if node.outputs.len() != 1 {
+                return Err(
+                    self.error(format!("expected one output, found {}", node.outputs.len()))
+                );
+            }
+            let fact = &node.outputs[0].fact;
+            let dims = fact
+                .shape
+                .as_concrete()
+                .ok_or_else(|| self.error(format!("shape {:?} is not fully known", fact.shape)))?
+                .to_vec();
+            let outlet = OutletId::new(id, 0);
+            if node.op_is::<TypedSource>() {
+                if fact.datum_type != f32::datum_type() {
+                    return Err(self.error(format!("input is {:?}, expected f32", fact.datum_type)));
+                }
+                input_len = dims.iter().product();
+                self.values.insert(
+                    outlet,
+                    Value::F32 {
+                        operand: Operand::Input,
+                        dims,
+                    },
+                );
+                continue;
+            }
+            if let Some(konst) = node.op_as::<Const>() {
+                let tensor = konst.val();
+                let view = tensor
+                    .try_as_plain_ram()
+                    .map_err(|e| self.error(format!("reading the constant: {e}")))?;
+                let value = if let Ok(values) = view.as_slice::<f32>() {
+                    self.consts.push(values.to_vec());
+                    Value::F32 {
+                        operand: Operand::Const(self.consts.len() - 1),
+                        dims,
+                    }
+                } else if let Ok(values) = view.as_slice::<i64>() {
+                    Value::I64 {
+                        values: values.to_vec(),
+                        dims,
+                    }
+                } else {
+                    return Err(self.error(format!(
+                        "constant of type {:?} (expected f32 or i64)",
+                        tensor.datum_type()
+                    )));
+                };
+                self.values.insert(outlet, value);
+                continue;
+            }
+            if fact.datum_type != f32::datum_type() {
+                return Err(self.error(format!("computes {:?}, expected f32", fact.datum_type)));
+            }
+            let step = self.step(node, &dims)?;
+            let out_len: usize = dims.iter().product();
+            let out_slot = self.allocate(out_len);
+            self.steps.push(PlannedStep {
+                step,
+                out_slot,
+                out_len,
+            });
+            self.values.insert(
+                outlet,
+                Value::F32 {
+                    operand: Operand::Slot {
+                        slot: out_slot,
+                        len: out_len,
+                    },
+                    dims,
+                },
+            );
+            // Free the inputs read for the last time, and the node's temporaries (after
+            // allocating the output, so a step never writes a slot it reads).
+            self.free_slots.append(&mut self.pending_free);
+            let mut freed = Vec::new();
+            for input in &node.inputs {
+                if self.last_use.get(input) == Some(&position) && !freed.contains(input) {
+                    freed.push(*input);
+                    if let Some(Value::F32 {
+                        operand: Operand::Slot { slot, .. },
+                        ..
+                    }) = self.values.get(input)
+                    {
+                        self.free_slots.push(*slot);
+                    }
+                }
+            }
+        }
+        self.node = None;
+        let mut planned_outputs = Vec::with_capacity(outputs.len());
+        for output in &outputs {
+            planned_outputs.push(match self.values.get(output) {
+                Some(Value::F32 { operand, dims }) => PlannedOutput::F32 {
+                    value: *operand,
+                    dims: dims.clone(),
+                },
+                Some(Value::I64 { values, dims }) => PlannedOutput::I64 {
+                    values: values.clone(),
+                    dims: dims.clone(),
+                },
+                None => return Err(self.error(format!("output {output:?} was never computed"))),
+            });
+        }
+        Ok(PlannedGraph {
+            steps: self.steps,
+            consts: self.consts,
+            slot_lens: self.slot_lens,
+            input_len,
+            outputs: planned_outputs,
+        })
+    }
+
+    /// A slot for `len` values: the smallest free one that fits, else the largest free one
+    /// grown, else a new one.
+    fn allocate(&mut self, len: usize) -> usize {
+        let fitting = self
+            .free_slots
+            .iter()
+            .enumerate()
+            .filter(|(_, &slot)| self.slot_lens[slot] >= len)
+            .min_by_key(|(_, &slot)| self.slot_lens[slot])
+            .map(|(i, _)| i);
+        let largest = || {
+            self.free_slots
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, &slot)| self.slot_lens[slot])
+                .map(|(i, _)| i)
+        };
+        match fitting.or_else(largest) {
+            Some(i) => {
+                let slot = self.free_slots.swap_remove(i);
+                self.slot_lens[slot] = self.slot_lens[slot].max(len);
+                slot
+            }
+            None => {
+                self.slot_lens.push(len);
+                self.slot_lens.len() - 1
+            }
+        }
+    }
+
+    /// An `f32` input of the current node, with its dimensions.
+    fn input(&self, node: &TypedNode, index: usize) -> Result<(Operand, Vec<usize>), PlanError> {
+        let outlet = node
+            .inputs
+            .get(index)
+            .ok_or_else(|| self.error(format!("missing input {index}")))?;
+        match self.values.get(outlet) {
+            Some(Value::F32 { operand, dims }) => Ok((*operand, dims.clone())),
+            Some(Value::I64 { .. }) => {
+                Err(self.error(format!("input {index} is i64, expected f32")))
+            }
+            None => Err(self.error(format!("input {index} is not computed before the node"))),
+        }
+    }
+
+    /// A constant `f32` input of the current node (weights, biases).
+    fn const_input(
+        &self,
+        node: &TypedNode,
+        index: usize,
+    ) -> Result<(usize, Vec<usize>), PlanError> {
+        match self.input(node, index)? {
+            (Operand::Const(c), dims) => Ok((c, dims)),
+            _ => Err(self.error(format!("input {index} must be a constant"))),
+        }
+    }
+
+    fn step(&mut self, node: &TypedNode, out_dims: &[usize]) -> Result<Step, PlanError> {
+        if let Some(conv) = node.op_as::<Conv>() {
+            return self.conv(node, conv, out_dims);
+        }
+        if let Some(einsum) = node.op_as::<EinSum>() {
+            return self.einsum(node, einsum, out_dims);
+        }
+        if let Some(binary) = node.op_as::<TypedBinOp>() {
+            let op = match binary.0.name() {
+                "Add" => BinaryOp::Add,
+                "Sub" => BinaryOp::Sub,
+                "Mul" => BinaryOp::Mul,
+                "Div" => BinaryOp::Div,
+                "Max" => BinaryOp::Max,
+                "Min" => BinaryOp::Min,
+                other => return Err(self.error(format!("binary op {other} is not planned"))),
+            };
+            let (a, a_dims) = self.input(node, 0)?;
+            let (b, b_dims) = self.input(node, 1)?;
+            let out_strides = contiguous_strides(out_dims);
+            let (Some(a_strides), Some(b_strides)) = (
+                broadcast_strides(&a_dims, out_dims),
+                broadcast_strides(&b_dims, out_dims),
+            ) else {
+                return Err(self.error(format!(
+                    "{a_dims:?} and {b_dims:?} do not broadcast to {out_dims:?}"
+                )));
+            };
+            let walk = StridedWalk::new(out_dims, [&out_strides, &a_strides, &b_strides])
+                .ok_or_else(|| self.error("rank too high"))?;
+            return Ok(Step::Binary { op, a, b, walk });
+        }
+        if let Some(element_wise) = node.op_as::<ElementWiseOp>() {
+            let name = element_wise.0.name();
+            let op = Unary::from_tract_name(&name)
+                .filter(|_| element_wise.1.is_none_or(|dt| dt == f32::datum_type()))
+                .ok_or_else(|| self.error(format!("element-wise op {name} is not planned")))?;
+            let (x, _) = self.input(node, 0)?;
+            return Ok(Step::Unary { op, x });
+        }
+        if let Some(reduce) = node.op_as::<Reduce>() {
+            let op = match reduce.reducer {
+                Reducer::Sum => ReduceOp::Sum,
+                Reducer::Max => ReduceOp::Max,
+                Reducer::Min => ReduceOp::Min,
+                Reducer::Prod => ReduceOp::Prod,
+                other => return Err(self.error(format!("reducer {other:?} is not planned"))),
+            };
+            let (x, x_dims) = self.input(node, 0)?;
+            if x_dims.len() != out_dims.len() {
+                return Err(self.error("reduction changes the rank"));
+            }
+            let mut out_strides = contiguous_strides(out_dims);
+            for &axis in &reduce.axes {
+                if axis >= out_strides.len() || out_dims[axis] != 1 {
+                    return Err(self.error(format!("reduced axis {axis} is not of size 1")));
+                }
+                out_strides[axis] = 0;
+            }
+            let x_strides = contiguous_strides(&x_dims);
+            let zeros = vec![0isize; x_dims.len()];
+            let walk = StridedWalk::new(&x_dims, [&out_strides, &x_strides, &zeros])
+                .ok_or_else(|| self.error("rank too high"))?;
+            return Ok(Step::Reduce { op, x, walk });
+        }
+        if let Some(axis_op) = node.op_as::<AxisOp>() {
+            let (x, x_dims) = self.input(node, 0)?;
+            let x_strides = contiguous_strides(&x_dims);
+            // Add, Rm and Reshape keep the row-major order: a plain copy. Move permutes.
+            let read_strides: Vec<isize> = match axis_op {
+                AxisOp::Move(from, to) => {
+                    let mut permutation: Vec<usize> = (0..x_dims.len()).collect();
+                    if *from >= permutation.len() || *to >= permutation.len() {
+                        return Err(self.error("axis out of range"));
+                    }
+                    let moved = permutation.remove(*from);
+                    permutation.insert(*to, moved);
+                    permutation.iter().map(|&axis| x_strides[axis]).collect()
+                }
+                _ => contiguous_strides(out_dims),
+            };
+            return self.copy_step(x, out_dims, &read_strides, 0);
+        }
+        if let Some(slice) = node.op_as::<Slice>() {
+            let (x, x_dims) = self.input(node, 0)?;
+            let start = slice
+                .start
+                .as_i64()
+                .and_then(|start| usize::try_from(start).ok())
+                .ok_or_else(|| self.error("slice start is not a known index"))?;
+            let x_strides = contiguous_strides(&x_dims);
+            let x_base = start * x_strides.get(slice.axis).copied().unwrap_or(0) as usize;
+            return self.copy_step(x, out_dims, &x_strides, x_base);
+        }
+        if let Some(pad) = node.op_as::<Pad>() {
+            let PadMode::Constant(value) = &pad.mode else {
+                return Err(self.error("only constant padding is planned"));
+            };
+            let fill = value
+                .cast_to_scalar::<f32>()
+                .map_err(|_| self.error("pad value is not a scalar"))?;
+            let (x, x_dims) = self.input(node, 0)?;
+            let out_strides = contiguous_strides(out_dims);
+            if pad.pads.len() != x_dims.len() {
+                return Err(self.error("pads do not match the rank"));
+            }
+            let out_base: isize = pad
+                .pads
+                .iter()
+                .zip(&out_strides)
+                .map(|(&(before, _), &stride)| before as isize * stride)
+                .sum();
+            let x_strides = contiguous_strides(&x_dims);
+            let walk = StridedWalk::new(&x_dims, [&out_strides, &x_strides, &x_strides])
+                .ok_or_else(|| self.error("rank too high"))?;
+            return Ok(Step::Copy {
+                fill: Some(fill),
+                parts: vec![CopyPart {
+                    x,
+                    walk,
+                    out_base: out_base as usize,
+                    x_base: 0,
+                }],
+            });
+        }
+        if let Some(concat) = node.op_as::<TypedConcat>() {
+            let out_strides = contiguous_strides(out_dims);
+            let mut parts = Vec::new();
+            let mut at = 0usize;
+            for index in 0..node.inputs.len() {
+                let (x, x_dims) = self.input(node, index)?;
+                let x_strides = contiguous_strides(&x_dims);
+                let walk = StridedWalk::new(&x_dims, [&out_strides, &x_strides, &x_strides])
+                    .ok_or_else(|| self.error("rank too high"))?;
+                parts.push(CopyPart {
+                    x,
+                    walk,
+                    out_base: at * out_strides.get(concat.axis).copied().unwrap_or(0) as usize,
+                    x_base: 0,
+                });
+                at += x_dims.get(concat.axis).copied().unwrap_or(1);
+            }
+            return Ok(Step::Copy { fill: None, parts });
+        }
+        if node.op_is::<MultiBroadcastTo>() {
+            let (x, x_dims) = self.input(node, 0)?;
+            let strides = broadcast_strides(&x_dims, out_dims)
+                .ok_or_else(|| self.error("input does not broadcast to the output"))?;
+            return self.copy_step(x, out_dims, &strides, 0);
+        }
+        Err(self.error("op is not planned"))
+    }
+
+    /// A copy of `x`, read from `x_base` through `x_strides`, into a contiguous output of
+    /// `out_dims`.
+    fn copy_step(
+        &self,
+        x: Operand,
+        out_dims: &[usize],
+        x_strides: &[isize],
+        x_base: usize,
+    ) -> Result<Step, PlanError> {
+        let out_strides = contiguous_strides(out_dims);
+        let walk = StridedWalk::new(out_dims, [&out_strides, x_strides, x_strides])
+            .ok_or_else(|| self.error("rank too high"))?;
+        Ok(Step::Copy {
+            fill: None,
+            parts: vec![CopyPart {
+                x,
+                walk,
+                out_base: 0,
+                x_base,
+            }],
+        })
+    }
+
+    fn conv(
+        &mut self,
+        node: &TypedNode,
+        conv: &Conv,
+        out_dims: &[usize],
+    ) -> Result<Step, PlanError> {
+        if conv.q_params.is_some() {
+            return Err(self.error("quantised convolution"));
+        }
+        if conv.kernel_fmt != KernelFormat::OIHW {
+            return Err(self.error(format!(
+                "kernel format {:?}, expected OIHW",
+                conv.kernel_fmt
+            )));
+        }
+        let spec = &conv.pool_spec;
+        if spec.kernel_shape.len() != 2 {
+            return Err(self.error("only 2-D convolutions are planned"));
+        }
+        let (x, x_dims) = self.input(node, 0)?;
+        let (has_n, c_last) = (spec.data_format.has_n(), spec.data_format.c_is_last());
+        let images = if has_n {
+            x_dims.first().copied().unwrap_or(0)
+        } else {
+            1
+        };
+        let skip = usize::from(has_n);
+        if x_dims.len() != skip + 3 || out_dims.len() != skip + 3 {
+            return Err(self.error(format!(
+                "input {x_dims:?}, output {out_dims:?}: expected [N,] C, H, W or [N,] H, W, C"
+            )));
+        }
+        // Channel-first dimensions (C, H, W) of the input and the output.
+        let channels_first = |dims: &[usize]| -> [usize; 3] {
+            let d = &dims[skip..];
+            if c_last {
+                [d[2], d[0], d[1]]
+            } else {
+                [d[0], d[1], d[2]]
+            }
+        };
+        let (rest, out_rest) = (channels_first(&x_dims), channels_first(out_dims));
+        let kernel = [spec.kernel_shape[0], spec.kernel_shape[1]];
+        let dilation = spec
+            .dilations
+            .as_ref()
+            .map_or([1, 1], |d| [d[0], d.get(1).copied().unwrap_or(1)]);
+        let stride = spec
+            .strides
+            .as_ref()
+            .map_or([1, 1], |s| [s[0], s.get(1).copied().unwrap_or(1)]);
+        let padding = spec
+            .padding
+            .compute(&rest[1..], &kernel, &dilation, &stride);
+        let geometry = ConvGeometry {
+            in_channels: rest[0],
+            in_hw: [rest[1], rest[2]],
+            out_channels: out_rest[0],
+            out_hw: [out_rest[1], out_rest[2]],
+            kernel_hw: kernel,
+            stride,
+            dilation,
+            pad_before: [padding[0].pad_before, padding[1].pad_before],
+            group: conv.group,
+            images,
+        };
+        if geometry.group == 0
+            || !geometry.in_channels.is_multiple_of(geometry.group)
+            || !geometry.out_channels.is_multiple_of(geometry.group)
+            || padding[0].convoluted != geometry.out_hw[0]
+            || padding[1].convoluted != geometry.out_hw[1]
+        {
+            return Err(self.error(format!("inconsistent geometry {geometry:?}")));
+        }
+        let (weights, w_dims) = self.const_input(node, 1)?;
+        let expected_weights =
+            geometry.out_channels * (geometry.in_channels / geometry.group) * kernel[0] * kernel[1];
+        if self.consts[weights].len() != expected_weights {
+            return Err(self.error(format!("weights {w_dims:?} do not fit {geometry:?}")));
+        }
+        let bias = if node.inputs.len() > 2 {
+            let (bias, _) = self.const_input(node, 2)?;
+            let values = &self.consts[bias];
+            if values.len() == geometry.out_channels {
+                Some(bias)
+            } else if values.len() == 1 {
+                let broadcast = vec![values[0]; geometry.out_channels];
+                self.consts.push(broadcast);
+                Some(self.consts.len() - 1)
+            } else {
+                return Err(self.error("bias has neither one nor output-channel values"));
+            }
+        } else {
+            None
+        };
+        // The patch buffer: one slot for every convolution, holding no value.
+        let scratch = match self.scratch_slot {
+            Some(slot) => slot,
+            None => {
+                self.slot_lens.push(0);
+                self.slot_lens.len() - 1
+            }
+        };
+        self.scratch_slot = Some(scratch);
+        self.slot_lens[scratch] = self.slot_lens[scratch].max(geometry.scratch_len());
+        if !c_last {
+            return Ok(Step::Conv {
+                x,
+                weights,
+                bias,
+                geometry,
+                scratch,
+            });
+        }
+        // Channels last (tract picks it for some convolutions on some CPUs): transpose the
+        // input to channels first, convolve, and transpose back as this node's step.
+        let [c, h, w] = rest;
+        let [oc, oh, ow] = out_rest;
+        let x_cf_dims = [images, c, h, w];
+        let x_cf_len = images * c * h * w;
+        // Read strides of [N, H, W, C] in the order N, C, H, W.
+        let hwc = [(h * w * c) as isize, 1, (w * c) as isize, c as isize];
+        let x_cf = self.allocate(x_cf_len);
+        let to_channels_first = self.copy_step(x, &x_cf_dims, &hwc, 0)?;
+        self.steps.push(PlannedStep {
+            step: to_channels_first,
+            out_slot: x_cf,
+            out_len: x_cf_len,
+        });
+        let out_cf_len = images * oc * oh * ow;
+        let out_cf = self.allocate(out_cf_len);
+        self.steps.push(PlannedStep {
+            step: Step::Conv {
+                x: Operand::Slot {
+                    slot: x_cf,
+                    len: x_cf_len,
+                },
+                weights,
+                bias,
+                geometry,
+                scratch,
+            },
+            out_slot: out_cf,
+            out_len: out_cf_len,
+        });
+        self.pending_free.extend([x_cf, out_cf]);
+        // The output [N, OH, OW, OC] read from [N, OC, OH, OW].
+        let chw = [(oc * oh * ow) as isize, ow as isize, 1, (oh * ow) as isize];
+        self.copy_step(
+            Operand::Slot {
+                slot: out_cf,
+                len: out_cf_len,
+            },
+            &[images, oh, ow, oc],
+            &chw,
+            0,
+        )
+    }
+
+    fn einsum(
+        &mut self,
+        node: &TypedNode,
+        einsum: &EinSum,
+        out_dims: &[usize],
+    ) -> Result<Step, PlanError> {
+        if einsum.q_params.is_some() || einsum.operating_dt != f32::datum_type() {
+            return Err(self.error("only f32 einsums are planned"));
+        }
+        if node.inputs.len() != 2 || einsum.axes.input_count() != 2 {
+            return Err(self.error("only two-operand einsums are planned"));
+        }
+        let (a, a_dims) = self.input(node, 0)?;
+        let (b, b_dims) = self.input(node, 1)?;
+        let strides = [
+            contiguous_strides(&a_dims),
+            contiguous_strides(&b_dims),
+            contiguous_strides(out_dims),
+        ];
+        let dims = [&a_dims[..], &b_dims[..], out_dims];
+        // Axes by role: (size, stride in a, b, c).
+        let mut batch = Vec::new();
+        let mut rows = Vec::new();
+        let mut cols = Vec::new();
+        let mut reduction = Vec::new();
+        for axis in einsum.axes.iter_all_axes() {
+            let positions = [
+                axis.inputs[0].as_slice(),
+                axis.inputs[1].as_slice(),
+                axis.outputs[0].as_slice(),
+            ];
+            if positions.iter().any(|p| p.len() > 1) {
+                return Err(self.error(format!("axis {} repeats in an operand", axis.repr)));
+            }
+            let mut size = 1;
+            let mut stride = [0isize; 3];
+            for operand in 0..3 {
+                if let Some(&position) = positions[operand].first() {
+                    let dim = dims[operand][position];
+                    if dim != 1 {
+                        if size != 1 && size != dim {
+                            return Err(self.error(format!("axis {} broadcasts", axis.repr)));
+                        }
+                        size = dim;
+                        stride[operand] = strides[operand][position];
+                    }
+                }
+            }
+            if size == 1 {
+                continue;
+            }
+            let present = positions.map(|p| !p.is_empty());
+            // An axis of size > 1 must be present wherever it is read.
+            for operand in 0..3 {
+                if present[operand] && dims[operand][positions[operand][0]] != size {
+                    return Err(self.error(format!("axis {} broadcasts", axis.repr)));
+                }
+            }
+            let entry = (size, stride);
+            match present {
+                [true, true, true] => batch.push(entry),
+                [true, false, true] => rows.push(entry),
+                [false, true, true] => cols.push(entry),
+                [true, true, false] => reduction.push(entry),
+                _ => {
+                    return Err(
+                        self.error(format!("axis {} is summed in one operand only", axis.repr))
+                    )
+                }
+            }
+        }
+        // Output axes in row-major order so a contiguous run shows up as 0, 1, 2, ...
+        let by_output_position = |entries: &mut Vec<(usize, [isize; 3])>| {
+            entries.sort_by_key(|(_, stride)| std::cmp::Reverse(stride[2]));
+        };
+        by_output_position(&mut rows);
+        by_output_position(&mut cols);
+        by_output_position(&mut batch);
+        let contiguous = |entries: &[(usize, [isize; 3])], operand: usize| {
+            let mut expected = 1isize;
+            entries.iter().rev().all(|(size, stride)| {
+                let ok = stride[operand] == expected && stride[2] == expected;
+                expected *= *size as isize;
+                ok
+            })
+        };
+        let volume =
+            |entries: &[(usize, [isize; 3])]| entries.iter().map(|e| e.0).product::<usize>();
+        // The kernel's `b` carries the contiguous run: use `cols` as is, or swap the
+        // operands, or (no contiguous run) fold the columns into the batch with n = 1.
+        let (a, b, rows, cols, swap) = if contiguous(&cols, 1) && volume(&cols) > 1 {
+            (a, b, rows, cols, false)
+        } else if contiguous(&rows, 0) && volume(&rows) > 1 {
+            (b, a, cols, rows, true)
+        } else {
+            let mut folded = batch.clone();
+            folded.extend(cols);
+            batch = folded;
+            (a, b, rows, Vec::new(), false)
+        };
+        let (ia, ib) = if swap { (1, 0) } else { (0, 1) };
+        let batch_table: Vec<[usize; 3]> = offset_table(&batch)
+            .into_iter()
+            .map(|o| [o[ia], o[ib], o[2]])
+            .collect();
+        let row_table: Vec<[usize; 2]> = offset_table(&rows)
+            .into_iter()
+            .map(|o| [o[ia], o[2]])
+            .collect();
+        let reduction_table: Vec<[usize; 2]> = offset_table(&reduction)
+            .into_iter()
+            .map(|o| [o[ia], o[ib]])
+            .collect();
+        Ok(Step::Matmul {
+            a,
+            b,
+            plan: MatmulPlan {
+                batch: batch_table,
+                rows: row_table,
+                reduction: reduction_table,
+                n: volume(&cols),
+            },
+        })
+    }
+}
+
+/// Offsets (into a, b, c) of every multi-index over `entries` (size, strides).
+fn offset_table(entries: &[(usize, [isize; 3])]) -> Vec<[usize; 3]> {
+    let mut table = vec![[0usize; 3]];
+    for &(size, stride) in entries {
+        let mut next = Vec::with_capacity(table.len() * size);
+        for base in &table {
+            for i in 0..size as isize {
+                next.push([0, 1, 2].map(|o| (base[o] as isize + i * stride[o]) as usize));
+            }
+        }
+        table = next;
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::tract_core::ops::math;
+
+    /// Runs `model` on both executors with the input `0, 1, 2, ...` scaled to [0, 1) and
+    /// returns (planned, tract) outputs.
+    fn both(model: TypedModel) -> (Vec<f32>, Vec<f32>) {
+        let plan = PlannedGraph::plan(&model).expect("plans");
+        let input: Vec<f32> = (0..plan.input_len())
+            .map(|i| ((i * 37) % 101) as f32 / 101.0)
+            .collect();
+        let mut buffers = plan.new_buffers();
+        plan.run(&mut buffers, &input);
+        let Some((OutputView::F32(planned), _)) = plan.output(&buffers, &input, 0) else {
+            panic!("f32 output");
+        };
+        let planned = planned.to_vec();
+        let shape = model
+            .input_fact(0)
+            .expect("input")
+            .shape
+            .as_concrete()
+            .expect("known")
+            .to_vec();
+        let tract = model.into_runnable().expect("tract plan");
+        let tensor = Tensor::from_shape(&shape, &input).expect("tensor");
+        let outputs = tract.run(tvec![tensor.into()]).expect("tract runs");
+        let view = outputs[0].try_as_plain_ram().expect("plain");
+        (planned, view.as_slice::<f32>().expect("f32").to_vec())
+    }
+
+    #[test]
+    fn layout_ops_match_tract() {
+        // Pad, Move, Slice, Concat, Reduce<Max>, MultiBroadcastTo, a batched einsum over
+        // two computed operands, Sub with broadcasting: none of them is in the test networks.
+        let mut model = TypedModel::default();
+        let x = [model.add_source("x", f32::fact([1, 3, 4, 5])).unwrap()];
+        let pad = Pad {
+            pads: vec![(0, 0), (1, 0), (0, 2), (1, 1)],
+            mode: PadMode::Constant(Arc::new(tensor0(0.5f32))),
+        };
+        let padded = model.wire_node("pad", pad, &x).unwrap(); // [1, 4, 6, 7]
+        let moved = model
+            .wire_node("move", AxisOp::Move(1, 3), &padded)
+            .unwrap(); // [1, 6, 7, 4]
+        let sliced = model
+            .wire_node("slice", Slice::new(2, 1, 5), &moved)
+            .unwrap(); // [1, 6, 4, 4]
+        let both_halves = [sliced[0], sliced[0]];
+        let concat = model
+            .wire_node("concat", TypedConcat { axis: 1 }, &both_halves)
+            .unwrap(); // [1, 12, 4, 4]
+        let max = model
+            .wire_node("max", Reduce::new(tvec![3], Reducer::Max), &concat)
+            .unwrap(); // [1, 12, 4, 1]
+        let broadcast = model
+            .wire_node(
+                "broadcast",
+                MultiBroadcastTo {
+                    shape: tvec![2usize, 12, 4, 3].into(),
+                },
+                &max,
+            )
+            .unwrap(); // [2, 12, 4, 3]
+        let rm = model.wire_node("rm", AxisOp::Rm(0), &concat).unwrap(); // [12, 4, 4]
+        let matmul = model
+            .wire_node(
+                "einsum",
+                EinSum::new("bmk,bkn->bmn".parse().unwrap(), f32::datum_type()),
+                &[rm[0], rm[0]],
+            )
+            .unwrap(); // [12, 4, 4]
+        let added = model
+            .wire_node("add_axis", AxisOp::Add(0), &matmul)
+            .unwrap(); // [1, 12, 4, 4]
+        let sliced_again = model
+            .wire_node("slice3", Slice::new(3, 0, 3), &added)
+            .unwrap(); // [1, 12, 4, 3]
+        let diff = model
+            .wire_node("sub", math::sub(), &[broadcast[0], sliced_again[0]])
+            .unwrap(); // [2, 12, 4, 3]
+        let out = model.wire_node("tanh", math::tanh(), &diff).unwrap();
+        model.select_output_outlets(&out).unwrap();
+        let (planned, tract) = both(model);
+        assert_eq!(planned.len(), 2 * 12 * 4 * 3);
+        let worst = planned
+            .iter()
+            .zip(&tract)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-6, "max |planned - tract| = {worst:e}");
+        // Not a saturated or constant output that would hide a wrong layout.
+        let distinct = planned.iter().filter(|v| v.abs() < 0.99).count();
+        assert!(distinct > planned.len() / 4, "{planned:?}");
+        assert!(planned.windows(2).any(|w| w[0] != w[1]));
+    }
+
+    /// A convolution node with small integer-valued weights.
+    fn wire_conv(
+        model: &mut TypedModel,
+        x: OutletId,
+        data_format: tract_onnx::tract_core::ops::nn::DataFormat,
+        channels: (usize, usize),
+        group: usize,
+        padding: tract_onnx::tract_core::ops::cnn::PaddingSpec,
+    ) -> OutletId {
+        use tract_onnx::tract_core::ops::cnn::PoolSpec;
+        let (cin, cout) = channels;
+        let weights: Vec<f32> = (0..cout * (cin / group) * 9)
+            .map(|i| ((i * 7) % 5) as f32 - 2.0)
+            .collect();
+        let weights = tract_ndarray::Array4::from_shape_vec((cout, cin / group, 3, 3), weights)
+            .expect("shape")
+            .into_tensor();
+        let bias: Vec<f32> = (0..cout).map(|i| i as f32 * 0.25).collect();
+        let w = model.add_const("w", weights).unwrap();
+        let b = model.add_const("b", tensor1(&bias)).unwrap();
+        let conv = Conv {
+            pool_spec: PoolSpec {
+                data_format,
+                kernel_shape: tvec![3, 3],
+                padding,
+                dilations: None,
+                strides: Some(tvec![2, 2]),
+                input_channels: cin,
+                output_channels: cout,
+            },
+            kernel_fmt: KernelFormat::OIHW,
+            group,
+            q_params: None,
+        };
+        model.wire_node("conv", conv, &[x, w, b]).unwrap()[0]
+    }
+
+    #[test]
+    fn convolutions_channels_last_and_same_padding_match_tract() {
+        use tract_onnx::tract_core::ops::cnn::PaddingSpec;
+        use tract_onnx::tract_core::ops::nn::DataFormat;
+        let cases = [
+            (
+                DataFormat::NHWC,
+                [1, 9, 11, 4],
+                2,
+                PaddingSpec::Explicit(tvec![1, 0], tvec![1, 2]),
+            ),
+            (DataFormat::HWC, [9, 11, 4, 0], 2, PaddingSpec::SameUpper),
+            (DataFormat::NCHW, [1, 4, 9, 11], 2, PaddingSpec::SameLower),
+            (DataFormat::CHW, [4, 9, 11, 0], 1, PaddingSpec::Valid),
+        ];
+        for (format, dims, group, padding) in cases {
+            let dims: Vec<usize> = dims.iter().copied().filter(|&d| d > 0).collect();
+            let mut model = TypedModel::default();
+            let x = model.add_source("x", f32::fact(&dims)).unwrap();
+            let y = wire_conv(&mut model, x, format, (4, 6), group, padding.clone());
+            model.select_output_outlets(&[y]).unwrap();
+            let (planned, tract) = both(model);
+            assert_eq!(planned.len(), tract.len());
+            let worst = planned
+                .iter()
+                .zip(&tract)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                worst < 1e-5,
+                "{format:?} {padding:?}: max |planned - tract| = {worst:e}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_op_outside_the_set_is_an_error_naming_the_node() {
+        let mut model = TypedModel::default();
+        let x = [model.add_source("x", f32::fact([1, 4])).unwrap()];
+        let y = model.wire_node("the_erf", math::erf(), &x).unwrap();
+        model.select_output_outlets(&y).unwrap();
+        let error = PlannedGraph::plan(&model).expect_err("erf is not planned");
+        assert_eq!(error.node, "the_erf");
+        assert!(error.to_string().contains("Erf"), "{error}");
+    }
+
+    #[test]
+    fn dead_values_give_their_buffers_to_later_ones() {
+        // A chain of ten element-wise ops needs two buffers, not ten.
+        let mut model = TypedModel::default();
+        let mut x = model.add_source("x", f32::fact([64])).unwrap();
+        for i in 0..10 {
+            x = model
+                .wire_node(
+                    format!("sigmoid{i}"),
+                    tract_onnx::tract_core::ops::nn::sigmoid(),
+                    &[x],
+                )
+                .unwrap()[0];
+        }
+        model.select_output_outlets(&[x]).unwrap();
+        let plan = PlannedGraph::plan(&model).expect("plans");
+        assert_eq!(plan.slot_lens, vec![64, 64]);
+    }
+}
