@@ -143,9 +143,12 @@ impl CpuBackend {
                 .map_err(tract_error(network.path(), "writing the NNEF archive"))?;
             Ok(archive)
         })?;
+        // NNEF spells some ops differently (a type-preserving Cast after an Add, say): a
+        // second declutter brings the graph back to the ops it had when it was written.
         let decluttered = match tract_nnef::nnef()
             .with_onnx()
             .model_for_read(&mut &archive[..])
+            .and_then(|model| model.into_decluttered())
         {
             Ok(model) => model,
             Err(e) => {
@@ -237,7 +240,9 @@ fn decluttered_from_onnx(network: &Network, item: Shape) -> Result<TypedModel, E
 #[derive(Debug, Clone)]
 enum ItemPlan {
     Planned(Arc<PlannedGraph>),
-    Tract(Arc<TypedSimplePlan>),
+    /// tract's plan, with why the planned executor did not take the graph (when it was
+    /// asked to).
+    Tract(Arc<TypedSimplePlan>, Option<String>),
 }
 
 /// Plans `decluttered` on `executor`; a graph the planned executor cannot take runs on
@@ -247,11 +252,13 @@ fn item_plan(
     decluttered: TypedModel,
     executor: CpuExecutor,
 ) -> Result<ItemPlan, EngineError> {
+    let mut refusal = None;
     if executor == CpuExecutor::Planned {
         match PlannedGraph::plan(&decluttered) {
             Ok(plan) => return Ok(ItemPlan::Planned(Arc::new(plan))),
             Err(e) => {
                 tracing::warn!(path = %network.path().display(), reason = %e, "the planned CPU executor cannot run this network; using tract's plan, which allocates in every run");
+                refusal = Some(e.to_string());
             }
         }
     }
@@ -260,7 +267,7 @@ fn item_plan(
         .map_err(tract_error(network.path(), "optimising"))?
         .into_runnable()
         .map_err(tract_error(network.path(), "planning"))?;
-    Ok(ItemPlan::Tract(plan))
+    Ok(ItemPlan::Tract(plan, refusal))
 }
 
 /// A network prepared for the CPU.
@@ -321,6 +328,16 @@ impl CpuModel {
         match plans.first() {
             Some((_, ItemPlan::Planned(_))) => CpuExecutor::Planned,
             _ => CpuExecutor::Tract,
+        }
+    }
+
+    /// Why the planned executor did not take the load-time graph (the node and its op),
+    /// when it was asked to and tract's plan runs instead.
+    pub fn planned_refusal(&self) -> Option<String> {
+        let plans = self.shared.plans.lock().unwrap_or_else(|e| e.into_inner());
+        match plans.first() {
+            Some((_, ItemPlan::Tract(_, refusal))) => refusal.clone(),
+            _ => None,
         }
     }
 
@@ -428,7 +445,7 @@ impl CpuSession {
                     plan,
                 }
             }
-            ItemPlan::Tract(plan) => {
+            ItemPlan::Tract(plan, _) => {
                 let state = plan
                     .spawn()
                     .map_err(self.tract_error("creating a session"))?;

@@ -233,6 +233,13 @@ fn engine_cache_round_trip_and_recovery() {
         let network = Network::open(&path).expect("network");
         let (model, outcome) = backend.load_with_outcome(network, options).expect("load");
         assert_eq!(outcome, outcome_expected);
+        // The graph read back from the cache runs on the planned executor too.
+        assert_eq!(
+            model.executor(),
+            CpuExecutor::Planned,
+            "{:?}",
+            model.planned_refusal()
+        );
         let mut session = posed_engines::Model::new_session(&model).expect("session");
         let mut outputs = session.allocate_outputs();
         session.run(&input, &shape, &mut outputs).expect("run");

@@ -1,9 +1,13 @@
 //! The daemon's steady state allocates nothing: the whole daemon (capture thread on the
-//! image-sequence source, inference thread, publish thread with a subscriber reading the
-//! stream) runs under a counting global allocator, and the allocations of every thread
-//! over 40 frames after a warm-up of 10 are counted. The pose network is
-//! [`ConstantPoseNetwork`] and the objects are the scenes' annotated boxes: the CPU
-//! backend's tract allocates inside each run, which the engines crate reports on its own.
+//! image-sequence source, inference thread, publish thread with two subscribers reading
+//! the stream, one of them binary) runs under a counting global allocator, and the
+//! allocations of every thread over the frames after a warm-up are counted. Two daemons,
+//! one after the other (the count is global, so they share one test):
+//!
+//! - the demo itself (`data/demo.toml`): detector, coarse and refiner test networks on the
+//!   CPU backend's planned executor, objects from the detector;
+//! - the scenes' annotated boxes as objects and [`ConstantPoseNetwork`] as the refiner,
+//!   more frames.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -13,9 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use posed::bop::models::ModelSet;
-use posed::config::{ServiceConfig, SourceConfig, SourceKind, StreamConfig};
+use posed::config::{Config, ServiceConfig, SourceConfig, SourceKind, StreamConfig};
 use posed::daemon::message::PoseFrame;
 use posed::daemon::notify::Notifier;
+use posed::daemon::setup::parts_from_config;
 use posed::daemon::stream::StreamStats;
 use posed::daemon::{run, DaemonOptions, DaemonParts, FrameObserver, ObjectsProvider};
 use posed::pipeline::{
@@ -29,10 +34,23 @@ use posed_kernels::alloc_count::{allocations, CountingAllocator};
 static GLOBAL: CountingAllocator = CountingAllocator;
 
 const WARMUP: u64 = 10;
-const COUNTED: u64 = 40;
 
 #[test]
 fn steady_state_frames_allocate_nothing() {
+    // The demo: every image of ycbv-mini once in the warm-up, then a second pass counted.
+    let demo_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/demo.toml");
+    let mut demo = Config::load(&demo_path).expect("data/demo.toml");
+    let dir = tempfile::tempdir().expect("tempdir");
+    demo.source.rate_hz = 0.0;
+    demo.engines.cache_dir = Some(dir.path().join("cache"));
+    demo.stream.socket = dir.path().join("demo.sock");
+    let (parts, options) = parts_from_config(&demo).expect("the demo's parts");
+    let counted = run_counted(parts, options, 16, 16);
+    assert_eq!(
+        counted, 0,
+        "the demo: {counted} allocations over 16 steady-state frames (all threads)"
+    );
+
     let ycbv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/ycbv-mini");
     let source = SequenceSource::open(&SourceConfig {
         kind: SourceKind::Sequence,
@@ -66,22 +84,35 @@ fn steady_state_frames_allocate_nothing() {
         pipeline,
         obj_ids: models.objects.keys().copied().collect(),
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("poses.sock");
     let options = DaemonOptions {
         stream: StreamConfig {
-            socket: socket.clone(),
+            socket: dir.path().join("poses.sock"),
             ..StreamConfig::default()
         },
-        service: ServiceConfig {
-            warmup_frames: 1,
-            // No status line inside the counted frames.
-            status_interval_ms: 3_600_000,
-        },
+        service: ServiceConfig::default(),
         reopen_min: Duration::from_millis(10),
         reopen_max: Duration::from_millis(10),
-        max_frames: Some(WARMUP + COUNTED),
+        max_frames: None,
     };
+    let counted = run_counted(parts, options, WARMUP, 40);
+    assert_eq!(
+        counted, 0,
+        "annotated boxes: {counted} allocations over 40 steady-state frames (all threads)"
+    );
+}
+
+/// Runs a daemon for `warmup + counted` frames with two subscribers and returns the heap
+/// allocations (every thread) of the last `counted` frames, after checking that the frames
+/// went out with objects and reached both subscribers.
+fn run_counted(parts: DaemonParts, mut options: DaemonOptions, warmup: u64, counted: u64) -> u64 {
+    let socket = options.stream.socket.clone();
+    options.service = ServiceConfig {
+        warmup_frames: 1,
+        // No status line inside the counted frames.
+        status_interval_ms: 3_600_000,
+    };
+    options.max_frames = Some(warmup + counted);
+    let total = warmup + counted;
 
     // The subscriber connects before the warm-up ends (its connection allocates) and then
     // reads into a fixed buffer.
@@ -113,10 +144,10 @@ fn steady_state_frames_allocate_nothing() {
                 subscribed.store(true, Ordering::Relaxed);
             }
             objects_seen.fetch_add(frame.objects.len() as u64, Ordering::Relaxed);
-            if published == WARMUP {
+            if published == warmup {
                 at_warmup.store(allocations() as u64, Ordering::SeqCst);
             }
-            if published == WARMUP + COUNTED {
+            if published == total {
                 at_end.store(allocations() as u64, Ordering::SeqCst);
             }
         })
@@ -165,24 +196,20 @@ fn steady_state_frames_allocate_nothing() {
     let binary_bytes = binary_reader.join().expect("binary reader");
 
     assert!(subscribed.load(Ordering::Relaxed));
-    assert_eq!(report.published, WARMUP + COUNTED);
+    assert_eq!(report.published, total);
     assert_eq!(report.failed, 0);
     assert!(
-        objects_seen.load(Ordering::Relaxed) >= WARMUP + COUNTED,
+        objects_seen.load(Ordering::Relaxed) >= total,
         "frames had objects"
     );
     assert!(
-        bytes > 1000 * (WARMUP + COUNTED) as usize,
+        bytes > 1000 * total as usize,
         "the subscriber got the frames"
     );
     // Binary frames are shorter than their JSON lines, but hold at least the header.
     assert!(
-        binary_bytes > 160 * (WARMUP + COUNTED) as usize && binary_bytes < bytes,
+        binary_bytes > 160 * total as usize && binary_bytes < bytes,
         "the binary subscriber got binary frames ({binary_bytes} bytes, JSON {bytes})"
     );
-    let counted = at_end.load(Ordering::SeqCst) - at_warmup.load(Ordering::SeqCst);
-    assert_eq!(
-        counted, 0,
-        "{counted} allocations over {COUNTED} steady-state frames (all threads)"
-    );
+    at_end.load(Ordering::SeqCst) - at_warmup.load(Ordering::SeqCst)
 }

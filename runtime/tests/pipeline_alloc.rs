@@ -1,8 +1,8 @@
-//! A warm frame of the single-view loop allocates nothing: everything but the network
-//! (initial poses, crops, renders, pose updates) for 5 objects and 2 refiner iterations on
-//! the bundled ycbv-mini image, counted with a global allocator over every thread (the
-//! renderer's workers included). The network is [`ConstantPoseNetwork`]: the CPU
-//! backend's tract allocates inside each run, which the engines crate reports on its own.
+//! A warm frame of the single-view loop allocates nothing: initial poses, crops, renders,
+//! the refiner network (`data/networks/refiner-tiny.onnx` on the CPU backend's planned
+//! executor) and the pose updates, for 5 objects and 2 refiner iterations on the bundled
+//! ycbv-mini image, counted with a global allocator over every thread (the renderer's
+//! workers included).
 
 use std::path::PathBuf;
 
@@ -10,9 +10,9 @@ use nalgebra::Vector3;
 use posed::bop::dataset::{BopDataset, ImageFile};
 use posed::bop::images::read_rgb;
 use posed::pipeline::{
-    ConstantPoseNetwork, ImageView, InitScheme, ObjectEstimate, PipelineOptions, PoseNetworks,
-    SingleViewPipeline,
+    ImageView, InitScheme, ObjectEstimate, PipelineOptions, PoseNetworks, SingleViewPipeline,
 };
+use posed_engines::{Backend, CpuBackend, ModelOptions, Network};
 use posed_kernels::alloc_count::{allocations, CountingAllocator};
 
 #[global_allocator]
@@ -48,9 +48,22 @@ fn a_warm_frame_allocates_nothing() {
         render_threads: 2,
         ..PipelineOptions::default()
     };
+    let refiner = Network::open(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/networks/refiner-tiny.onnx"),
+    )
+    .expect("refiner-tiny");
+    let model_options = ModelOptions {
+        max_batch: 5,
+        ..ModelOptions::default()
+    };
+    let refiner = CpuBackend::new()
+        .load(refiner, model_options)
+        .expect("load")
+        .new_session()
+        .expect("session");
     let networks = PoseNetworks {
         coarse: None,
-        refiner: Some(Box::new(ConstantPoseNetwork::identity(5))),
+        refiner: Some(refiner),
     };
     let mut pipeline = SingleViewPipeline::new(&dataset.models, networks, options).expect("new");
     pipeline

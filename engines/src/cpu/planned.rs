@@ -18,6 +18,7 @@ use std::fmt;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::array::{MultiBroadcastTo, Pad, PadMode, Slice, TypedConcat};
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::cast::Cast;
 use tract_onnx::tract_core::ops::change_axes::AxisOp;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::einsum::EinSum;
@@ -734,6 +735,15 @@ impl<'m> Planner<'m> {
             }
             return Ok(Step::Copy { fill: None, parts });
         }
+        if let Some(cast) = node.op_as::<Cast>() {
+            // Only a cast that keeps f32 (NNEF archives carry some): a copy.
+            let (x, x_dims) = self.input(node, 0)?;
+            if cast.to != f32::datum_type() || x_dims != out_dims {
+                return Err(self.error(format!("cast to {:?} is not planned", cast.to)));
+            }
+            let strides = contiguous_strides(out_dims);
+            return self.copy_step(x, out_dims, &strides, 0);
+        }
         if node.op_is::<MultiBroadcastTo>() {
             let (x, x_dims) = self.input(node, 0)?;
             let strides = broadcast_strides(&x_dims, out_dims)
@@ -1101,7 +1111,8 @@ mod tests {
     #[test]
     fn layout_ops_match_tract() {
         // Pad, Move, Slice, Concat, Reduce<Max>, MultiBroadcastTo, a batched einsum over
-        // two computed operands, Sub with broadcasting: none of them is in the test networks.
+        // two computed operands, Sub with broadcasting, an f32 Cast, Tanh: none of them is
+        // in the test networks.
         let mut model = TypedModel::default();
         let x = [model.add_source("x", f32::fact([1, 3, 4, 5])).unwrap()];
         let pad = Pad {
@@ -1148,7 +1159,16 @@ mod tests {
         let diff = model
             .wire_node("sub", math::sub(), &[broadcast[0], sliced_again[0]])
             .unwrap(); // [2, 12, 4, 3]
-        let out = model.wire_node("tanh", math::tanh(), &diff).unwrap();
+        let cast = model
+            .wire_node(
+                "cast",
+                Cast {
+                    to: f32::datum_type(),
+                },
+                &diff,
+            )
+            .unwrap();
+        let out = model.wire_node("tanh", math::tanh(), &cast).unwrap();
         model.select_output_outlets(&out).unwrap();
         let (planned, tract) = both(model);
         assert_eq!(planned.len(), 2 * 12 * 4 * 3);
