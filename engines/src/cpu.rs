@@ -43,7 +43,8 @@ pub const TRACT_VERSION: &str = "0.23.9";
 pub const CPU_ENGINE_VERSION: u32 = 2;
 
 /// Item shapes a model keeps plans for, and a session keeps states for (detector image
-/// sizes; the coarse and refiner networks have one).
+/// sizes; the coarse and refiner networks have one). At least 2: the load-time shape is
+/// never evicted.
 const MAX_ITEM_SHAPES: usize = 4;
 
 /// Which executor runs a decluttered graph.
@@ -295,7 +296,8 @@ impl ModelShared {
         let decluttered = decluttered_from_onnx(&self.network, item)?;
         let plan = item_plan(&self.network, decluttered, self.executor)?;
         if plans.len() == MAX_ITEM_SHAPES {
-            plans.remove(0);
+            // The load-time plan (index 0) stays: the model reports on it.
+            plans.remove(1);
         }
         plans.push((item, plan.clone()));
         Ok(plan)
@@ -459,7 +461,8 @@ impl CpuSession {
             }
         };
         if self.items.len() == MAX_ITEM_SHAPES {
-            self.items.remove(0);
+            // The load-time shape (index 0) stays ready.
+            self.items.remove(1);
         }
         self.items.push(state);
         Ok(self.items.len() - 1)

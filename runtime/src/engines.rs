@@ -146,6 +146,9 @@ pub struct BuildReport {
     pub outcome: CacheOutcome,
     /// How long it took.
     pub elapsed: Duration,
+    /// Which executor runs the CPU backend's graph, and why tract's plan when the planned
+    /// one was refused; `None` for TensorRT.
+    pub cpu_executor: Option<String>,
 }
 
 /// Builds (or finds in the cache and verifies) the engine of `network` for `options` with
@@ -159,21 +162,34 @@ pub fn build_engine(
 ) -> Result<BuildReport> {
     let started = Instant::now();
     let cache = EngineCache::open(config.cache_dir())?;
-    let outcome = match config.backend {
+    let (outcome, cpu_executor) = match config.backend {
         BackendKind::Cpu => {
-            let (_, outcome): (CpuModel, CacheOutcome) =
+            let (model, outcome): (CpuModel, CacheOutcome) =
                 CpuBackend::with_cache(cache).load_with_outcome(network, options)?;
-            outcome
+            let executor = match model.planned_refusal() {
+                None => format!(
+                    "planned executor, {} per session",
+                    mib(model.session_buffer_bytes())
+                ),
+                Some(why) => format!("tract's plan (allocates per run): {why}"),
+            };
+            (outcome, Some(executor))
         }
         BackendKind::TensorRt => {
             let backend: tensorrt::Backend = tensorrt::backend(config, cache, progress)?;
-            tensorrt::build(&backend, &network, options)?
+            (tensorrt::build(&backend, &network, options)?, None)
         }
     };
     Ok(BuildReport {
         outcome,
         elapsed: started.elapsed(),
+        cpu_executor,
     })
+}
+
+/// Bytes in MiB, one decimal.
+fn mib(bytes: usize) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 /// One line of `posed engines list`.

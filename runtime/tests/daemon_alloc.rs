@@ -37,7 +37,7 @@ const WARMUP: u64 = 10;
 
 #[test]
 fn steady_state_frames_allocate_nothing() {
-    // The demo: every image of ycbv-mini once in the warm-up, then a second pass counted.
+    // The demo: 4 frames of warm-up, then 6 counted on images it has not seen yet.
     let demo_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/demo.toml");
     let mut demo = Config::load(&demo_path).expect("data/demo.toml");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -45,10 +45,10 @@ fn steady_state_frames_allocate_nothing() {
     demo.engines.cache_dir = Some(dir.path().join("cache"));
     demo.stream.socket = dir.path().join("demo.sock");
     let (parts, options) = parts_from_config(&demo).expect("the demo's parts");
-    let counted = run_counted(parts, options, 16, 16);
+    let counted = run_counted(parts, options, 4, 6);
     assert_eq!(
         counted, 0,
-        "the demo: {counted} allocations over 16 steady-state frames (all threads)"
+        "the demo: {counted} allocations over 6 steady-state frames (all threads)"
     );
 
     let ycbv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/ycbv-mini");
@@ -94,10 +94,10 @@ fn steady_state_frames_allocate_nothing() {
         reopen_max: Duration::from_millis(10),
         max_frames: None,
     };
-    let counted = run_counted(parts, options, WARMUP, 40);
+    let counted = run_counted(parts, options, WARMUP, 12);
     assert_eq!(
         counted, 0,
-        "annotated boxes: {counted} allocations over 40 steady-state frames (all threads)"
+        "annotated boxes: {counted} allocations over 12 steady-state frames (all threads)"
     );
 }
 

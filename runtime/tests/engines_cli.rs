@@ -80,6 +80,17 @@ fn build_then_cached_then_damaged_then_listed() {
         "{}",
         stderr(&second)
     );
+    // Every test network, built or read back from the cache, runs allocation-free.
+    for output in [&first, &second] {
+        assert_eq!(
+            stderr(output)
+                .matches("runs on the planned executor")
+                .count(),
+            3,
+            "{}",
+            stderr(output)
+        );
+    }
 
     // Damage one entry: the next build notices, rebuilds it, and keeps the others.
     let cache = dir.path().join("cache");

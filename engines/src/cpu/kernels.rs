@@ -27,8 +27,13 @@ impl StridedWalk {
     /// A walk over `dims` with the given strides (output first). `None` when the rank is
     /// too high.
     pub(crate) fn new(dims: &[usize], strides: [&[isize]; 3]) -> Option<StridedWalk> {
-        if dims.len() > MAX_RANK {
-            return None;
+        if dims.contains(&0) {
+            // Nothing to visit: one row of length 0.
+            return Some(StridedWalk {
+                rank: 1,
+                dims: [0; MAX_RANK],
+                strides: [[0; MAX_RANK]; 3],
+            });
         }
         // Drop unit axes, then merge axis i into i + 1 when every stride agrees.
         let mut kept_dims = [1usize; MAX_RANK];
@@ -48,6 +53,9 @@ impl StridedWalk {
                     }
                     continue;
                 }
+            }
+            if rank == MAX_RANK {
+                return None;
             }
             kept_dims[rank] = dim;
             for (o, stride) in strides.iter().enumerate() {
@@ -227,7 +235,7 @@ pub(crate) fn unary(op: Unary, out: &mut [f32], x: &[f32]) {
         Unary::Sigmoid => map(out, x, sigmoid),
         Unary::Silu => map(out, x, |v| v * sigmoid(v)),
         Unary::Exp => map(out, x, exp),
-        Unary::Tanh => map(out, x, |v| 2.0 * sigmoid(2.0 * v) - 1.0),
+        Unary::Tanh => map(out, x, tanh),
         Unary::Abs => map(out, x, f32::abs),
         Unary::Neg => map(out, x, |v| -v),
         Unary::Sqrt => map(out, x, f32::sqrt),
@@ -238,15 +246,18 @@ pub(crate) fn unary(op: Unary, out: &mut [f32], x: &[f32]) {
 
 /// `e^x` to about 2 ulp, branch-free so that a loop of it vectorises (the standard
 /// library's `exp` is a call per element). Cody-Waite range reduction, Cephes' degree-6
-/// polynomial; inputs are clamped to the range where the result is a finite normal.
+/// polynomial, and 2^n applied as two factors so that results overflow to infinity above
+/// 88.72 and underflow gradually to 0 below -87.3, as `f32::exp` does; NaN stays NaN.
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer.
+    // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer, and the sum's
+    // low mantissa bits hold that integer.
     const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.0, 88.0);
+    // Past these e^x is infinite / below the smallest subnormal anyway.
+    let x = x.clamp(-104.0, 89.0);
     let shifted = x * LOG2E + ROUND;
     let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
@@ -256,10 +267,27 @@ pub(crate) fn exp(x: f32) -> f32 {
         * r
         + 0.5;
     let e = p * r2 + r + 1.0;
-    // 2^n by building the exponent bits: `shifted`'s low mantissa bits hold n (0x4B40_0000
-    // is ROUND's bit pattern); n is within [-126, 127] after the clamp.
-    let n_bits = shifted.to_bits().wrapping_sub(0x4B40_0000);
-    e * f32::from_bits(n_bits.wrapping_add(127) << 23)
+    // n is within [-150, 129]: 2^n as 2^(n/2) * 2^(n - n/2), each a normal float.
+    let n = (shifted.to_bits() as i32).wrapping_sub(0x4B40_0000);
+    let half = n >> 1;
+    let scale = |k: i32| f32::from_bits(((k + 127) as u32) << 23);
+    e * scale(half) * scale(n - half)
+}
+
+/// `tanh(x)`: an odd Taylor polynomial near 0 (where `2 sigmoid(2x) - 1` would cancel),
+/// the logistic form elsewhere.
+#[inline(always)]
+pub(crate) fn tanh(x: f32) -> f32 {
+    let x2 = x * x;
+    let series = x
+        * (1.0
+            + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0 + x2 * (62.0 / 2835.0)))));
+    let logistic = 2.0 * sigmoid(2.0 * x) - 1.0;
+    if x.abs() < 0.25 {
+        series
+    } else {
+        logistic
+    }
 }
 
 /// The logistic function.
@@ -523,7 +551,7 @@ fn conv_depthwise(
                         for p in 0..sx {
                             let dst = &mut split[p * phase_len..(p + 1) * phase_len];
                             let mut n = 0;
-                            for (d, &v) in dst.iter_mut().zip(row_in[p..].iter().step_by(sx)) {
+                            for (d, &v) in dst.iter_mut().zip(row_in.iter().skip(p).step_by(sx)) {
                                 *d = v;
                                 n += 1;
                             }
@@ -590,6 +618,30 @@ mod tests {
             x += 0.0137;
         }
         assert!(worst < 4.0 * f32::EPSILON, "worst relative error {worst}");
+        // Overflow, underflow and NaN as the standard library has them.
+        assert_eq!(exp(89.0), f32::INFINITY);
+        assert_eq!(exp(f32::INFINITY), f32::INFINITY);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert!(exp(f32::NAN).is_nan());
+        for x in [88.5f32, 88.7, -87.5, -95.0, -103.0] {
+            let expected = x.exp();
+            let got = exp(x);
+            assert!(
+                (got - expected).abs() <= 4.0 * f32::EPSILON * expected.max(f32::MIN_POSITIVE),
+                "exp({x}) = {got:e}, expected {expected:e}"
+            );
+        }
+        let mut worst_tanh = 0f32;
+        let mut x = -5.0f32;
+        while x < 5.0 {
+            let expected = x.tanh();
+            if expected != 0.0 {
+                worst_tanh = worst_tanh.max(((tanh(x) - expected) / expected).abs());
+            }
+            x += 0.001_3;
+        }
+        assert!(worst_tanh < 1e-6, "tanh: worst relative error {worst_tanh}");
+        assert_eq!(tanh(1e-8), 1e-8);
         assert_eq!(sigmoid(0.0), 0.5);
         assert!(sigmoid(-200.0) >= 0.0 && sigmoid(-200.0) < 1e-37);
         assert_eq!(sigmoid(200.0), 1.0);
@@ -693,9 +745,17 @@ mod tests {
     }
 
     #[test]
-    fn depthwise_conv_matches_a_direct_sum_at_strides_1_2_and_3() {
-        for (stride, pad, dilation) in [(1, 2, 1), (2, 1, 1), (2, 2, 1), (3, 1, 2)] {
-            let (ih, iw, k) = (9, 11, 5);
+    fn depthwise_conv_matches_a_direct_sum_at_strides_1_to_4() {
+        // The last cases: a stride larger than the row (iw + 2), phases past the row's end.
+        for (stride, pad, dilation, iw, k) in [
+            (1, 2, 1, 11, 5),
+            (2, 1, 1, 11, 5),
+            (2, 2, 1, 11, 5),
+            (3, 1, 2, 11, 5),
+            (3, 1, 1, 1, 3),
+            (4, 0, 1, 2, 1),
+        ] {
+            let ih = 9;
             let oh = (ih + 2 * pad - dilation * (k - 1) - 1) / stride + 1;
             let ow = (iw + 2 * pad - dilation * (k - 1) - 1) / stride + 1;
             let geo = ConvGeometry {

@@ -475,6 +475,9 @@ impl<'m> Planner<'m> {
             if fact.datum_type != f32::datum_type() {
                 return Err(self.error(format!("computes {:?}, expected f32", fact.datum_type)));
             }
+            if dims.contains(&0) {
+                return Err(self.error(format!("computes an empty tensor {dims:?}")));
+            }
             let step = self.step(node, &dims)?;
             let out_len: usize = dims.iter().product();
             let out_slot = self.allocate(out_len);
@@ -1000,9 +1003,10 @@ impl<'m> Planner<'m> {
                 [false, true, true] => cols.push(entry),
                 [true, true, false] => reduction.push(entry),
                 _ => {
-                    return Err(
-                        self.error(format!("axis {} is summed in one operand only", axis.repr))
-                    )
+                    return Err(self.error(format!(
+                        "axis {} is in one operand only (a sum over it, or an output-only axis)",
+                        axis.repr
+                    )))
                 }
             }
         }

@@ -534,6 +534,9 @@ fn run_engines(command: EnginesCommand) -> anyhow::Result<()> {
                     },
                     report.elapsed.as_secs_f64()
                 );
+                if let Some(executor) = &report.cpu_executor {
+                    eprintln!("           runs on the {executor}");
+                }
             }
             Ok(())
         }
