@@ -326,19 +326,23 @@ impl CpuModel {
     /// The executor that runs the load-time input shape: [`CpuExecutor::Tract`] when the
     /// planned executor was asked for but cannot take the graph.
     pub fn executor(&self) -> CpuExecutor {
-        let plans = self.shared.plans.lock().unwrap_or_else(|e| e.into_inner());
-        match plans.first() {
-            Some((_, ItemPlan::Planned(_))) => CpuExecutor::Planned,
+        match self.load_time_plan() {
+            Some(ItemPlan::Planned(_)) => CpuExecutor::Planned,
             _ => CpuExecutor::Tract,
         }
+    }
+
+    /// The plan of the load-time input shape (never evicted).
+    fn load_time_plan(&self) -> Option<ItemPlan> {
+        let plans = self.shared.plans.lock().unwrap_or_else(|e| e.into_inner());
+        plans.first().map(|(_, plan)| plan.clone())
     }
 
     /// Why the planned executor did not take the load-time graph (the node and its op),
     /// when it was asked to and tract's plan runs instead.
     pub fn planned_refusal(&self) -> Option<String> {
-        let plans = self.shared.plans.lock().unwrap_or_else(|e| e.into_inner());
-        match plans.first() {
-            Some((_, ItemPlan::Tract(_, refusal))) => refusal.clone(),
+        match self.load_time_plan() {
+            Some(ItemPlan::Tract(_, refusal)) => refusal,
             _ => None,
         }
     }
@@ -346,9 +350,8 @@ impl CpuModel {
     /// Bytes of buffers a session of the planned executor holds for the load-time input
     /// shape (0 on tract's plan, which allocates as it runs).
     pub fn session_buffer_bytes(&self) -> usize {
-        let plans = self.shared.plans.lock().unwrap_or_else(|e| e.into_inner());
-        match plans.first() {
-            Some((_, ItemPlan::Planned(plan))) => plan.buffer_bytes(),
+        match self.load_time_plan() {
+            Some(ItemPlan::Planned(plan)) => plan.buffer_bytes(),
             _ => 0,
         }
     }

@@ -212,39 +212,29 @@ impl PlannedGraph {
             // empty Vec, which does not allocate.
             let mut out_buffer = std::mem::take(&mut buffers[planned.out_slot]);
             let out = &mut out_buffer[..planned.out_len];
-            let read = |operand: Operand| -> &[f32] {
-                match operand {
-                    Operand::Input => input,
-                    Operand::Slot { slot, len } => &buffers[slot][..len],
-                    Operand::Const(index) => &self.consts[index],
-                }
+            // A convolution's patch buffer comes out the same way.
+            let scratch = match planned.step {
+                Step::Conv { scratch, .. } => Some(scratch),
+                _ => None,
             };
+            let mut patch =
+                scratch.map_or_else(Vec::new, |slot| std::mem::take(&mut buffers[slot]));
+            let read = |operand: Operand| self.operand(buffers, input, operand);
             match &planned.step {
                 Step::Conv {
                     x,
                     weights,
                     bias,
                     geometry,
-                    scratch,
-                } => {
-                    let mut patch = std::mem::take(&mut buffers[*scratch]);
-                    let read = |operand: Operand| -> &[f32] {
-                        match operand {
-                            Operand::Input => input,
-                            Operand::Slot { slot, len } => &buffers[slot][..len],
-                            Operand::Const(index) => &self.consts[index],
-                        }
-                    };
-                    kernels::conv(
-                        geometry,
-                        out,
-                        read(*x),
-                        &self.consts[*weights],
-                        bias.map(|b| &self.consts[b][..]),
-                        &mut patch,
-                    );
-                    buffers[*scratch] = patch;
-                }
+                    scratch: _,
+                } => kernels::conv(
+                    geometry,
+                    out,
+                    read(*x),
+                    &self.consts[*weights],
+                    bias.map(|b| &self.consts[b][..]),
+                    &mut patch,
+                ),
                 Step::Matmul { a, b, plan } => kernels::matmul(plan, out, read(*a), read(*b)),
                 Step::Binary { op, a, b, walk } => {
                     let (a, b) = (read(*a), read(*b));
@@ -289,6 +279,24 @@ impl PlannedGraph {
                 }
             }
             buffers[planned.out_slot] = out_buffer;
+            if let Some(slot) = scratch {
+                buffers[slot] = patch;
+            }
+        }
+    }
+
+    /// The values `operand` names.
+    #[inline(always)]
+    fn operand<'a>(
+        &'a self,
+        buffers: &'a [Vec<f32>],
+        input: &'a [f32],
+        operand: Operand,
+    ) -> &'a [f32] {
+        match operand {
+            Operand::Input => input,
+            Operand::Slot { slot, len } => &buffers[slot][..len],
+            Operand::Const(index) => &self.consts[index],
         }
     }
 
@@ -300,14 +308,10 @@ impl PlannedGraph {
         index: usize,
     ) -> Option<(OutputView<'a>, &'a [usize])> {
         Some(match self.outputs.get(index)? {
-            PlannedOutput::F32 { value, dims } => {
-                let data = match *value {
-                    Operand::Input => input,
-                    Operand::Slot { slot, len } => &buffers[slot][..len],
-                    Operand::Const(c) => &self.consts[c][..],
-                };
-                (OutputView::F32(data), &dims[..])
-            }
+            PlannedOutput::F32 { value, dims } => (
+                OutputView::F32(self.operand(buffers, input, *value)),
+                &dims[..],
+            ),
             PlannedOutput::I64 { values, dims } => (OutputView::I64(values), &dims[..]),
         })
     }
