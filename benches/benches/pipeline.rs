@@ -29,6 +29,7 @@ fn frame_without_network(c: &mut Criterion) {
         width: rgb.width as usize,
         height: rgb.height as usize,
         intrinsics: image.camera.intrinsics,
+        mapped: None,
     };
     let mut given: Vec<ObjectEstimate> = image
         .gt

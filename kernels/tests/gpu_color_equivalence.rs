@@ -239,7 +239,7 @@ mod gpu {
     use super::*;
     use common::open_or_skip;
     use cudarc::driver::CudaContext;
-    use posed_kernels::cuda::GpuColor;
+    use posed_kernels::cuda::{GpuColor, MappedHostBuffer};
 
     fn bits(values: &[f32]) -> Vec<u32> {
         values.iter().map(|v| v.to_bits()).collect()
@@ -319,6 +319,85 @@ mod gpu {
             "{} frames ({pixels} pixels) bit-identical in RGB8, planes and device planes",
             frames.len()
         );
+    }
+
+    /// The zero-copy path of the daemon: the frame sits in mapped host memory (a V4L2
+    /// USERPTR buffer), at an offset, and the RGB bytes land in mapped host memory too.
+    #[test]
+    fn mapped_conversion_reads_and_writes_in_place_bit_for_bit() {
+        let _turn = serial();
+        let Some(device) = open_or_skip() else {
+            return;
+        };
+        let mut gpu =
+            GpuColor::new(&device, MAX_WIDTH, MAX_HEIGHT, MAX_STRIDE_BYTES).expect("GpuColor");
+        let frames = frames();
+        let largest = frames.iter().map(|f| f.data.len()).max().expect("frames");
+        let offset = 64;
+        let mut camera = MappedHostBuffer::new(&device, offset + largest).expect("camera");
+        let mut rgb =
+            MappedHostBuffer::new(&device, 3 * MAX_WIDTH * MAX_HEIGHT + 5).expect("RGB buffer");
+        assert!(camera.device_ptr() != 0 && camera.len() >= offset + largest);
+        eprintln!(
+            "{} ({}): mapped host buffers of {} and {} bytes",
+            device.name(),
+            if device.integrated() {
+                "integrated"
+            } else {
+                "discrete"
+            },
+            camera.len(),
+            rgb.len()
+        );
+        for frame in &frames {
+            let label = frame.label();
+            let n = frame.data.len();
+            camera.as_mut_slice()[offset..offset + n].copy_from_slice(&frame.data);
+            let expected = cpu_rgb8(&frame.image());
+            let m = expected.len();
+            // Poison the output and the byte after it.
+            for (dst, e) in rgb.as_mut_slice()[..m].iter_mut().zip(&expected) {
+                *dst = !e;
+            }
+            rgb.as_mut_slice()[m] = 0xa5;
+            let image = PackedImage {
+                data: &camera.as_slice()[offset..offset + n],
+                ..frame.image()
+            };
+            gpu.to_rgb8_mapped(&image, &camera, &mut rgb)
+                .expect("mapped conversion");
+            let got = &rgb.as_slice()[..m];
+            assert!(
+                got == expected.as_slice(),
+                "mapped RGB8 {label}: {}",
+                first_difference(got, &expected)
+            );
+            assert_eq!(rgb.as_slice()[m], 0xa5, "{label}: wrote past the image");
+        }
+
+        // A frame that is not inside the buffer given with it is refused, not read.
+        let outside = &frames[0];
+        assert!(matches!(
+            gpu.to_rgb8_mapped(&outside.image(), &camera, &mut rgb),
+            Err(KernelError::InvalidValue { .. })
+        ));
+        // An output buffer too small for the image.
+        let mut small = MappedHostBuffer::new(&device, 1).expect("small");
+        let big = frames
+            .iter()
+            .find(|f| f.width * f.height * 3 > small.len())
+            .expect("a frame larger than a page");
+        let n = big.data.len();
+        camera.as_mut_slice()[..n].copy_from_slice(&big.data);
+        let image = PackedImage {
+            data: &camera.as_slice()[..n],
+            ..big.image()
+        };
+        assert!(matches!(
+            gpu.to_rgb8_mapped(&image, &camera, &mut small),
+            Err(KernelError::TooSmall { .. })
+        ));
+        eprintln!("{} frames converted in place, bit-identical", frames.len());
     }
 
     #[test]

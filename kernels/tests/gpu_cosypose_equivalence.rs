@@ -23,7 +23,7 @@ use posed_kernels::cosypose::sample::{choice_without_replacement, CROP_POINTS};
 use posed_kernels::cosypose::update::apply_update;
 use posed_kernels::cosypose::{BoxXyxy, CROP_HEIGHT, CROP_WIDTH};
 use posed_kernels::cuda::cosypose::{Crop, INPUT_ITEM_LEN};
-use posed_kernels::cuda::GpuCosyPose;
+use posed_kernels::cuda::{GpuCosyPose, MappedHostBuffer};
 use posed_kernels::{Intrinsics, KernelError, Pose};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -415,6 +415,39 @@ fn gpu_crop_roi_align_and_update_match_the_cpu_twins() {
         );
     }
     tally.report("RoIAlign");
+
+    // The same RoIAlign reading the image in place from mapped host memory (the daemon's
+    // camera frames on a Jetson): the same network input, bit for bit.
+    let mut mapped = MappedHostBuffer::new(&device, rgb.len() + 128).expect("mapped image");
+    mapped.as_mut_slice()[128..128 + rgb.len()].copy_from_slice(&rgb);
+    let in_place = &mapped.as_slice()[128..128 + rgb.len()];
+    let mut mapped_results = vec![Err(KernelError::Empty { what: "unwritten" }); boxes.len()];
+    gpu.roi_align_batch_mapped(
+        in_place,
+        &mapped,
+        WIDTH,
+        HEIGHT,
+        &boxes,
+        &mut mapped_results,
+    )
+    .expect("GPU RoIAlign in place");
+    assert_eq!(mapped_results, gpu_results);
+    let mut input_in_place = vec![f32::NAN; boxes.len() * INPUT_ITEM_LEN];
+    gpu.read_network_input(&mut input_in_place)
+        .expect("read back");
+    let same = input
+        .iter()
+        .zip(&input_in_place)
+        .all(|(a, b)| a.to_bits() == b.to_bits());
+    assert!(
+        same,
+        "RoIAlign in place differs from RoIAlign of the uploaded image"
+    );
+    assert!(matches!(
+        gpu.roi_align_batch_mapped(&rgb, &mapped, WIDTH, HEIGHT, &boxes, &mut mapped_results),
+        Err(KernelError::InvalidValue { .. })
+    ));
+    eprintln!("RoIAlign in place from mapped host memory: bit-identical");
 
     // The update, with each crop's K_crop (the camera's K where the crop failed).
     let outputs = network_outputs(poses.len());

@@ -201,6 +201,7 @@ pub fn predict(
             width: rgb.width as usize,
             height: rgb.height as usize,
             intrinsics: camera,
+            mapped: None,
         };
         objects.clear();
         let from_boxes = match &mut source {

@@ -291,3 +291,104 @@ fn a_bad_socket_path_fails_before_any_work() {
     .to_string();
     assert!(message.contains("/nonexistent-posed-dir"), "{message}");
 }
+
+/// The demo's first frames with `pipeline.device` "cpu" and "cuda": the same objects and
+/// poses. Where a GPU is present the "cuda" parts crop, render and update there, on frames
+/// the source put in host memory mapped into the GPU (read in place on a Jetson);
+/// elsewhere they fall back to the CPU with a warning, which is what this checks on a
+/// machine without one: the configuration must still work. The frames go through the
+/// daemon's parts one by one, as its inference thread takes them, so that both runs see
+/// the same frames (the daemon's threads drop frames as they please).
+#[test]
+fn the_demo_on_cuda_gives_the_poses_it_gives_on_the_cpu() {
+    use posed::config::Config;
+    use posed::daemon::setup::parts_from_config;
+    use posed::pipeline::{ComputeDevice, ImageView};
+
+    type Poses = Vec<Vec<(u32, [f64; 9], [f64; 3])>>;
+    let demo_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/demo.toml");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run_demo = |device: ComputeDevice| -> (Poses, bool, bool) {
+        let mut demo = Config::load(&demo_path).expect("data/demo.toml");
+        demo.source.rate_hz = 0.0;
+        demo.pipeline.device = device;
+        demo.engines.cache_dir = Some(dir.path().join("cache"));
+        let (mut parts, _) = parts_from_config(&demo).expect("the demo's parts");
+        let on_cuda = parts.pipeline.on_cuda();
+        let mut frame = parts.source.allocate_frame().expect("a frame");
+        let mapped = frame.rgb.mapped_memory().is_some();
+        let ObjectsProvider::Detector(detector) = &mut parts.objects else {
+            panic!("the demo's objects come from its detector");
+        };
+        let mut poses = Poses::new();
+        let mut estimates = Vec::new();
+        for _ in 0..3 {
+            assert_eq!(
+                parts.source.capture(&mut frame).expect("capture"),
+                Captured::Frame
+            );
+            let view = ImageView {
+                rgb: &frame.rgb,
+                width: frame.width,
+                height: frame.height,
+                intrinsics: frame.intrinsics,
+                mapped: frame.rgb.mapped_memory(),
+            };
+            estimates.clear();
+            detector.detect(&view, &mut estimates).expect("detect");
+            parts.filter.apply(&mut estimates);
+            let pipeline = &mut parts.pipeline;
+            estimates.retain(|o| pipeline.has_object(o.obj_id));
+            pipeline
+                .init_from_boxes(&frame.intrinsics, parts.init, &mut estimates)
+                .expect("initial poses");
+            pipeline
+                .run(&view, &mut estimates, &mut |_, _| {})
+                .expect("the loop");
+            poses.push(
+                estimates
+                    .iter()
+                    .filter(|e| e.valid)
+                    .map(|e| {
+                        let pose = &e.camera_from_object;
+                        let r = pose.rotation;
+                        let rotation: [f64; 9] = std::array::from_fn(|i| r[(i / 3, i % 3)]);
+                        let t = pose.translation_m;
+                        (e.obj_id, rotation, [t[0], t[1], t[2]])
+                    })
+                    .collect(),
+            );
+        }
+        (poses, on_cuda, mapped)
+    };
+    let (cpu, _, cpu_mapped) = run_demo(ComputeDevice::Cpu);
+    assert!(!cpu_mapped, "frames of a CPU daemon are on the heap");
+    let (cuda, on_cuda, cuda_mapped) = run_demo(ComputeDevice::Cuda);
+    assert_eq!(
+        on_cuda, cuda_mapped,
+        "frames are mapped exactly when the loop is on a GPU"
+    );
+    eprintln!(
+        "pipeline.device = \"cuda\": {}",
+        if on_cuda {
+            "ran on the GPU, frames in mapped host memory"
+        } else {
+            "no usable CUDA device here, ran on the CPU"
+        }
+    );
+    let mut largest = 0.0f64;
+    let mut compared = 0;
+    for (number, (on_gpu, on_cpu)) in cuda.iter().zip(&cpu).enumerate() {
+        assert_eq!(on_gpu.len(), on_cpu.len(), "frame {number}: objects");
+        for ((id_g, r_g, t_g), (id_c, r_c, t_c)) in on_gpu.iter().zip(on_cpu) {
+            assert_eq!(id_g, id_c, "frame {number}");
+            for (g, c) in r_g.iter().chain(t_g).zip(r_c.iter().chain(t_c)) {
+                largest = largest.max((g - c).abs());
+            }
+            compared += 1;
+        }
+    }
+    eprintln!("{compared} object poses compared, largest difference {largest:e}");
+    assert!(compared > 0, "the demo found no objects");
+    assert!(largest <= 1e-4, "poses differ by {largest:e}");
+}

@@ -29,6 +29,7 @@ fn a_warm_frame_allocates_nothing() {
         width: rgb.width as usize,
         height: rgb.height as usize,
         intrinsics: image.camera.intrinsics,
+        mapped: None,
     };
     // The image's 4 annotated objects and a second instance of the first, 5 in all.
     let mut given: Vec<ObjectEstimate> = image

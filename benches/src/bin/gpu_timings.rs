@@ -855,6 +855,7 @@ fn compare_single_view(
         width: rgb.width as usize,
         height: rgb.height as usize,
         intrinsics: image.camera.intrinsics,
+        mapped: None,
     };
     let given: Vec<ObjectEstimate> = image
         .gt

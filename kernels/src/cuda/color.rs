@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 
-use super::{driver_error, guarded, CompiledImage, CudaDevice, COLOR_SOURCE};
+use super::{driver_error, guarded, CompiledImage, CudaDevice, MappedHostBuffer, COLOR_SOURCE};
 use crate::color::{check_conversion, PackedImage, PixelLayout, PLANAR_OUTPUT, RGB8_OUTPUT};
 use crate::KernelError;
 
@@ -279,6 +279,72 @@ impl GpuColor {
             stream
                 .memcpy_dtoh(&self.rgb.slice(..frame.output_len), dst)
                 .map_err(driver_error("cuMemcpyDtoHAsync"))?;
+            stream
+                .synchronize()
+                .map_err(driver_error("cuStreamSynchronize"))
+        })
+    }
+
+    /// [`GpuColor::to_rgb8`] without a copy either way: the kernel reads the frame where
+    /// the camera wrote it (`src.data` must lie inside `src_memory`, a V4L2 USERPTR
+    /// buffer, say) and writes the RGB bytes to `dst.as_slice()[..3 * width * height]`,
+    /// where the CPU and later kernels find them. Returns once the kernel is done: the
+    /// camera buffer may be handed back to the driver at once.
+    ///
+    /// # Errors
+    /// The CPU twin's, in its order; [`KernelError::TooSmall`] for a `dst` shorter than
+    /// the image; [`KernelError::InvalidValue`] for `src.data` outside `src_memory` or a
+    /// buffer mapped into another GPU; then those of [`GpuColor::to_rgb8`].
+    pub fn to_rgb8_mapped(
+        &mut self,
+        src: &PackedImage<'_>,
+        src_memory: &MappedHostBuffer,
+        dst: &mut MappedHostBuffer,
+    ) -> Result<(), KernelError> {
+        src.validate()?;
+        if dst.len() < src.output_len() {
+            return Err(KernelError::TooSmall {
+                what: "mapped buffer for the RGB image (bytes, 3 x width x height)",
+                minimum: src.output_len(),
+                found: dst.len(),
+            });
+        }
+        let Some(packed) = src_memory.device_ptr_of(src.data) else {
+            return Err(KernelError::InvalidValue {
+                what: "camera frame",
+                reason: "its bytes must lie inside the mapped buffer given with it",
+            });
+        };
+        if src_memory.ordinal() != self.ordinal || dst.ordinal() != self.ordinal {
+            return Err(KernelError::InvalidValue {
+                what: "mapped buffer",
+                reason: "expected memory mapped into the GpuColor session's GPU, found \
+                         memory mapped into another GPU",
+            });
+        }
+        let frame = self.limits.frame_args(src)?;
+        let rgb = dst.device_ptr();
+        guarded("GPU colour conversion to RGB8 in place", || {
+            let stream = &self.stream;
+            let mut builder = stream.launch_builder(&self.to_rgb8);
+            builder
+                .arg(&packed)
+                .arg(&frame.layout)
+                .arg(&frame.width)
+                .arg(&frame.height)
+                .arg(&frame.stride)
+                .arg(&rgb);
+            // SAFETY: color_to_rgb8(const unsigned char* packed, unsigned layout,
+            // unsigned width, unsigned height, unsigned stride, unsigned char* rgb), in
+            // this order and these types (the two pointers as 64-bit device addresses).
+            // The frame was validated as the CPU twin does, and `packed` is the device
+            // address of `src.data`, whose min_len bytes (every byte a thread reads) lie
+            // inside `src_memory` (device_ptr_of checked it). Thread (x, y) with
+            // x < width, y < height writes rgb[3 (y width + x)..+3], inside the
+            // 3 width height <= dst.len() bytes of `dst`, which `&mut` keeps from any
+            // other use until the synchronisation below.
+            unsafe { builder.launch(launch_config(frame.width, frame.height)) }
+                .map_err(driver_error("launch of color_to_rgb8"))?;
             stream
                 .synchronize()
                 .map_err(driver_error("cuStreamSynchronize"))

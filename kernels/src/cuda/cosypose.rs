@@ -25,7 +25,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use nalgebra::{Matrix3, Vector3};
 
-use super::{driver_error, guarded, CompiledImage, CudaDevice, COSYPOSE_SOURCE};
+use super::{driver_error, guarded, CompiledImage, CudaDevice, MappedHostBuffer, COSYPOSE_SOURCE};
 use crate::cosypose::{BoxXyxy, CROP_HEIGHT, CROP_WIDTH};
 use crate::{Intrinsics, KernelError, Pose};
 
@@ -80,6 +80,7 @@ pub struct GpuCosyPose {
     roi_align: CudaFunction,
     apply_update: CudaFunction,
     image: CompiledImage,
+    ordinal: usize,
     max_batch: usize,
     max_width: usize,
     max_height: usize,
@@ -251,6 +252,7 @@ impl GpuCosyPose {
                 roi_align,
                 apply_update,
                 image,
+                ordinal: device.ordinal(),
                 max_batch,
                 max_width,
                 max_height,
@@ -440,6 +442,39 @@ impl GpuCosyPose {
         crops: &[BoxXyxy],
         out: &mut [Result<(), KernelError>],
     ) -> Result<(), KernelError> {
+        self.roi_align(rgb, None, width, height, crops, out)
+    }
+
+    /// [`GpuCosyPose::roi_align_batch`] reading the image where it lies: `rgb` must lie
+    /// inside `memory` (a camera frame converted in place by
+    /// [`GpuColor::to_rgb8_mapped`](super::GpuColor::to_rgb8_mapped)), and nothing is
+    /// copied up. Best on an integrated GPU ([`CudaDevice::integrated`]); a discrete GPU
+    /// reads each texel over PCIe, several times per batch, where one upload is cheaper.
+    ///
+    /// # Errors
+    /// As [`GpuCosyPose::roi_align_batch`]; [`KernelError::InvalidValue`] for an `rgb`
+    /// outside `memory` or memory mapped into another GPU.
+    pub fn roi_align_batch_mapped(
+        &mut self,
+        rgb: &[u8],
+        memory: &MappedHostBuffer,
+        width: usize,
+        height: usize,
+        crops: &[BoxXyxy],
+        out: &mut [Result<(), KernelError>],
+    ) -> Result<(), KernelError> {
+        self.roi_align(rgb, Some(memory), width, height, crops, out)
+    }
+
+    fn roi_align(
+        &mut self,
+        rgb: &[u8],
+        memory: Option<&MappedHostBuffer>,
+        width: usize,
+        height: usize,
+        crops: &[BoxXyxy],
+        out: &mut [Result<(), KernelError>],
+    ) -> Result<(), KernelError> {
         let n = crops.len();
         self.check_batch(n, &[("RoIAlign results", out.len())])?;
         if width == 0 || height == 0 {
@@ -467,6 +502,25 @@ impl GpuCosyPose {
                 return Err(KernelError::LimitExceeded { what, limit, found });
             }
         }
+        let mapped_rgb = match memory {
+            None => None,
+            Some(memory) => {
+                let Some(address) = memory.device_ptr_of(rgb) else {
+                    return Err(KernelError::InvalidValue {
+                        what: "mapped RGB image",
+                        reason: "its bytes must lie inside the mapped buffer given with it",
+                    });
+                };
+                if memory.ordinal() != self.ordinal {
+                    return Err(KernelError::InvalidValue {
+                        what: "mapped RGB image",
+                        reason: "expected memory mapped into the GpuCosyPose session's GPU, \
+                                 found memory mapped into another GPU",
+                    });
+                }
+                Some(address)
+            }
+        };
         if n == 0 {
             return Ok(());
         }
@@ -480,15 +534,20 @@ impl GpuCosyPose {
 
         guarded("GPU CosyPose RoIAlign", || {
             let stream = &self.stream;
-            stream
-                .memcpy_htod(rgb, &mut self.rgb)
-                .map_err(driver_error("cuMemcpyHtoDAsync"))?;
+            if mapped_rgb.is_none() {
+                stream
+                    .memcpy_htod(rgb, &mut self.rgb)
+                    .map_err(driver_error("cuMemcpyHtoDAsync"))?;
+            }
             stream
                 .memcpy_htod(&self.boxes_host[..4 * n], &mut self.boxes)
                 .map_err(driver_error("cuMemcpyHtoDAsync"))?;
             let mut builder = stream.launch_builder(&self.roi_align);
+            match &mapped_rgb {
+                Some(address) => builder.arg(address),
+                None => builder.arg(&self.rgb),
+            };
             builder
-                .arg(&self.rgb)
                 .arg(&width_u32)
                 .arg(&height_u32)
                 .arg(&self.boxes)
@@ -504,7 +563,9 @@ impl GpuCosyPose {
             // SAFETY: cosypose_roi_align_rgb8(const unsigned char* rgb, unsigned width,
             // unsigned height, const double* boxes, float* out, unsigned item_stride,
             // unsigned channel_offset), in this order and these types; rgb holds the
-            // width * height * 3 bytes uploaded above (<= its max size, same stream),
+            // width * height * 3 bytes uploaded above (<= its max size, same stream), or
+            // is the device address of `rgb`'s bytes inside the mapped buffer (checked
+            // by device_ptr_of, the length checked above; the borrow keeps them alive),
             // texel indices are clamped to the image; row y < n reads boxes[4 y..]
             // (uploaded above) and writes out[y * INPUT_ITEM_LEN + c * 240 * 320 + p] for
             // c < 3 and p < 240 * 320 (threads past that return), inside the

@@ -29,6 +29,7 @@
 pub mod color;
 pub mod compile;
 pub mod cosypose;
+pub mod mapped;
 pub mod metrics;
 pub mod render;
 
@@ -42,6 +43,7 @@ use cudarc::nvrtc::Ptx;
 pub use color::GpuColor;
 pub use compile::{CacheStatus, CompiledImage, ImageKind, KernelCache, KernelSource, Target};
 pub use cosypose::GpuCosyPose;
+pub use mapped::MappedHostBuffer;
 pub use metrics::GpuPoseMetrics;
 pub use render::{GpuRenderLimits, GpuRenderer};
 
@@ -136,6 +138,7 @@ pub struct CudaDevice {
     name: String,
     compute_capability: (u32, u32),
     driver_version: (i32, i32),
+    integrated: bool,
     cache: KernelCache,
 }
 
@@ -146,6 +149,7 @@ impl std::fmt::Debug for CudaDevice {
             .field("name", &self.name)
             .field("compute_capability", &self.compute_capability)
             .field("driver_version", &self.driver_version)
+            .field("integrated", &self.integrated)
             .field("cache", &self.cache)
             .finish()
     }
@@ -188,9 +192,14 @@ impl CudaDevice {
             unsafe { driver_sys::cuDriverGetVersion(&mut version) }
                 .result()
                 .map_err(driver_error("cuDriverGetVersion"))?;
+            let integrated = context
+                .attribute(driver_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_INTEGRATED)
+                .map_err(driver_error("cuDeviceGetAttribute"))?
+                != 0;
             Ok(Self {
                 context,
                 name,
+                integrated,
                 compute_capability: (
                     u32::try_from(major).unwrap_or(0),
                     u32::try_from(minor).unwrap_or(0),
@@ -225,6 +234,12 @@ impl CudaDevice {
     /// The newest CUDA version the driver supports, `(major, minor)`.
     pub fn driver_version(&self) -> (i32, i32) {
         self.driver_version
+    }
+
+    /// Whether the GPU shares the host's memory (a Jetson): then a kernel reads
+    /// [`MappedHostBuffer`]s as fast as device memory, and copying them up is waste.
+    pub fn integrated(&self) -> bool {
+        self.integrated
     }
 
     /// The kernel cache in use.

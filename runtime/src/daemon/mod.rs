@@ -222,7 +222,7 @@ pub fn run(
 
     let (free_frames_tx, free_frames_rx) = bounded::<Box<Frame>>(FRAME_POOL);
     for _ in 0..FRAME_POOL {
-        let _ = free_frames_tx.try_send(Box::new(Frame::with_capacity(info.width, info.height)));
+        let _ = free_frames_tx.try_send(Box::new(source.allocate_frame()?));
     }
     let (free_poses_tx, free_poses_rx) = bounded::<Box<PoseFrame>>(POSE_POOL);
     for _ in 0..POSE_POOL {
@@ -528,6 +528,7 @@ impl InferWorker {
             width: frame.width,
             height: frame.height,
             intrinsics: frame.intrinsics,
+            mapped: frame.rgb.mapped_memory(),
         };
         self.estimates.clear();
         match &mut self.objects {

@@ -9,7 +9,9 @@
 
 use posed_kernels::cosypose::{BoxXyxy, CROP_HEIGHT, CROP_WIDTH};
 use posed_kernels::cuda::cosypose::Crop;
-use posed_kernels::cuda::{CudaDevice, GpuCosyPose, GpuRenderLimits, GpuRenderer};
+use posed_kernels::cuda::{
+    CudaDevice, GpuCosyPose, GpuRenderLimits, GpuRenderer, MappedHostBuffer,
+};
 use posed_kernels::render::{Mesh, RenderItem, RenderTarget, Shading};
 use posed_kernels::{Intrinsics, KernelError, Pose};
 
@@ -18,6 +20,8 @@ use posed_engines::contract::POSE_UPDATE_LEN;
 /// The GPU side of one pipeline.
 pub(super) struct GpuGeometry {
     cosypose: GpuCosyPose,
+    /// The GPU shares the host's memory: mapped images are cropped in place.
+    integrated: bool,
     renderer: GpuRenderer,
     /// Host staging of one batch, capacity `batch_size` each.
     poses: Vec<Pose>,
@@ -58,6 +62,7 @@ impl GpuGeometry {
         let renderer = GpuRenderer::new(device, meshes, limits)?;
         Ok(Self {
             cosypose,
+            integrated: device.integrated(),
             renderer,
             poses: Vec::with_capacity(batch_size),
             objects: Vec::with_capacity(batch_size),
@@ -100,10 +105,13 @@ impl GpuGeometry {
 
     /// RoIAlign of the camera image over `boxes` into channels 0-2 of the device network
     /// input, then the first `input.len()` floats of that input copied into `input` (the
-    /// render channels 3-5 come back as zeros: the caller writes them after).
+    /// render channels 3-5 come back as zeros: the caller writes them after). An image in
+    /// `mapped` memory is read in place on an integrated GPU (a Jetson) and copied up on a
+    /// discrete one, where reading each texel over PCIe for every batch costs more.
     pub(super) fn crop_into(
         &mut self,
         rgb: &[u8],
+        mapped: Option<&MappedHostBuffer>,
         width: usize,
         height: usize,
         boxes: impl Iterator<Item = BoxXyxy>,
@@ -113,8 +121,23 @@ impl GpuGeometry {
         self.boxes.extend(boxes);
         self.roi_results.clear();
         self.roi_results.resize(self.boxes.len(), Ok(()));
-        self.cosypose
-            .roi_align_batch(rgb, width, height, &self.boxes, &mut self.roi_results)?;
+        match mapped.filter(|_| self.integrated) {
+            Some(memory) => self.cosypose.roi_align_batch_mapped(
+                rgb,
+                memory,
+                width,
+                height,
+                &self.boxes,
+                &mut self.roi_results,
+            )?,
+            None => self.cosypose.roi_align_batch(
+                rgb,
+                width,
+                height,
+                &self.boxes,
+                &mut self.roi_results,
+            )?,
+        }
         if let Some(Err(error)) = self.roi_results.iter().find(|r| r.is_err()) {
             return Err(error.clone());
         }

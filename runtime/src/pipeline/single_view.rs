@@ -29,6 +29,7 @@ use serde::Deserialize;
 use super::points::CropPoints;
 use crate::bop::models::ModelSet;
 use crate::render::object_mesh;
+use crate::source::MappedHostBuffer;
 use crate::{Error, Result};
 
 /// The most objects one network pass takes (CosyPose's `bsz_objects` default).
@@ -115,6 +116,10 @@ pub struct ImageView<'a> {
     pub height: usize,
     /// Intrinsics.
     pub intrinsics: Intrinsics,
+    /// The host memory mapped into the CUDA device that `rgb` lies in, when it does (a
+    /// daemon frame converted on the GPU): on a Jetson the CUDA loop then crops it in
+    /// place instead of copying it up for every batch.
+    pub mapped: Option<&'a MappedHostBuffer>,
 }
 
 /// Which network an iteration ran (coarse iterations come first).
@@ -428,26 +433,19 @@ impl SingleViewPipeline {
         match device {
             ComputeDevice::Cpu => Ok((Self::new(models, networks, options)?, None)),
             #[cfg(feature = "cuda")]
-            ComputeDevice::Cuda => {
-                let mut pipeline = Self::new(models, networks, options)?;
-                let (width, height) = max_image_wh;
-                let attached = posed_kernels::cuda::CudaDevice::open(0)
-                    .and_then(|cuda| pipeline.attach_cuda(&cuda, width, height));
-                match attached {
-                    Ok(()) => Ok((pipeline, None)),
-                    // No driver, no device, no NVRTC: the CPU, and why.
-                    Err(KernelError::CudaUnavailable { reason }) => Ok((
-                        pipeline,
-                        Some(format!(
-                            "no usable CUDA device ({reason}); the loop runs on the CPU"
-                        )),
+            ComputeDevice::Cuda => match posed_kernels::cuda::CudaDevice::open(0) {
+                Ok(cuda) => Self::on_cuda_or_cpu(models, networks, options, &cuda, max_image_wh),
+                Err(KernelError::CudaUnavailable { reason }) => Ok((
+                    Self::new(models, networks, options)?,
+                    Some(format!(
+                        "no usable CUDA device ({reason}); the loop runs on the CPU"
                     )),
-                    Err(source) => Err(Error::Kernel {
-                        context: "preparing the pipeline's CUDA geometry".to_string(),
-                        source,
-                    }),
-                }
-            }
+                )),
+                Err(source) => Err(Error::Kernel {
+                    context: "opening CUDA device 0".to_string(),
+                    source,
+                }),
+            },
             #[cfg(not(feature = "cuda"))]
             ComputeDevice::Cuda => {
                 let _ = max_image_wh;
@@ -456,6 +454,38 @@ impl SingleViewPipeline {
                     Some("built without the cuda feature; the loop runs on the CPU".to_string()),
                 ))
             }
+        }
+    }
+
+    /// [`SingleViewPipeline::with_cuda`] on an open `device`, or, where its kernels cannot
+    /// be had (no NVRTC), [`SingleViewPipeline::new`] and the reason (for the caller's
+    /// warning).
+    ///
+    /// # Errors
+    /// What [`SingleViewPipeline::new`] and [`SingleViewPipeline::with_cuda`] refuse.
+    #[cfg(feature = "cuda")]
+    pub fn on_cuda_or_cpu(
+        models: &ModelSet,
+        networks: PoseNetworks,
+        options: PipelineOptions,
+        device: &posed_kernels::cuda::CudaDevice,
+        max_image_wh: (usize, usize),
+    ) -> Result<(Self, Option<String>)> {
+        let mut pipeline = Self::new(models, networks, options)?;
+        let (width, height) = max_image_wh;
+        match pipeline.attach_cuda(device, width, height) {
+            Ok(()) => Ok((pipeline, None)),
+            // No NVRTC, or the driver lost: the CPU, and why.
+            Err(KernelError::CudaUnavailable { reason }) => Ok((
+                pipeline,
+                Some(format!(
+                    "no usable CUDA device ({reason}); the loop runs on the CPU"
+                )),
+            )),
+            Err(source) => Err(Error::Kernel {
+                context: "preparing the pipeline's CUDA geometry".to_string(),
+                source,
+            }),
         }
     }
 
@@ -728,6 +758,7 @@ impl SingleViewPipeline {
         if count > 0 {
             gpu.crop_into(
                 image.rgb,
+                image.mapped,
                 image.width,
                 image.height,
                 self.batch.iter().map(|item| item.crop),

@@ -52,6 +52,7 @@ impl Scene {
             width: self.rgb.width as usize,
             height: self.rgb.height as usize,
             intrinsics: self.intrinsics,
+            mapped: None,
         }
     }
 

@@ -2,20 +2,157 @@
 //! ([`sequence`]). A source fills a [`Frame`] the daemon allocated before the first frame,
 //! so that capturing allocates nothing in steady state.
 //!
-//! The CPU path converts the camera's pixels (YUYV, NV12, RGB24, MJPEG) to 8-bit RGB in
-//! the capture thread and hands the camera buffer back to the driver at once.
+//! The capture thread converts the camera's pixels (YUYV, NV12, RGB24, MJPEG) to 8-bit
+//! RGB and hands the camera buffer back to the driver at once: on the CPU, or, with a
+//! CUDA device, on the GPU reading the camera buffer in place (see [`v4l2`]). Then a
+//! frame's RGB bytes live in host memory mapped into the GPU ([`RgbBuffer::mapped_into`]),
+//! where the detector reads them on the CPU and the crops on the GPU, with no copy on a
+//! Jetson.
 
 pub mod sequence;
 pub mod v4l2;
 
+use std::ops::{Deref, DerefMut};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use posed_kernels::Intrinsics;
 
 use crate::Result;
 
+/// Host memory mapped into a CUDA device (posed-kernels' type).
+#[cfg(feature = "cuda")]
+pub use posed_kernels::cuda::MappedHostBuffer;
+
+/// Without the `cuda` feature there is no mapped memory: a type with no values, so that
+/// the code around it is the same in both builds.
+#[cfg(not(feature = "cuda"))]
+#[derive(Debug)]
+pub enum MappedHostBuffer {}
+
+/// The RGB bytes of a frame (`width * height * 3`, row-major), in a buffer allocated once
+/// at the largest image's size: on the heap, or in host memory mapped into a CUDA device.
+/// Dereferences to the current image's bytes.
+pub struct RgbBuffer {
+    storage: RgbStorage,
+    len: usize,
+}
+
+enum RgbStorage {
+    Heap(Vec<u8>),
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    Mapped(MappedHostBuffer),
+}
+
+impl std::fmt::Debug for RgbBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RgbBuffer")
+            .field("len", &self.len)
+            .field("capacity", &self.capacity())
+            .field("mapped", &self.mapped_memory().is_some())
+            .finish()
+    }
+}
+
+impl RgbBuffer {
+    /// Room for `capacity` bytes on the heap; empty.
+    pub fn heap(capacity: usize) -> Self {
+        Self {
+            storage: RgbStorage::Heap(vec![0; capacity]),
+            len: 0,
+        }
+    }
+
+    /// Room for at least `capacity` bytes in host memory mapped into `device`; empty.
+    ///
+    /// # Errors
+    /// CUDA errors allocating, locking or mapping the memory.
+    #[cfg(feature = "cuda")]
+    pub fn mapped_into(
+        device: &posed_kernels::cuda::CudaDevice,
+        capacity: usize,
+    ) -> std::result::Result<Self, posed_kernels::KernelError> {
+        Ok(Self {
+            storage: RgbStorage::Mapped(MappedHostBuffer::new(device, capacity.max(1))?),
+            len: 0,
+        })
+    }
+
+    /// The most bytes an image may have.
+    pub fn capacity(&self) -> usize {
+        match &self.storage {
+            RgbStorage::Heap(bytes) => bytes.len(),
+            #[cfg(feature = "cuda")]
+            RgbStorage::Mapped(buffer) => buffer.len(),
+            #[cfg(not(feature = "cuda"))]
+            RgbStorage::Mapped(never) => match *never {},
+        }
+    }
+
+    /// Makes the image `len` bytes long and returns them to be written (they hold whatever
+    /// the previous image left); `None`, changing nothing, when `len` exceeds the capacity.
+    pub fn set_len(&mut self, len: usize) -> Option<&mut [u8]> {
+        if len > self.capacity() {
+            return None;
+        }
+        self.len = len;
+        Some(&mut self.whole_mut()[..len])
+    }
+
+    /// The mapped memory holding the image, when it is mapped into a CUDA device.
+    pub fn mapped_memory(&self) -> Option<&MappedHostBuffer> {
+        match &self.storage {
+            RgbStorage::Heap(_) => None,
+            RgbStorage::Mapped(buffer) => Some(buffer),
+        }
+    }
+
+    /// The mapped memory, for a kernel to write the image into (after
+    /// [`RgbBuffer::set_len`]).
+    pub fn mapped_memory_mut(&mut self) -> Option<&mut MappedHostBuffer> {
+        match &mut self.storage {
+            RgbStorage::Heap(_) => None,
+            RgbStorage::Mapped(buffer) => Some(buffer),
+        }
+    }
+
+    fn whole(&self) -> &[u8] {
+        match &self.storage {
+            RgbStorage::Heap(bytes) => bytes,
+            #[cfg(feature = "cuda")]
+            RgbStorage::Mapped(buffer) => buffer.as_slice(),
+            #[cfg(not(feature = "cuda"))]
+            RgbStorage::Mapped(never) => match *never {},
+        }
+    }
+
+    fn whole_mut(&mut self) -> &mut [u8] {
+        match &mut self.storage {
+            RgbStorage::Heap(bytes) => bytes,
+            #[cfg(feature = "cuda")]
+            RgbStorage::Mapped(buffer) => buffer.as_mut_slice(),
+            #[cfg(not(feature = "cuda"))]
+            RgbStorage::Mapped(never) => match *never {},
+        }
+    }
+}
+
+impl Deref for RgbBuffer {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.whole()[..self.len]
+    }
+}
+
+impl DerefMut for RgbBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        let len = self.len;
+        &mut self.whole_mut()[..len]
+    }
+}
+
 /// One camera image on its way through the daemon. Allocated once, reused for every frame.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Frame {
     /// Frame number, from 0, counted by the capture thread (dropped frames keep theirs).
     pub number: u64,
@@ -32,17 +169,22 @@ pub struct Frame {
     pub height: usize,
     /// Intrinsics of this image.
     pub intrinsics: Intrinsics,
-    /// `width * height * 3` bytes of 8-bit RGB, row-major (the vector's capacity is the
+    /// `width * height * 3` bytes of 8-bit RGB, row-major (the buffer's capacity is the
     /// largest image the source produces; its length is this image's).
-    pub rgb: Vec<u8>,
+    pub rgb: RgbBuffer,
     /// For a BOP sequence: the (scene id, image id) of the image, so that its annotated
     /// boxes can stand in for detections.
     pub bop_image: Option<(u32, u32)>,
 }
 
 impl Frame {
-    /// A frame with room for `width * height` RGB pixels.
+    /// A frame with room for `width * height` RGB pixels, on the heap.
     pub fn with_capacity(width: usize, height: usize) -> Self {
+        Self::with_buffer(RgbBuffer::heap(width * height * 3))
+    }
+
+    /// A frame whose RGB bytes go into `rgb`.
+    pub fn with_buffer(rgb: RgbBuffer) -> Self {
         Self {
             number: 0,
             t_capture_ns: 0,
@@ -51,7 +193,7 @@ impl Frame {
             width: 0,
             height: 0,
             intrinsics: Intrinsics::from_row_major(&[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]),
-            rgb: Vec::with_capacity(width * height * 3),
+            rgb,
             bop_image: None,
         }
     }
@@ -86,6 +228,17 @@ pub trait FrameSource: Send {
     /// What the source is.
     fn info(&self) -> &SourceInfo;
 
+    /// A frame this source can fill, for the daemon's pool (allocated before the first
+    /// frame): room for the largest image, on the heap unless the source converts into
+    /// memory mapped into a CUDA device.
+    ///
+    /// # Errors
+    /// [`crate::Error::Kernel`] when mapped memory cannot be had.
+    fn allocate_frame(&self) -> Result<Frame> {
+        let info = self.info();
+        Ok(Frame::with_capacity(info.width, info.height))
+    }
+
     /// Waits for the next image and writes it into `frame` (everything but `number`).
     /// Must not allocate once running.
     ///
@@ -118,4 +271,40 @@ pub fn wall_ns() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_nanos() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_rgb_buffer_takes_images_up_to_its_capacity_without_reallocating() {
+        let mut rgb = RgbBuffer::heap(12);
+        assert_eq!((rgb.len(), rgb.capacity()), (0, 12));
+        assert!(rgb.mapped_memory().is_none());
+        let before = rgb.whole().as_ptr();
+        rgb.set_len(6)
+            .expect("fits")
+            .copy_from_slice(&[1, 2, 3, 4, 5, 6]);
+        assert_eq!(&rgb[..], &[1, 2, 3, 4, 5, 6]);
+        rgb.set_len(12).expect("fits")[6..].fill(9);
+        assert_eq!(rgb.len(), 12);
+        assert_eq!(&rgb[..7], &[1, 2, 3, 4, 5, 6, 9]);
+        // Too large: refused, nothing changed.
+        assert!(rgb.set_len(13).is_none());
+        assert_eq!(rgb.len(), 12);
+        rgb.set_len(3).expect("fits");
+        assert_eq!(&rgb[..], &[1, 2, 3]);
+        rgb[0] = 7;
+        assert_eq!(&rgb[..], &[7, 2, 3]);
+        assert_eq!(rgb.whole().as_ptr(), before);
+    }
+
+    #[test]
+    fn a_frame_on_the_heap_has_room_for_its_largest_image() {
+        let frame = Frame::with_capacity(4, 3);
+        assert_eq!(frame.rgb.capacity(), 36);
+        assert!(frame.rgb.is_empty());
+        assert!(frame.rgb.mapped_memory().is_none());
+    }
 }

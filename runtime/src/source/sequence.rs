@@ -41,6 +41,9 @@ pub struct SequenceSource {
     period: Option<Duration>,
     looping: bool,
     next_due: Option<Instant>,
+    /// The CUDA device frames are mapped into (see [`SequenceSource::map_frames_into`]).
+    #[cfg(feature = "cuda")]
+    mapped_into: Option<posed_kernels::cuda::CudaDevice>,
 }
 
 /// An image file to load, with what is known about it.
@@ -119,6 +122,8 @@ impl SequenceSource {
             period,
             looping: config.looping,
             next_due: None,
+            #[cfg(feature = "cuda")]
+            mapped_into: None,
         })
     }
 
@@ -150,9 +155,36 @@ impl SequenceSource {
     }
 }
 
+#[cfg(feature = "cuda")]
+impl SequenceSource {
+    /// Frames from [`FrameSource::allocate_frame`] in host memory mapped into `device`,
+    /// as a camera's are when the loop runs there: the crops read them in place on an
+    /// integrated GPU.
+    pub fn map_frames_into(mut self, device: &posed_kernels::cuda::CudaDevice) -> Self {
+        self.mapped_into = Some(device.clone());
+        self
+    }
+}
+
 impl FrameSource for SequenceSource {
     fn info(&self) -> &SourceInfo {
         &self.info
+    }
+
+    fn allocate_frame(&self) -> Result<Frame> {
+        let (width, height) = (self.info.width, self.info.height);
+        #[cfg(feature = "cuda")]
+        if let Some(device) = &self.mapped_into {
+            let rgb =
+                super::RgbBuffer::mapped_into(device, width * height * 3).map_err(|source| {
+                    Error::Kernel {
+                        context: "allocating a frame in memory mapped into the GPU".to_owned(),
+                        source,
+                    }
+                })?;
+            return Ok(Frame::with_buffer(rgb));
+        }
+        Ok(Frame::with_capacity(width, height))
     }
 
     fn capture(&mut self, frame: &mut Frame) -> Result<Captured> {
@@ -165,19 +197,17 @@ impl FrameSource for SequenceSource {
         self.pace();
         let started_ns = monotonic_ns();
         let image = &self.images[self.next];
-        if image.rgb.len() > frame.rgb.capacity() {
+        let capacity = frame.rgb.capacity();
+        let Some(dst) = frame.rgb.set_len(image.rgb.len()) else {
             return Err(Error::Invalid {
                 what: format!("image {} of {}", self.next, self.info.name),
                 reason: format!(
-                    "{} x {} does not fit the frame buffers ({} bytes)",
-                    image.width,
-                    image.height,
-                    frame.rgb.capacity()
+                    "{} x {} does not fit the frame buffers ({capacity} bytes)",
+                    image.width, image.height,
                 ),
             });
-        }
-        frame.rgb.clear();
-        frame.rgb.extend_from_slice(&image.rgb);
+        };
+        dst.copy_from_slice(&image.rgb);
         frame.width = image.width;
         frame.height = image.height;
         frame.intrinsics = image.intrinsics;

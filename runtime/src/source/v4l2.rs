@@ -1,7 +1,16 @@
 //! V4L2 camera capture: [`V4l2Source`] opens a single-planar video capture node, negotiates
 //! the pixel format, size and frame rate of `[source]`, streams through MMAP or USERPTR
-//! buffers and converts each image to 8-bit RGB on the CPU, handing the buffer back to the
-//! driver as soon as its pixels are converted.
+//! buffers and converts each image to 8-bit RGB, handing the buffer back to the driver as
+//! soon as its pixels are converted.
+//!
+//! With a CUDA device ([`V4l2Source::open_with_cuda`]) and `source.io = "auto"` or
+//! `"userptr"`, the buffers lent to the driver are host memory mapped into the GPU
+//! ([`MappedHostBuffer`](super::MappedHostBuffer)): the camera writes a frame, the GPU's
+//! colour conversion (`GpuColor::to_rgb8_mapped`, twin of `color::to_rgb8`) reads it where
+//! it lies and writes the RGB bytes into the frame's own mapped buffer, and the buffer goes
+//! back to the driver only once that kernel has finished. On a Jetson no byte is copied
+//! between the camera and the crops. MJPEG is decoded on the CPU, and MMAP buffers (the
+//! driver's memory) are converted on the CPU, into the same mapped frame.
 //!
 //! The kernel interface is a small hand-written ioctl layer over `libc` (the `sys`
 //! submodule, which says why no crate is used). [`list_devices`] and [`describe`] back
@@ -31,6 +40,15 @@ use posed_kernels::Intrinsics;
 use super::{monotonic_ns, wall_ns, Captured, Frame, FrameSource, SourceInfo};
 use crate::config::daemon::{CameraFormat, CameraIo, SourceConfig};
 use crate::{Error, Result};
+#[cfg(feature = "cuda")]
+use posed_kernels::cuda::{CudaDevice, GpuColor, MappedHostBuffer};
+
+/// The CUDA device a camera's buffers are mapped into.
+#[cfg(feature = "cuda")]
+type Cuda = CudaDevice;
+/// Without the `cuda` feature: no device, a type with no values.
+#[cfg(not(feature = "cuda"))]
+enum Cuda {}
 
 /// Buffers asked of the driver: one being converted, one being filled, two in hand so that
 /// a slow frame does not make the driver drop the next.
@@ -256,6 +274,17 @@ pub struct V4l2Source {
     /// `None` after a failed [`FrameSource::reopen`].
     camera: Option<Camera>,
     skipped_frames: u64,
+    /// The GPU colour conversion, with a CUDA device.
+    #[cfg(feature = "cuda")]
+    gpu: Option<CameraGpu>,
+}
+
+/// What a camera on a CUDA device needs: the device (for mapped buffers) and the colour
+/// conversion session.
+#[cfg(feature = "cuda")]
+struct CameraGpu {
+    device: CudaDevice,
+    color: GpuColor,
 }
 
 impl fmt::Debug for V4l2Source {
@@ -265,6 +294,7 @@ impl fmt::Debug for V4l2Source {
             .field("negotiated", &self.negotiated)
             .field("open", &self.camera.is_some())
             .field("skipped_frames", &self.skipped_frames)
+            .field("gpu", &self.on_gpu())
             .finish()
     }
 }
@@ -278,6 +308,24 @@ impl V4l2Source {
     /// when it is missing, not accessible (the `video` group), not a V4L2 capture device,
     /// offers none of the formats asked for, or fails to set up streaming.
     pub fn open(config: &SourceConfig) -> Result<Self> {
+        Self::open_inner(config, None)
+    }
+
+    /// [`V4l2Source::open`] for a daemon whose loop runs on `device`: with `source.io`
+    /// `"auto"` or `"userptr"` the buffers are mapped into the GPU and converted there
+    /// (see the module's documentation), and frames come from
+    /// [`FrameSource::allocate_frame`] in mapped memory. A driver that refuses USERPTR
+    /// buffers under `"auto"` gets MMAP buffers, converted on the CPU.
+    ///
+    /// # Errors
+    /// As [`V4l2Source::open`]; [`Error::Kernel`] when the colour conversion or the mapped
+    /// buffers cannot be set up.
+    #[cfg(feature = "cuda")]
+    pub fn open_with_cuda(config: &SourceConfig, device: &CudaDevice) -> Result<Self> {
+        Self::open_inner(config, Some(device))
+    }
+
+    fn open_inner(config: &SourceConfig, cuda: Option<&Cuda>) -> Result<Self> {
         let Some(k) = &config.intrinsics else {
             return Err(Error::Invalid {
                 what: "source.intrinsics".to_owned(),
@@ -286,8 +334,16 @@ impl V4l2Source {
             });
         };
         let intrinsics = Intrinsics::from_row_major(k);
-        let (camera, negotiated) = Camera::open(config)?;
+        let (camera, negotiated) = Camera::open(config, cuda)?;
         let info = source_info(config, &negotiated, intrinsics);
+        #[cfg(feature = "cuda")]
+        let gpu = match cuda {
+            Some(device) => Some(CameraGpu {
+                device: device.clone(),
+                color: color_session(device, &negotiated)?,
+            }),
+            None => None,
+        };
         tracing::info!(
             device = %config.device.display(),
             format = %negotiated.fourcc,
@@ -296,6 +352,7 @@ impl V4l2Source {
             fps = negotiated.fps,
             io = camera.io_name(),
             buffers = camera.slots.len(),
+            convert = if camera.gpu_readable() { "GPU, in place" } else { "CPU" },
             "camera streaming"
         );
         Ok(Self {
@@ -305,7 +362,32 @@ impl V4l2Source {
             negotiated,
             camera: Some(camera),
             skipped_frames: 0,
+            #[cfg(feature = "cuda")]
+            gpu,
         })
+    }
+
+    /// Whether frames are converted on a CUDA device.
+    pub fn on_gpu(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        {
+            self.gpu.is_some()
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            false
+        }
+    }
+
+    fn cuda(&self) -> Option<&Cuda> {
+        #[cfg(feature = "cuda")]
+        {
+            self.gpu.as_ref().map(|gpu| &gpu.device)
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            None
+        }
     }
 
     /// Frames dequeued but not delivered: flagged corrupt by the driver, shorter than the
@@ -333,6 +415,21 @@ impl FrameSource for V4l2Source {
         &self.info
     }
 
+    fn allocate_frame(&self) -> Result<Frame> {
+        let (width, height) = (self.info.width, self.info.height);
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = &self.gpu {
+            let rgb = super::RgbBuffer::mapped_into(&gpu.device, width * height * 3).map_err(
+                |source| Error::Kernel {
+                    context: "allocating a camera frame in memory mapped into the GPU".to_owned(),
+                    source,
+                },
+            )?;
+            return Ok(Frame::with_buffer(rgb));
+        }
+        Ok(Frame::with_capacity(width, height))
+    }
+
     fn capture(&mut self, frame: &mut Frame) -> Result<Captured> {
         let started = Instant::now();
         loop {
@@ -345,9 +442,26 @@ impl FrameSource for V4l2Source {
             };
             let buffer = camera.dequeue(device)?;
             let t_dequeued_ns = monotonic_ns();
-            let filled = fill_frame(&self.negotiated, camera.data(&buffer), &buffer, frame);
+            #[cfg(feature = "cuda")]
+            let on_gpu = match (self.gpu.as_mut(), camera.mapped_slot(&buffer)) {
+                (Some(gpu), Some(memory)) => Some(OnGpu {
+                    memory,
+                    color: &mut gpu.color,
+                }),
+                _ => None,
+            };
+            #[cfg(not(feature = "cuda"))]
+            let on_gpu = None;
+            let filled = fill_frame(
+                &self.negotiated,
+                camera.data(&buffer),
+                &buffer,
+                frame,
+                on_gpu,
+            );
             // The driver gets the buffer back before anything else can fail or return: a
-            // buffer not requeued is a buffer the camera can never fill again.
+            // buffer not requeued is a buffer the camera can never fill again. The GPU
+            // conversion has finished reading it (it synchronises before returning).
             camera
                 .queue(buffer.index as usize)
                 .map_err(|e| ioctl_error(device, "VIDIOC_QBUF", &e))?;
@@ -387,8 +501,14 @@ impl FrameSource for V4l2Source {
         // Close first: the device (or the same camera plugged in again) may refuse a second
         // open while the old file still holds its buffers.
         self.camera = None;
-        let (camera, negotiated) = Camera::open(&self.config)?;
+        let (camera, negotiated) = Camera::open(&self.config, self.cuda())?;
         check_reopened_size(&self.config.device, &self.negotiated, &negotiated)?;
+        #[cfg(feature = "cuda")]
+        if let Some(gpu) = self.gpu.as_mut() {
+            if negotiated.stride_bytes > gpu.color.max_stride_bytes() {
+                gpu.color = color_session(&gpu.device, &negotiated)?;
+            }
+        }
         if negotiated != self.negotiated {
             tracing::warn!(
                 device = %self.config.device.display(),
@@ -528,34 +648,47 @@ enum Filled {
     Skipped(Skip),
 }
 
-/// Converts one dequeued buffer into `frame.rgb` (and only that).
+/// The GPU side of [`fill_frame`]: the camera buffer's memory, mapped into the GPU, and
+/// the conversion session.
+#[cfg(feature = "cuda")]
+struct OnGpu<'a> {
+    memory: &'a MappedHostBuffer,
+    color: &'a mut GpuColor,
+}
+
+/// Without the `cuda` feature: never built.
+#[cfg(not(feature = "cuda"))]
+#[allow(dead_code)]
+struct OnGpu<'a>(std::marker::PhantomData<&'a ()>);
+
+/// Converts one dequeued buffer into `frame.rgb` (and only that): on the GPU when `on_gpu`
+/// is given and the frame is in mapped memory (the kernel reads the camera buffer and
+/// writes the frame in place, and has finished when this returns, so the caller may
+/// requeue the buffer at once), else on the CPU. JPEG is decoded on the CPU.
 fn fill_frame(
     n: &Negotiated,
     data: &[u8],
     buffer: &sys::Buffer,
     frame: &mut Frame,
+    on_gpu: Option<OnGpu<'_>>,
 ) -> Result<Filled> {
     if buffer.flags & sys::BUF_FLAG_ERROR != 0 {
         return Ok(Filled::Skipped(Skip::FlaggedError));
     }
     let rgb_bytes = n.width * n.height * 3;
-    if rgb_bytes > frame.rgb.capacity() {
+    let capacity = frame.rgb.capacity();
+    if frame.rgb.set_len(rgb_bytes).is_none() {
         return Err(Error::Invalid {
             what: "camera frame".to_owned(),
             reason: format!(
-                "a {}x{} RGB image needs {rgb_bytes} bytes, the frame was allocated for {}: \
-                 allocate it with Frame::with_capacity(info.width, info.height)",
-                n.width,
-                n.height,
-                frame.rgb.capacity()
+                "a {}x{} RGB image needs {rgb_bytes} bytes, the frame was allocated for \
+                 {capacity}: allocate it with the source's allocate_frame",
+                n.width, n.height,
             ),
         });
     }
-    // Within capacity: this never reallocates.
-    frame.rgb.resize(rgb_bytes, 0);
-    let dst = &mut frame.rgb[..rgb_bytes];
     let layout = match n.decode {
-        Decode::Jpeg => return Ok(decode_jpeg(data, n.width, n.height, dst)),
+        Decode::Jpeg => return Ok(decode_jpeg(data, n.width, n.height, &mut frame.rgb)),
         Decode::Rgb24 => PixelLayout::Rgb24,
         Decode::Yuyv => PixelLayout::Yuyv,
         Decode::Nv12 => PixelLayout::Nv12,
@@ -574,11 +707,36 @@ fn fill_frame(
         height: n.height,
         stride_bytes: n.stride_bytes,
     };
-    to_rgb8(&image, dst).map_err(|source| Error::Kernel {
+    #[cfg(feature = "cuda")]
+    if let (Some(gpu), Some(dst)) = (on_gpu, frame.rgb.mapped_memory_mut()) {
+        gpu.color
+            .to_rgb8_mapped(&image, gpu.memory, dst)
+            .map_err(|source| Error::Kernel {
+                context: format!("converting a {} camera frame on the GPU", n.fourcc),
+                source,
+            })?;
+        return Ok(Filled::Frame);
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = on_gpu;
+    to_rgb8(&image, &mut frame.rgb).map_err(|source| Error::Kernel {
         context: format!("converting a {} camera frame", n.fourcc),
         source,
     })?;
     Ok(Filled::Frame)
+}
+
+/// The GPU colour conversion for frames as negotiated; rows up to `3 * width` bytes
+/// apart at least, so that a camera reopened in another format rarely needs a new one.
+#[cfg(feature = "cuda")]
+fn color_session(device: &CudaDevice, n: &Negotiated) -> Result<GpuColor> {
+    let max_stride = n.stride_bytes.max(3 * n.width).max(1);
+    GpuColor::new(device, n.width.max(1), n.height.max(1), max_stride).map_err(|source| {
+        Error::Kernel {
+            context: "preparing the camera's colour conversion on the GPU".to_owned(),
+            source,
+        }
+    })
 }
 
 /// Decodes a JPEG of `width` x `height` into `dst` (`width * height * 3` bytes). The
@@ -888,6 +1046,10 @@ enum SlotKind {
     Mapped,
     /// Memory posed allocated with this layout and lends (USERPTR).
     Lent(Layout),
+    /// Memory posed lends (USERPTR) that is also mapped into a CUDA device, which reads
+    /// the frames in place. Freed (and unmapped) by its own `Drop`.
+    #[cfg(feature = "cuda")]
+    LentToGpu(MappedHostBuffer),
 }
 
 // SAFETY: a slot is a plain address range owned by the `Camera` that holds it; nothing
@@ -937,13 +1099,29 @@ impl Slot {
         })
     }
 
-    /// Page-aligned memory of at least `len` bytes for USERPTR streaming.
-    fn allocate(device: &Path, len: usize) -> Result<Self> {
-        // This is where CUDA-mapped pinned memory plugs in on the Jetson: allocate with
-        // cuMemHostAlloc(CU_MEMHOSTALLOC_DEVICEMAP) instead (page-aligned as well), keep
-        // the device pointer beside `ptr`, and free it with cuMemFreeHost in `Drop`; the
-        // GPU then reads each frame in place and the buffer is requeued only once the
-        // device is done with it. Plain host memory for now, converted on the CPU.
+    /// Page-aligned memory of at least `len` bytes for USERPTR streaming, mapped into
+    /// `cuda` when given.
+    fn allocate(device: &Path, len: usize, cuda: Option<&Cuda>) -> Result<Self> {
+        #[cfg(feature = "cuda")]
+        if let Some(cuda) = cuda {
+            let memory = MappedHostBuffer::new(cuda, len.max(1)).map_err(|e| {
+                camera_error(
+                    device,
+                    format!("cannot map a {len}-byte camera buffer into the GPU: {e}"),
+                )
+            })?;
+            let ptr = NonNull::new(memory.host_ptr())
+                .ok_or_else(|| camera_error(device, "a mapped buffer at address 0".to_owned()))?;
+            return Ok(Self {
+                ptr,
+                len: memory.len(),
+                kind: SlotKind::LentToGpu(memory),
+            });
+        }
+        #[cfg(not(feature = "cuda"))]
+        if let Some(never) = cuda {
+            match *never {}
+        }
         // SAFETY: sysconf has no preconditions.
         let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
             n if n > 0 => n as usize,
@@ -982,6 +1160,10 @@ impl Drop for Slot {
                 // pages) before it drops its slots.
                 unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
             }
+            // Unmapped and freed by the buffer's own Drop, after this one, and after the
+            // `Camera` closed the device.
+            #[cfg(feature = "cuda")]
+            SlotKind::LentToGpu(_) => {}
         }
     }
 }
@@ -1007,7 +1189,9 @@ impl Drop for Camera {
 }
 
 impl Camera {
-    fn open(config: &SourceConfig) -> Result<(Self, Negotiated)> {
+    /// Opens and starts streaming. With `cuda`, USERPTR buffers (`source.io` "auto" or
+    /// "userptr") are mapped into that device.
+    fn open(config: &SourceConfig, cuda: Option<&Cuda>) -> Result<(Self, Negotiated)> {
         let device = config.device.as_path();
         let file = open_node(device)?;
         let fd = file.as_fd();
@@ -1045,24 +1229,37 @@ impl Camera {
             type_: sys::BUF_TYPE_VIDEO_CAPTURE,
             ..Default::default()
         };
-        // `auto` means MMAP for now: USERPTR pays off only once the buffers are
-        // CUDA-mapped pinned memory (see `Slot::allocate`).
-        request.memory = match config.io {
-            CameraIo::Auto | CameraIo::Mmap => sys::MEMORY_MMAP,
-            CameraIo::Userptr => sys::MEMORY_USERPTR,
-        };
+        request.memory = buffer_memory(config.io, cuda.is_some());
         // SAFETY: VIDIOC_REQBUFS takes a `v4l2_requestbuffers`, which
         // `sys::RequestBuffers` is.
         if let Err(e) = unsafe { sys::ioctl(fd, sys::VIDIOC_REQBUFS, &mut request) } {
-            if request.memory == sys::MEMORY_USERPTR && e.raw_os_error() == Some(libc::EINVAL) {
+            let refused =
+                request.memory == sys::MEMORY_USERPTR && e.raw_os_error() == Some(libc::EINVAL);
+            if refused && config.io == CameraIo::Auto {
+                tracing::warn!(
+                    device = %device.display(),
+                    "the driver does not take USERPTR buffers: MMAP buffers, converted on \
+                     the CPU"
+                );
+                request = sys::RequestBuffers {
+                    count: BUFFER_COUNT,
+                    type_: sys::BUF_TYPE_VIDEO_CAPTURE,
+                    memory: sys::MEMORY_MMAP,
+                    ..Default::default()
+                };
+                // SAFETY: as above.
+                unsafe { sys::ioctl(fd, sys::VIDIOC_REQBUFS, &mut request) }
+                    .map_err(|e| ioctl_error(device, "VIDIOC_REQBUFS", &e))?;
+            } else if refused {
                 return Err(camera_error(
                     device,
                     "the driver does not take USERPTR buffers (source.io = \"userptr\"); use \
-                     source.io = \"mmap\""
+                     source.io = \"mmap\" or \"auto\""
                         .to_owned(),
                 ));
+            } else {
+                return Err(ioctl_error(device, "VIDIOC_REQBUFS", &e));
             }
-            return Err(ioctl_error(device, "VIDIOC_REQBUFS", &e));
         }
         if request.count < 2 {
             return Err(camera_error(
@@ -1078,7 +1275,7 @@ impl Camera {
             slots.push(if request.memory == sys::MEMORY_MMAP {
                 Slot::map(device, fd, index)?
             } else {
-                Slot::allocate(device, negotiated.size_bytes)?
+                Slot::allocate(device, negotiated.size_bytes, cuda)?
             });
         }
         let camera = Camera {
@@ -1099,10 +1296,35 @@ impl Camera {
     }
 
     fn io_name(&self) -> &'static str {
-        if self.memory == sys::MEMORY_USERPTR {
+        if self.gpu_readable() {
+            "userptr, mapped into the GPU"
+        } else if self.memory == sys::MEMORY_USERPTR {
             "userptr"
         } else {
             "mmap"
+        }
+    }
+
+    /// Whether the buffers are mapped into a CUDA device.
+    fn gpu_readable(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        {
+            self.slots
+                .iter()
+                .all(|slot| matches!(slot.kind, SlotKind::LentToGpu(_)))
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            false
+        }
+    }
+
+    /// The mapped memory of a dequeued buffer, when the buffers are mapped into the GPU.
+    #[cfg(feature = "cuda")]
+    fn mapped_slot(&self, buffer: &sys::Buffer) -> Option<&MappedHostBuffer> {
+        match &self.slots.get(buffer.index as usize)?.kind {
+            SlotKind::LentToGpu(memory) => Some(memory),
+            _ => None,
         }
     }
 
@@ -1199,6 +1421,16 @@ impl Camera {
         // dequeued, so the driver does not write to it until `queue` hands it back, which
         // needs this borrow to have ended in `capture`.
         unsafe { std::slice::from_raw_parts(slot.ptr.as_ptr(), len) }
+    }
+}
+
+/// The V4L2 memory type for `source.io`. `auto`: USERPTR where it pays, i.e. where the
+/// buffers are mapped into the GPU that converts them in place; MMAP (the driver's own
+/// memory) otherwise (and, in `Camera::open`, where the driver refuses USERPTR).
+fn buffer_memory(io: CameraIo, on_gpu: bool) -> u32 {
+    match (io, on_gpu) {
+        (CameraIo::Auto, true) | (CameraIo::Userptr, _) => sys::MEMORY_USERPTR,
+        (CameraIo::Auto, false) | (CameraIo::Mmap, _) => sys::MEMORY_MMAP,
     }
 }
 
@@ -1384,6 +1616,19 @@ mod tests {
                 message
             }
             other => panic!("expected a camera error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn auto_lends_buffers_only_to_a_gpu_that_reads_them_in_place() {
+        assert_eq!(buffer_memory(CameraIo::Auto, true), sys::MEMORY_USERPTR);
+        assert_eq!(buffer_memory(CameraIo::Auto, false), sys::MEMORY_MMAP);
+        for on_gpu in [false, true] {
+            assert_eq!(buffer_memory(CameraIo::Mmap, on_gpu), sys::MEMORY_MMAP);
+            assert_eq!(
+                buffer_memory(CameraIo::Userptr, on_gpu),
+                sys::MEMORY_USERPTR
+            );
         }
     }
 
@@ -1638,7 +1883,7 @@ mod tests {
         let capacity = frame.rgb.capacity();
         let buffer = sys::Buffer::default();
         assert!(matches!(
-            fill_frame(&n, &jpeg, &buffer, &mut frame),
+            fill_frame(&n, &jpeg, &buffer, &mut frame, None),
             Ok(Filled::Frame)
         ));
         assert_eq!(frame.rgb.len(), w * h * 3);
@@ -1657,7 +1902,7 @@ mod tests {
             &vec![77u8; w * h],
         );
         assert!(matches!(
-            fill_frame(&n, &grey, &buffer, &mut frame),
+            fill_frame(&n, &grey, &buffer, &mut frame, None),
             Ok(Filled::Frame)
         ));
         assert!(frame.rgb.iter().all(|v| v.abs_diff(77) <= 1));
@@ -1671,13 +1916,13 @@ mod tests {
         let buffer = sys::Buffer::default();
         for data in [&b""[..], b"\xff\xd8\xff\xe0garbage", &[0u8; 64]] {
             assert!(matches!(
-                fill_frame(&n, data, &buffer, &mut frame),
+                fill_frame(&n, data, &buffer, &mut frame, None),
                 Ok(Filled::Skipped(Skip::Jpeg(_)))
             ));
         }
         let other_size = jpeg_of(8, 8, image::ExtendedColorType::L8, &[0u8; 64]);
         assert!(matches!(
-            fill_frame(&n, &other_size, &buffer, &mut frame),
+            fill_frame(&n, &other_size, &buffer, &mut frame, None),
             Ok(Filled::Skipped(Skip::JpegSize {
                 width: 8,
                 height: 8
@@ -1688,7 +1933,7 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(
-            fill_frame(&n, &[], &flagged, &mut frame),
+            fill_frame(&n, &[], &flagged, &mut frame, None),
             Ok(Filled::Skipped(Skip::FlaggedError))
         ));
     }
@@ -1698,8 +1943,8 @@ mod tests {
         let n = negotiated(Decode::Yuyv, 64, 48, 128);
         let mut frame = Frame::with_capacity(32, 24);
         let data = vec![128u8; 128 * 48];
-        match fill_frame(&n, &data, &sys::Buffer::default(), &mut frame) {
-            Err(Error::Invalid { reason, .. }) => assert!(reason.contains("Frame::with_capacity")),
+        match fill_frame(&n, &data, &sys::Buffer::default(), &mut frame, None) {
+            Err(Error::Invalid { reason, .. }) => assert!(reason.contains("allocate_frame")),
             _ => panic!("expected an error"),
         }
         assert_eq!(frame.rgb.capacity(), 32 * 24 * 3);
@@ -1720,7 +1965,7 @@ mod tests {
         let n = negotiated(Decode::Yuyv, w, h, stride);
         let mut frame = Frame::with_capacity(w, h);
         assert!(matches!(
-            fill_frame(&n, &data, &sys::Buffer::default(), &mut frame),
+            fill_frame(&n, &data, &sys::Buffer::default(), &mut frame, None),
             Ok(Filled::Frame)
         ));
         for px in frame.rgb.chunks_exact(3) {
@@ -1731,7 +1976,8 @@ mod tests {
                 &n,
                 &data[..stride * (h - 1) + 2 * w - 1],
                 &sys::Buffer::default(),
-                &mut frame
+                &mut frame,
+                None
             ),
             Ok(Filled::Skipped(Skip::Short { .. }))
         ));
@@ -1743,7 +1989,7 @@ mod tests {
         pixels[..3].copy_from_slice(&[1, 2, 3]);
         let mut frame = Frame::with_capacity(4, 3);
         assert!(matches!(
-            fill_frame(&rgb, &pixels, &sys::Buffer::default(), &mut frame),
+            fill_frame(&rgb, &pixels, &sys::Buffer::default(), &mut frame, None),
             Ok(Filled::Frame)
         ));
         assert_eq!(&frame.rgb[..4], &[1, 2, 3, 0]);
