@@ -4,11 +4,17 @@
 # <target dir>/debian/, and prints their paths. The package layout is
 # `[package.metadata.deb]` in runtime/Cargo.toml; systemd/README.md describes it.
 #
-# Usage: bash scripts/build-debs.sh [amd64] [arm64]     (default: both)
+# Usage: bash scripts/build-debs.sh [--from-test-build] [amd64] [arm64]   (default: both)
+#
+# --from-test-build packages the debug binaries `cargo test` built (target/debug/posed and
+# target/aarch64-unknown-linux-gnu/debug/posed; default features, so no TensorRT shim)
+# instead of building release ones: what CI does (scripts/check-debs.sh) to check the
+# packaging itself in seconds. Such packages are for checking, not for installing.
 # Needs: cargo-deb (`cargo install cargo-deb --locked`), dpkg-dev (dpkg-shlibdeps, for the
 # $auto dependencies), and for arm64 what `.ci/run` installs for the aarch64 tests
 # (gcc-aarch64-linux-gnu, libc6-dev-arm64-cross, rustup target aarch64-unknown-linux-gnu).
-# Honours CARGO_TARGET_DIR. Not run in CI (a release build of each target takes long).
+# Honours CARGO_TARGET_DIR. CI runs it with --from-test-build only (a release build of each
+# target takes long).
 #
 # The packages enable the `tensorrt` feature. Its C++ shim is compiled only where
 # TensorRT's headers are found (a JetPack machine, or TENSORRT_ROOT / CUDA_INCLUDE_DIR
@@ -22,6 +28,11 @@ if ! cargo deb --version >/dev/null 2>&1; then
   exit 1
 fi
 
+from_test_build=false
+if [ "${1:-}" = --from-test-build ]; then
+  from_test_build=true
+  shift
+fi
 arches=("$@")
 [ "${#arches[@]}" -gt 0 ] || arches=(amd64 arm64)
 
@@ -76,12 +87,31 @@ for arch in "${arches[@]}"; do
     echo "warning: no TensorRT headers for $arch (TENSORRT_ROOT, /usr/include/$multiarch):" \
       "this package's TensorRT backend will report itself unavailable at run time" >&2
   fi
-  echo "== cargo deb -p posed --target $triple"
   # --target even for the host: every package then comes from target/<triple>/release,
   # and the file name carries the architecture either way. cargo-deb prints the path of
-  # the .deb it wrote as its last line.
+  # the .deb it wrote as its last line. From the test build: the host's binary is in
+  # target/debug (cargo test builds it without --target).
+  deb_args=(-p posed --output "$out_dir")
+  binary="$target_dir/$triple/release/posed"
+  if $from_test_build; then
+    deb_args+=(--no-build --profile dev)
+    if [ "$triple" = "$host_triple" ]; then
+      binary="$target_dir/debug/posed"
+    else
+      deb_args+=(--target "$triple")
+      binary="$target_dir/$triple/debug/posed"
+    fi
+    if [ ! -x "$binary" ]; then
+      echo "scripts/build-debs.sh: no $binary: run the tests for $triple first" >&2
+      exit 1
+    fi
+  else
+    deb_args+=(--target "$triple")
+  fi
+  echo "== cargo deb ${deb_args[*]}"
   log="$(mktemp)"
-  if ! cargo deb -p posed --target "$triple" --output "$out_dir" | tee "$log"; then
+  # cargo-deb's warnings about debug info in the dev profile are noise here.
+  if ! cargo deb "${deb_args[@]}" 2> >(grep -v -e "debug info" -e "profile.release" -e "dev profile is not supported" -e "^  " >&2) | tee "$log"; then
     rm -f "$log"
     echo "scripts/build-debs.sh: cargo deb failed for $arch" >&2
     exit 1
@@ -93,7 +123,7 @@ for arch in "${arches[@]}"; do
     exit 1
   fi
   if [ "$triple" != "$host_triple" ]; then
-    fix_cross_depends "$deb" "$target_dir/$triple/release/posed" "$arch"
+    fix_cross_depends "$deb" "$binary" "$arch"
   fi
   built+=("$deb")
 done

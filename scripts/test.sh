@@ -37,3 +37,6 @@ echo "== cargo test (aarch64-unknown-linux-gnu, under qemu-aarch64)"
 POSED_TEST_RUNNER="$PWD/cross/qemu-aarch64-runner.sh" \
   cargo test --workspace --locked --target aarch64-unknown-linux-gnu --exclude posed-benches
 cargo test -p posed-engines --locked --features tensorrt --target aarch64-unknown-linux-gnu --lib
+
+echo "== Debian packages (amd64, arm64) from the binaries the tests built: scripts/check-debs.sh"
+bash scripts/check-debs.sh
