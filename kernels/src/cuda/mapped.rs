@@ -10,7 +10,9 @@
 //! whereas `cuMemHostAlloc` memory on a discrete GPU is a driver mapping V4L2 refuses.
 //! On a discrete GPU the same buffer still works (the GPU reads it over PCIe); whether
 //! reading in place beats one upload depends on how often each byte is read, which is why
-//! [`CudaDevice::integrated`] is there for callers to decide.
+//! [`CudaDevice::integrated`] is there for callers to decide. Where the GPU cannot map
+//! host memory ([`CudaDevice::maps_host_memory`]), [`MappedHostBuffer::new`] says so and
+//! callers fall back to ordinary memory and copies.
 
 use std::alloc::Layout;
 use std::ffi::c_void;
@@ -28,7 +30,9 @@ use crate::KernelError;
 ///
 /// Nothing orders the two: a kernel writing the buffer must be synchronised before the CPU
 /// reads it, and the CPU must not write it while a kernel reads it. The sessions of this
-/// crate that take one synchronise their stream before they return.
+/// crate that take one synchronise their stream before they return. Memory lent to a
+/// device driver (a V4L2 buffer) must not be read through [`MappedHostBuffer::as_slice`]
+/// while the driver may write it, i.e. unless the buffer is dequeued.
 pub struct MappedHostBuffer {
     context: Arc<CudaContext>,
     host: NonNull<u8>,
@@ -66,14 +70,24 @@ impl MappedHostBuffer {
     /// them into `device`'s address space.
     ///
     /// # Errors
-    /// [`KernelError::InvalidValue`] for `len == 0`; [`KernelError::CudaDriver`] when
-    /// the memory cannot be allocated, locked or mapped (`ulimit -l` applies to page-locked memory); [`KernelError::CudaUnavailable`]
-    /// without a driver.
+    /// [`KernelError::InvalidValue`] for `len == 0`; [`KernelError::CudaDriver`] when the
+    /// GPU cannot map host memory or the memory cannot be allocated, locked or mapped;
+    /// [`KernelError::CudaUnavailable`] when the driver library lacks what is needed.
     pub fn new(device: &CudaDevice, len: usize) -> Result<Self, KernelError> {
         if len == 0 {
             return Err(KernelError::InvalidValue {
                 what: "mapped host buffer length",
                 reason: "must be at least 1 byte",
+            });
+        }
+        if !device.maps_host_memory() {
+            return Err(KernelError::CudaDriver {
+                call: "cuMemHostRegister",
+                message: format!(
+                    "{} cannot map host memory into its address space (no \
+                     CAN_MAP_HOST_MEMORY / HOST_REGISTER_SUPPORTED)",
+                    device.name()
+                ),
             });
         }
         let page = page_size();
@@ -100,21 +114,38 @@ impl MappedHostBuffer {
             },
         )?;
         let context = Arc::clone(device.context());
-        let registered = guarded("mapping host memory into the GPU", || {
+        let registered = guarded("registering host memory with the GPU", || {
             context
                 .bind_to_thread()
                 .map_err(driver_error("cuCtxSetCurrent"))?;
             let flags =
                 driver_sys::CU_MEMHOSTREGISTER_PORTABLE | driver_sys::CU_MEMHOSTREGISTER_DEVICEMAP;
             // SAFETY: `host` is `size` bytes this function allocated and owns; they stay
-            // allocated until `Drop`, which unregisters them first.
+            // allocated until they are unregistered (`Drop`, or below on failure).
             unsafe { driver_sys::cuMemHostRegister_v2(host.as_ptr().cast(), size, flags) }
                 .result()
-                .map_err(driver_error("cuMemHostRegister"))?;
+                .map_err(driver_error("cuMemHostRegister"))
+        });
+        if let Err(error) = registered {
+            // Not registered: cudarc panics on a missing symbol before it calls the
+            // driver, and the driver's own failure registers nothing.
+            // SAFETY: allocated above with `layout`, not registered.
+            unsafe { std::alloc::dealloc(host.as_ptr(), layout) };
+            return Err(error);
+        }
+        let mut buffer = Self {
+            context,
+            host,
+            len: size,
+            layout,
+            device_ptr: 0,
+        };
+        // On failure `buffer` drops: unregistered, then freed.
+        buffer.device_ptr = guarded("mapping host memory into the GPU", || {
             let mut device_ptr: driver_sys::CUdeviceptr = 0;
-            // SAFETY: `host` was registered with DEVICEMAP just above; `device_ptr` is a
-            // valid place for the result; the flags argument must be 0.
-            let mapped = unsafe {
+            // SAFETY: `host` was registered with DEVICEMAP above; `device_ptr` is a valid
+            // place for the result; the flags argument must be 0.
+            unsafe {
                 driver_sys::cuMemHostGetDevicePointer_v2(
                     &mut device_ptr,
                     host.as_ptr().cast::<c_void>(),
@@ -122,28 +153,10 @@ impl MappedHostBuffer {
                 )
             }
             .result()
-            .map_err(driver_error("cuMemHostGetDevicePointer"));
-            if let Err(error) = mapped {
-                // SAFETY: registered above and not used since.
-                let _ = unsafe { driver_sys::cuMemHostUnregister(host.as_ptr().cast()) };
-                return Err(error);
-            }
+            .map_err(driver_error("cuMemHostGetDevicePointer"))?;
             Ok(device_ptr)
-        });
-        match registered {
-            Ok(device_ptr) => Ok(Self {
-                context,
-                host,
-                len: size,
-                layout,
-                device_ptr,
-            }),
-            Err(error) => {
-                // SAFETY: allocated above with `layout`, not registered (or unregistered).
-                unsafe { std::alloc::dealloc(host.as_ptr(), layout) };
-                Err(error)
-            }
-        }
+        })?;
+        Ok(buffer)
     }
 
     /// Bytes in the buffer (the requested length rounded up to whole pages).
@@ -200,16 +213,27 @@ impl MappedHostBuffer {
 
 impl Drop for MappedHostBuffer {
     fn drop(&mut self) {
-        // Errors are ignored: the memory is freed either way, and a driver that fails to
-        // unregister has lost the context, with it the mapping.
-        let _ = guarded("unmapping host memory from the GPU", || {
-            let _ = self.context.bind_to_thread();
+        let host = self.host.as_ptr();
+        let unregistered = guarded("unmapping host memory from the GPU", || {
+            // A failed bind (an error another call left on the context) is retried once:
+            // unregistering needs the context current.
+            if self.context.bind_to_thread().is_err() {
+                self.context
+                    .bind_to_thread()
+                    .map_err(driver_error("cuCtxSetCurrent"))?;
+            }
             // SAFETY: registered in `new`; no kernel uses it any more (the sessions that
             // read it synchronise before returning, and the buffer is not borrowed).
-            let _ = unsafe { driver_sys::cuMemHostUnregister(self.host.as_ptr().cast()) };
-            Ok(())
+            unsafe { driver_sys::cuMemHostUnregister(host.cast()) }
+                .result()
+                .map_err(driver_error("cuMemHostUnregister"))
         });
-        // SAFETY: allocated in `new` with `self.layout`.
-        unsafe { std::alloc::dealloc(self.host.as_ptr(), self.layout) };
+        if unregistered.is_ok() {
+            // SAFETY: allocated in `new` with `self.layout`, and no longer registered.
+            unsafe { std::alloc::dealloc(host, self.layout) };
+        }
+        // Otherwise the pages are leaked on purpose: freed while still registered, they
+        // could be handed out again and registered a second time (which fails), or be
+        // written by the GPU through a mapping it still holds.
     }
 }

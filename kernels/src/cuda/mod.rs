@@ -139,6 +139,7 @@ pub struct CudaDevice {
     compute_capability: (u32, u32),
     driver_version: (i32, i32),
     integrated: bool,
+    maps_host_memory: bool,
     cache: KernelCache,
 }
 
@@ -150,6 +151,7 @@ impl std::fmt::Debug for CudaDevice {
             .field("compute_capability", &self.compute_capability)
             .field("driver_version", &self.driver_version)
             .field("integrated", &self.integrated)
+            .field("maps_host_memory", &self.maps_host_memory)
             .field("cache", &self.cache)
             .finish()
     }
@@ -192,14 +194,21 @@ impl CudaDevice {
             unsafe { driver_sys::cuDriverGetVersion(&mut version) }
                 .result()
                 .map_err(driver_error("cuDriverGetVersion"))?;
-            let integrated = context
-                .attribute(driver_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_INTEGRATED)
-                .map_err(driver_error("cuDeviceGetAttribute"))?
-                != 0;
+            let flag = |attribute| {
+                context
+                    .attribute(attribute)
+                    .map(|value| value != 0)
+                    .map_err(driver_error("cuDeviceGetAttribute"))
+            };
+            use driver_sys::CUdevice_attribute as Attribute;
+            let integrated = flag(Attribute::CU_DEVICE_ATTRIBUTE_INTEGRATED)?;
+            let maps_host_memory = flag(Attribute::CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY)?
+                && flag(Attribute::CU_DEVICE_ATTRIBUTE_HOST_REGISTER_SUPPORTED)?;
             Ok(Self {
                 context,
                 name,
                 integrated,
+                maps_host_memory,
                 compute_capability: (
                     u32::try_from(major).unwrap_or(0),
                     u32::try_from(minor).unwrap_or(0),
@@ -236,10 +245,18 @@ impl CudaDevice {
         self.driver_version
     }
 
-    /// Whether the GPU shares the host's memory (a Jetson): then a kernel reads
-    /// [`MappedHostBuffer`]s as fast as device memory, and copying them up is waste.
+    /// Whether the GPU shares the host's memory (a Jetson): then a kernel reads a
+    /// [`MappedHostBuffer`] from the same DRAM as device memory, and copying it up moves
+    /// bytes within that DRAM.
     pub fn integrated(&self) -> bool {
         self.integrated
+    }
+
+    /// Whether [`MappedHostBuffer`]s can be had on this GPU: it maps host memory and
+    /// registers existing memory (`cuMemHostRegister`; not on Jetsons older than Xavier,
+    /// which lack I/O coherency).
+    pub fn maps_host_memory(&self) -> bool {
+        self.maps_host_memory
     }
 
     /// The kernel cache in use.

@@ -254,6 +254,34 @@ pub trait FrameSource: Send {
     fn reopen(&mut self) -> Result<()>;
 }
 
+/// The CUDA device frames are mapped into (posed-kernels' type).
+#[cfg(feature = "cuda")]
+pub(crate) type Cuda = posed_kernels::cuda::CudaDevice;
+/// Without the `cuda` feature: no device, a type with no values.
+#[cfg(not(feature = "cuda"))]
+pub(crate) enum Cuda {}
+
+/// A frame for images up to `info`'s size: in memory mapped into `cuda` when one is given
+/// and that memory can be had, else (with a warning) on the heap.
+pub(crate) fn frame_for(cuda: Option<&Cuda>, info: &SourceInfo) -> Frame {
+    let (width, height) = (info.width, info.height);
+    #[cfg(feature = "cuda")]
+    if let Some(device) = cuda {
+        match RgbBuffer::mapped_into(device, width * height * 3) {
+            Ok(rgb) => return Frame::with_buffer(rgb),
+            Err(e) => tracing::warn!(
+                "{}: a frame in memory mapped into the GPU: {e}; on the heap instead",
+                info.name
+            ),
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    if let Some(never) = cuda {
+        match *never {}
+    }
+    Frame::with_capacity(width, height)
+}
+
 /// Now on CLOCK_MONOTONIC, nanoseconds.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {

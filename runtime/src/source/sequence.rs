@@ -172,19 +172,11 @@ impl FrameSource for SequenceSource {
     }
 
     fn allocate_frame(&self) -> Result<Frame> {
-        let (width, height) = (self.info.width, self.info.height);
         #[cfg(feature = "cuda")]
-        if let Some(device) = &self.mapped_into {
-            let rgb =
-                super::RgbBuffer::mapped_into(device, width * height * 3).map_err(|source| {
-                    Error::Kernel {
-                        context: "allocating a frame in memory mapped into the GPU".to_owned(),
-                        source,
-                    }
-                })?;
-            return Ok(Frame::with_buffer(rgb));
-        }
-        Ok(Frame::with_capacity(width, height))
+        let cuda = self.mapped_into.as_ref();
+        #[cfg(not(feature = "cuda"))]
+        let cuda = None;
+        Ok(super::frame_for(cuda, &self.info))
     }
 
     fn capture(&mut self, frame: &mut Frame) -> Result<Captured> {

@@ -37,18 +37,11 @@ use image::ImageDecoder;
 use posed_kernels::color::{to_rgb8, PackedImage, PixelLayout};
 use posed_kernels::Intrinsics;
 
-use super::{monotonic_ns, wall_ns, Captured, Frame, FrameSource, SourceInfo};
+use super::{monotonic_ns, wall_ns, Captured, Cuda, Frame, FrameSource, SourceInfo};
 use crate::config::daemon::{CameraFormat, CameraIo, SourceConfig};
 use crate::{Error, Result};
 #[cfg(feature = "cuda")]
 use posed_kernels::cuda::{CudaDevice, GpuColor, MappedHostBuffer};
-
-/// The CUDA device a camera's buffers are mapped into.
-#[cfg(feature = "cuda")]
-type Cuda = CudaDevice;
-/// Without the `cuda` feature: no device, a type with no values.
-#[cfg(not(feature = "cuda"))]
-enum Cuda {}
 
 /// Buffers asked of the driver: one being converted, one being filled, two in hand so that
 /// a slow frame does not make the driver drop the next.
@@ -274,17 +267,14 @@ pub struct V4l2Source {
     /// `None` after a failed [`FrameSource::reopen`].
     camera: Option<Camera>,
     skipped_frames: u64,
-    /// The GPU colour conversion, with a CUDA device.
+    /// The CUDA device camera buffers and frames are mapped into (one that can map host
+    /// memory).
     #[cfg(feature = "cuda")]
-    gpu: Option<CameraGpu>,
-}
-
-/// What a camera on a CUDA device needs: the device (for mapped buffers) and the colour
-/// conversion session.
-#[cfg(feature = "cuda")]
-struct CameraGpu {
-    device: CudaDevice,
-    color: GpuColor,
+    cuda: Option<CudaDevice>,
+    /// The GPU colour conversion, while the camera's buffers are mapped into `cuda` and
+    /// its format is not JPEG.
+    #[cfg(feature = "cuda")]
+    color: Option<GpuColor>,
 }
 
 impl fmt::Debug for V4l2Source {
@@ -314,12 +304,13 @@ impl V4l2Source {
     /// [`V4l2Source::open`] for a daemon whose loop runs on `device`: with `source.io`
     /// `"auto"` or `"userptr"` the buffers are mapped into the GPU and converted there
     /// (see the module's documentation), and frames come from
-    /// [`FrameSource::allocate_frame`] in mapped memory. A driver that refuses USERPTR
-    /// buffers under `"auto"` gets MMAP buffers, converted on the CPU.
+    /// [`FrameSource::allocate_frame`] in mapped memory. Whatever of that cannot be had
+    /// (a GPU that cannot map host memory, a driver that refuses USERPTR buffers or the
+    /// memory, no NVRTC for the conversion, a GPU error later) is logged and done as
+    /// without a GPU: MMAP (or plain USERPTR) buffers, converted on the CPU.
     ///
     /// # Errors
-    /// As [`V4l2Source::open`]; [`Error::Kernel`] when the colour conversion or the mapped
-    /// buffers cannot be set up.
+    /// As [`V4l2Source::open`].
     #[cfg(feature = "cuda")]
     pub fn open_with_cuda(config: &SourceConfig, device: &CudaDevice) -> Result<Self> {
         Self::open_inner(config, Some(device))
@@ -334,16 +325,26 @@ impl V4l2Source {
             });
         };
         let intrinsics = Intrinsics::from_row_major(k);
-        let (camera, negotiated) = Camera::open(config, cuda)?;
+        #[cfg(feature = "cuda")]
+        let cuda = cuda.filter(|device| {
+            let maps = device.maps_host_memory();
+            if !maps {
+                tracing::warn!(
+                    "{} cannot map host memory: camera frames are converted on the CPU and \
+                     copied to the GPU",
+                    device.name()
+                );
+            }
+            maps
+        });
+        let (camera, negotiated) = open_camera(config, cuda)?;
         let info = source_info(config, &negotiated, intrinsics);
         #[cfg(feature = "cuda")]
-        let gpu = match cuda {
-            Some(device) => Some(CameraGpu {
-                device: device.clone(),
-                color: color_session(device, &negotiated)?,
-            }),
-            None => None,
-        };
+        let color = color_session(&camera, cuda, &negotiated, None);
+        #[cfg(feature = "cuda")]
+        let on_gpu = color.is_some();
+        #[cfg(not(feature = "cuda"))]
+        let on_gpu = false;
         tracing::info!(
             device = %config.device.display(),
             format = %negotiated.fourcc,
@@ -352,7 +353,7 @@ impl V4l2Source {
             fps = negotiated.fps,
             io = camera.io_name(),
             buffers = camera.slots.len(),
-            convert = if camera.gpu_readable() { "GPU, in place" } else { "CPU" },
+            convert = if on_gpu { "GPU, in place" } else { "CPU" },
             "camera streaming"
         );
         Ok(Self {
@@ -363,7 +364,9 @@ impl V4l2Source {
             camera: Some(camera),
             skipped_frames: 0,
             #[cfg(feature = "cuda")]
-            gpu,
+            cuda: cuda.cloned(),
+            #[cfg(feature = "cuda")]
+            color,
         })
     }
 
@@ -371,7 +374,7 @@ impl V4l2Source {
     pub fn on_gpu(&self) -> bool {
         #[cfg(feature = "cuda")]
         {
-            self.gpu.is_some()
+            self.color.is_some()
         }
         #[cfg(not(feature = "cuda"))]
         {
@@ -382,7 +385,7 @@ impl V4l2Source {
     fn cuda(&self) -> Option<&Cuda> {
         #[cfg(feature = "cuda")]
         {
-            self.gpu.as_ref().map(|gpu| &gpu.device)
+            self.cuda.as_ref()
         }
         #[cfg(not(feature = "cuda"))]
         {
@@ -416,18 +419,7 @@ impl FrameSource for V4l2Source {
     }
 
     fn allocate_frame(&self) -> Result<Frame> {
-        let (width, height) = (self.info.width, self.info.height);
-        #[cfg(feature = "cuda")]
-        if let Some(gpu) = &self.gpu {
-            let rgb = super::RgbBuffer::mapped_into(&gpu.device, width * height * 3).map_err(
-                |source| Error::Kernel {
-                    context: "allocating a camera frame in memory mapped into the GPU".to_owned(),
-                    source,
-                },
-            )?;
-            return Ok(Frame::with_buffer(rgb));
-        }
-        Ok(Frame::with_capacity(width, height))
+        Ok(super::frame_for(self.cuda(), &self.info))
     }
 
     fn capture(&mut self, frame: &mut Frame) -> Result<Captured> {
@@ -443,22 +435,36 @@ impl FrameSource for V4l2Source {
             let buffer = camera.dequeue(device)?;
             let t_dequeued_ns = monotonic_ns();
             #[cfg(feature = "cuda")]
-            let on_gpu = match (self.gpu.as_mut(), camera.mapped_slot(&buffer)) {
-                (Some(gpu), Some(memory)) => Some(OnGpu {
-                    memory,
-                    color: &mut gpu.color,
-                }),
+            let on_gpu = match (self.color.as_mut(), camera.mapped_slot(&buffer)) {
+                (Some(color), Some(memory)) => Some(OnGpu { memory, color }),
                 _ => None,
             };
             #[cfg(not(feature = "cuda"))]
             let on_gpu = None;
-            let filled = fill_frame(
+            let tried_gpu = on_gpu.is_some();
+            let mut filled = fill_frame(
                 &self.negotiated,
                 camera.data(&buffer),
                 &buffer,
                 frame,
                 on_gpu,
             );
+            // A GPU that fails (its context lost, say) must not stop the camera: the CPU
+            // converts from here on, from the same (host) memory.
+            #[cfg(feature = "cuda")]
+            if tried_gpu {
+                if let Err(Error::Kernel { context, source }) = &filled {
+                    tracing::warn!(
+                        device = %device.display(),
+                        "{context}: {source}; converting camera frames on the CPU from now on"
+                    );
+                    self.color = None;
+                    filled =
+                        fill_frame(&self.negotiated, camera.data(&buffer), &buffer, frame, None);
+                }
+            }
+            #[cfg(not(feature = "cuda"))]
+            let _ = (tried_gpu, &mut filled);
             // The driver gets the buffer back before anything else can fail or return: a
             // buffer not requeued is a buffer the camera can never fill again. The GPU
             // conversion has finished reading it (it synchronises before returning).
@@ -501,13 +507,11 @@ impl FrameSource for V4l2Source {
         // Close first: the device (or the same camera plugged in again) may refuse a second
         // open while the old file still holds its buffers.
         self.camera = None;
-        let (camera, negotiated) = Camera::open(&self.config, self.cuda())?;
+        let (camera, negotiated) = open_camera(&self.config, self.cuda())?;
         check_reopened_size(&self.config.device, &self.negotiated, &negotiated)?;
         #[cfg(feature = "cuda")]
-        if let Some(gpu) = self.gpu.as_mut() {
-            if negotiated.stride_bytes > gpu.color.max_stride_bytes() {
-                gpu.color = color_session(&gpu.device, &negotiated)?;
-            }
+        {
+            self.color = color_session(&camera, self.cuda.as_ref(), &negotiated, self.color.take());
         }
         if negotiated != self.negotiated {
             tracing::warn!(
@@ -726,17 +730,54 @@ fn fill_frame(
     Ok(Filled::Frame)
 }
 
-/// The GPU colour conversion for frames as negotiated; rows up to `3 * width` bytes
-/// apart at least, so that a camera reopened in another format rarely needs a new one.
+/// The GPU colour conversion for `camera` as negotiated: `None` when its buffers are not
+/// mapped into a GPU, for JPEG (decoded on the CPU), or when the session cannot be had
+/// (no NVRTC: a warning, and the CPU converts). `current` is kept when it fits. Rows up to
+/// `3 * width` bytes apart at least, so that a camera reopened in another format rarely
+/// needs a new session.
 #[cfg(feature = "cuda")]
-fn color_session(device: &CudaDevice, n: &Negotiated) -> Result<GpuColor> {
-    let max_stride = n.stride_bytes.max(3 * n.width).max(1);
-    GpuColor::new(device, n.width.max(1), n.height.max(1), max_stride).map_err(|source| {
-        Error::Kernel {
-            context: "preparing the camera's colour conversion on the GPU".to_owned(),
-            source,
+fn color_session(
+    camera: &Camera,
+    cuda: Option<&CudaDevice>,
+    n: &Negotiated,
+    current: Option<GpuColor>,
+) -> Option<GpuColor> {
+    let device = cuda?;
+    if !camera.gpu_readable() || n.decode == Decode::Jpeg {
+        return None;
+    }
+    if let Some(color) = current {
+        if n.stride_bytes <= color.max_stride_bytes()
+            && n.width <= color.max_width()
+            && n.height <= color.max_height()
+        {
+            return Some(color);
         }
-    })
+    }
+    let max_stride = n.stride_bytes.max(3 * n.width).max(1);
+    match GpuColor::new(device, n.width.max(1), n.height.max(1), max_stride) {
+        Ok(color) => Some(color),
+        Err(e) => {
+            tracing::warn!("the camera's colour conversion on the GPU: {e}; converting on the CPU");
+            None
+        }
+    }
+}
+
+/// Opens the camera, with its buffers mapped into `cuda` where that is asked for; when
+/// that fails (memory the GPU cannot map, a driver that takes USERPTR requests but not
+/// the memory), with a warning, as it would be without a GPU.
+fn open_camera(config: &SourceConfig, cuda: Option<&Cuda>) -> Result<(Camera, Negotiated)> {
+    match Camera::open(config, cuda) {
+        Err(e) if cuda.is_some() && config.io != CameraIo::Mmap => {
+            tracing::warn!(
+                device = %config.device.display(),
+                "camera buffers mapped into the GPU: {e}; trying without"
+            );
+            Camera::open(config, None)
+        }
+        other => other,
+    }
 }
 
 /// Decodes a JPEG of `width` x `height` into `dst` (`width * height * 3` bytes). The
