@@ -72,6 +72,27 @@ pub fn parts_from_config(config: &Config) -> Result<(DaemonParts, DaemonOptions)
             .unwrap_or(PipelineOptions::default().render_threads),
         ..PipelineOptions::default()
     };
+    // Every network is loaded (a TensorRT engine may be built: minutes) before the camera
+    // starts streaming, so that its first frames are not ones queued during the build.
+    let objects = match pipeline_config.objects {
+        ObjectsFrom::Detector => {
+            let (session, network) = session(Role::Detector)?.ok_or_else(|| Error::Config {
+                path: config.path.clone(),
+                key: "networks.detector".to_owned(),
+                reason: "pipeline.objects = \"detector\" needs a detector network".to_owned(),
+            })?;
+            ObjectsProvider::Detector(Box::new(Detector::new(session, network.sidecar())?))
+        }
+        ObjectsFrom::DatasetBoxes => {
+            let path = config.source.path.as_deref().ok_or_else(|| Error::Config {
+                path: config.path.clone(),
+                key: "source.path".to_owned(),
+                reason: "dataset boxes need a BOP split or scene folder".to_owned(),
+            })?;
+            ObjectsProvider::DatasetBoxes(bop_boxes(path)?)
+        }
+    };
+
     // The source first: its image size bounds the pipeline's device buffers.
     #[cfg(feature = "cuda")]
     let (source, pipeline) = {
@@ -132,25 +153,6 @@ pub fn parts_from_config(config: &Config) -> Result<(DaemonParts, DaemonOptions)
             tracing::warn!("pipeline.device = \"cuda\": {reason}");
         }
         (source, pipeline)
-    };
-
-    let objects = match pipeline_config.objects {
-        ObjectsFrom::Detector => {
-            let (session, network) = session(Role::Detector)?.ok_or_else(|| Error::Config {
-                path: config.path.clone(),
-                key: "networks.detector".to_owned(),
-                reason: "pipeline.objects = \"detector\" needs a detector network".to_owned(),
-            })?;
-            ObjectsProvider::Detector(Box::new(Detector::new(session, network.sidecar())?))
-        }
-        ObjectsFrom::DatasetBoxes => {
-            let path = config.source.path.as_deref().ok_or_else(|| Error::Config {
-                path: config.path.clone(),
-                key: "source.path".to_owned(),
-                reason: "dataset boxes need a BOP split or scene folder".to_owned(),
-            })?;
-            ObjectsProvider::DatasetBoxes(bop_boxes(path)?)
-        }
     };
 
     let parts = DaemonParts {
