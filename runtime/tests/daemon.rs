@@ -322,7 +322,8 @@ fn the_demo_on_cuda_gives_the_poses_it_gives_on_the_cpu() {
         };
         let mut poses = Poses::new();
         let mut estimates = Vec::new();
-        for _ in 0..3 {
+        // Two frames: under qemu-aarch64 (CI) each costs seconds.
+        for _ in 0..2 {
             assert_eq!(
                 parts.source.capture(&mut frame).expect("capture"),
                 Captured::Frame
