@@ -3,11 +3,14 @@
 # on a lent GPU machine (x86_64, CUDA driver, no cargo), and gathers it in
 # target/gpu-carry/ for the device tool's `carry`:
 #
-#   target/gpu-carry/bin/gpu_timings              cargo build --release -p posed-benches --bin gpu_timings
-#   target/gpu-carry/bin/gpu_equivalence          cargo test --release -p posed-kernels --no-run \
-#   target/gpu-carry/bin/gpu_render_equivalence     --test gpu_equivalence --test gpu_render_equivalence \
-#   target/gpu-carry/bin/gpu_cosypose_equivalence   --test gpu_cosypose_equivalence \
-#   target/gpu-carry/bin/gpu_color_equivalence      --test gpu_color_equivalence
+#   target/gpu-carry/bin.tar.gz, holding bin/:
+#     gpu_timings              cargo build --release -p posed-benches --bin gpu_timings
+#     posed                    cargo build --release -p posed --bin posed (predict and run --demo
+#                              on the GPU against the CPU)
+#     gpu_equivalence          cargo test --release -p posed-kernels --no-run \
+#     gpu_render_equivalence     --test gpu_equivalence --test gpu_render_equivalence \
+#     gpu_cosypose_equivalence   --test gpu_cosypose_equivalence \
+#     gpu_color_equivalence      --test gpu_color_equivalence
 #   target/gpu-carry/nvrtc.tar.gz                 libnvrtc.so.12 + libnvrtc-builtins (NVRTC 12.6.85,
 #                                                 from target/nvrtc-wheel/nvidia/cuda_nvrtc/lib,
 #                                                 which scripts/check-cuda-kernels.sh installs)
@@ -16,8 +19,9 @@
 #                                                 (CARGO_MANIFEST_DIR); run.sh links it on the device
 #   target/gpu-carry/MANIFEST                     commit, dirty files, toolchain, sizes, sha256
 #
-# The NVRTC library is carried gzipped: as plain files it (64 MB) would alone fill the
-# 64 MiB the device tool sends per call (working tree + carried paths).
+# The NVRTC library and the binaries are carried gzipped: as plain files NVRTC (64 MB)
+# would alone fill the 64 MiB the device tool sends per call (working tree + carried
+# paths), and the binaries (about 50 MB stripped) would not fit beside it.
 #
 # Then, from the session (the device tool is no shell command):
 #   run(command: "bash benches/gpu/run.sh", carry: ["target/gpu-carry"], timeout_s: 600)
@@ -72,6 +76,9 @@ for line in sys.stdin:
 echo "== cargo build --release -p posed-benches --bin gpu_timings"
 timings="$(cargo build --locked --release -p posed-benches --bin gpu_timings \
   --message-format=json-render-diagnostics | executables gpu_timings)"
+echo "== cargo build --release -p posed --bin posed"
+posed_bin="$(cargo build --locked --release -p posed --bin posed \
+  --message-format=json-render-diagnostics | executables posed)"
 echo "== cargo test --release -p posed-kernels --no-run --test gpu_equivalence --test gpu_render_equivalence --test gpu_cosypose_equivalence --test gpu_color_equivalence"
 tests="$(cargo test --locked --release -p posed-kernels --no-run \
   --test gpu_equivalence --test gpu_render_equivalence --test gpu_cosypose_equivalence \
@@ -88,16 +95,17 @@ while read -r name path; do
   cp "$path" "$CARRY/bin/$name"
   found=$((found + 1))
 done <<<"$timings
+$posed_bin
 $tests"
-for name in gpu_timings gpu_equivalence gpu_render_equivalence gpu_cosypose_equivalence \
+for name in gpu_timings posed gpu_equivalence gpu_render_equivalence gpu_cosypose_equivalence \
   gpu_color_equivalence; do
   if [ ! -x "$CARRY/bin/$name" ]; then
     echo "prepare.sh: cargo reported no executable for $name" >&2
     exit 1
   fi
 done
-if [ "$found" -ne 5 ]; then
-  echo "prepare.sh: expected 5 executables, cargo reported $found" >&2
+if [ "$found" -ne 6 ]; then
+  echo "prepare.sh: expected 6 executables, cargo reported $found" >&2
   exit 1
 fi
 
@@ -105,6 +113,10 @@ fi
 # about 80 MB to under 20 MB, which the 64 MiB a call sends needs. Symbols stay, so a
 # backtrace still names functions.
 strip --strip-debug "$CARRY"/bin/*
+binaries_sha256="$(cd "$CARRY" && sha256sum bin/*)"
+echo "== packing the binaries"
+tar -C "$CARRY" -czf "$CARRY/bin.tar.gz" bin
+rm -rf "$CARRY/bin"
 
 echo "== packing NVRTC ($NVRTC_LIB)"
 tar -C "$NVRTC_LIB" -czf "$CARRY/nvrtc.tar.gz" libnvrtc.so.12 libnvrtc-builtins.so.12.6
@@ -118,7 +130,8 @@ printf '%s\n' "$ROOT" >"$CARRY/build-root"
   echo "glibc here: $(ldd --version 2>/dev/null | head -n 1)"
   echo "build root: $ROOT"
   echo "nvrtc: $(ls "$ROOT"/target/nvrtc-wheel | grep -m 1 dist-info || echo unknown)"
-  (cd "$CARRY" && sha256sum bin/* nvrtc.tar.gz)
+  echo "$binaries_sha256"
+  (cd "$CARRY" && sha256sum bin.tar.gz nvrtc.tar.gz)
 } >"$CARRY/MANIFEST"
 
 carry_bytes=$(du -sb "$CARRY" | cut -f 1)
@@ -127,7 +140,7 @@ tree_bytes=$(git ls-files -z --cached --others --exclude-standard \
 total=$((carry_bytes + tree_bytes))
 echo "== target/gpu-carry: $((carry_bytes / 1024 / 1024)) MiB; working tree about" \
   "$((tree_bytes / 1024 / 1024)) MiB; together $((total / 1024 / 1024)) MiB of the 64 MiB a call sends"
-ls -l "$CARRY" "$CARRY/bin"
+ls -l "$CARRY"
 if [ "$total" -gt "$LIMIT_BYTES" ]; then
   echo "prepare.sh: too large for one device call (over 64 MiB)" >&2
   exit 1

@@ -9,12 +9,13 @@
 #
 #    which runs
 #      cargo build --release -p posed-benches --bin gpu_timings
+#      cargo build --release -p posed --bin posed
 #      cargo test --release -p posed-kernels --no-run --test gpu_equivalence --test gpu_render_equivalence \
 #        --test gpu_cosypose_equivalence --test gpu_color_equivalence
 #    (the test executables are found through cargo's --message-format=json), installs NVRTC
 #    12.6 into target/nvrtc-wheel through scripts/check-cuda-kernels.sh if it is missing,
-#    and fills target/gpu-carry/: bin/{gpu_timings,gpu_equivalence,gpu_render_equivalence,
-#    gpu_cosypose_equivalence,gpu_color_equivalence},
+#    and fills target/gpu-carry/: bin.tar.gz (bin/{gpu_timings,posed,gpu_equivalence,
+#    gpu_render_equivalence,gpu_cosypose_equivalence,gpu_color_equivalence}, stripped),
 #    nvrtc.tar.gz (libnvrtc.so.12 + libnvrtc-builtins.so.12.6), build-root, MANIFEST.
 #    It checks that the working tree plus the carry fit the 64 MiB a call sends.
 #
@@ -29,13 +30,16 @@
 # kernels are compiled at start by NVRTC 12.6, as on JetPack 6; the CUDA 13 driver loads
 # its CUBIN), uses a fresh kernel cache, links the build-time checkout path to this
 # checkout (the binaries find data/ through paths fixed at build time), then runs, each
-# under a time limit, the four CPU-vs-GPU equivalence test binaries (--nocapture) and
-# gpu_timings. Everything lands in $OUT (the device tool's output folder; 8 files, the
-# most a call brings back, so nvidia-smi's output goes at the end of environment.txt):
+# under a time limit, the four CPU-vs-GPU equivalence test binaries (--nocapture),
+# gpu_timings, and the posed binary: `posed predict --device cpu` vs `--device cuda` (the
+# CSVs must agree but for the time column) and `posed run` on the demo with the loop on
+# the GPU. Everything lands in $OUT (the device tool's output folder; 8 files, the most a
+# call brings back, so nvidia-smi's output goes at the end of environment.txt and
+# gpu_timings' final JSON line is the last `{` line of gpu_timings.log):
 #
 #   environment.txt  gpu_equivalence.log  gpu_render_equivalence.log
 #   gpu_cosypose_equivalence.log  gpu_color_equivalence.log
-#   gpu_timings.log  gpu_timings.json (gpu_timings' final JSON line)  summary.txt
+#   gpu_timings.log  posed.log  summary.txt
 #
 # A step that fails, times out, or prints SKIPPED (no device seen, on a GPU machine) makes
 # the script exit 1; the summary is printed last. It changes no GPU setting (nvidia-smi
@@ -50,10 +54,26 @@ if [ -z "${OUT:-}" ]; then
 fi
 mkdir -p "$OUT"
 CARRY="$PWD/target/gpu-carry"
-for needed in bin/gpu_timings bin/gpu_equivalence bin/gpu_render_equivalence bin/gpu_cosypose_equivalence bin/gpu_color_equivalence nvrtc.tar.gz build-root; do
+for needed in bin.tar.gz nvrtc.tar.gz build-root; do
   if [ ! -e "$CARRY/$needed" ]; then
     echo "run.sh: $CARRY/$needed is missing: run 'bash benches/gpu/prepare.sh' on the session's" \
       "machine first, and pass carry: [\"target/gpu-carry\"] to the device tool's run" >&2
+    exit 2
+  fi
+done
+
+# The binaries, carried gzipped.
+BIN_ROOT=/tmp/posed-carry
+rm -rf "$BIN_ROOT"
+mkdir -p "$BIN_ROOT"
+if ! tar -C "$BIN_ROOT" -xzf "$CARRY/bin.tar.gz"; then
+  echo "run.sh: could not unpack $CARRY/bin.tar.gz" >&2
+  exit 2
+fi
+BIN="$BIN_ROOT/bin"
+for binary in gpu_timings posed gpu_equivalence gpu_render_equivalence gpu_cosypose_equivalence gpu_color_equivalence; do
+  if [ ! -x "$BIN/$binary" ]; then
+    echo "run.sh: $CARRY/bin.tar.gz has no bin/$binary: run prepare.sh again" >&2
     exit 2
   fi
 done
@@ -134,17 +154,72 @@ failed=0
 for test in gpu_equivalence gpu_render_equivalence gpu_cosypose_equivalence gpu_color_equivalence; do
   echo
   echo "== $test --nocapture --test-threads=1"
-  timeout 120 "$CARRY/bin/$test" --nocapture --test-threads=1 2>&1 | tee "$OUT/$test.log"
+  timeout 120 "$BIN/$test" --nocapture --test-threads=1 2>&1 | tee "$OUT/$test.log"
   rc=${PIPESTATUS[0]}
   status_of "$test" "$rc" "$OUT/$test.log" || failed=1
 done
 
 echo
 echo "== gpu_timings $*"
-timeout 200 "$CARRY/bin/gpu_timings" "$@" 2>&1 | tee "$OUT/gpu_timings.log"
+timeout 200 "$BIN/gpu_timings" "$@" 2>&1 | tee "$OUT/gpu_timings.log"
 rc=${PIPESTATUS[0]}
-grep '^{' "$OUT/gpu_timings.log" | tail -n 1 >"$OUT/gpu_timings.json"
 status_of gpu_timings "$rc" "$OUT/gpu_timings.log" || failed=1
+
+# The posed binary on the GPU against the CPU (one log, posed.log, for both checks):
+# 1. `posed predict` with the test networks on ycbv-mini's first two images, --device cpu
+#    and --device cuda: the BOP19 CSVs must be equal but for the time column (the loop's
+#    kernels are bit-identical to their CPU twins; this is predict_cli's
+#    the_cuda_device_gives_the_cpu_poses_or_falls_back_to_the_cpu, without cargo);
+# 2. `posed run` on the demo with pipeline.device = "cuda" (frames in host memory mapped
+#    into the GPU, the loop on the GPU) for 6 frames: it must run on the GPU and exit 0.
+posed_checks() {
+  local work=/tmp/posed-checks net=data/networks
+  rm -rf "$work"
+  mkdir -p "$work"
+  "$BIN/posed" dataset make-detections --dataset data/ycbv-mini --box-noise 0.05 --seed 11 \
+    --out "$work/detections.json" || return 1
+  for device in cpu cuda; do
+    echo "-- posed predict --device $device"
+    "$BIN/posed" predict --dataset data/ycbv-mini --coarse "$net/coarse-tiny.onnx" \
+      --refiner "$net/refiner-tiny.onnx" --detections "$work/detections.json" \
+      --init zup-autodepth --refiner-iterations 2 --max-images 2 --batch-size 3 \
+      --device "$device" --out "$work/$device.csv" 2>&1 | tee "$work/$device.err" || return 1
+  done
+  if grep -q -e "no usable CUDA device" -e "without the cuda feature" "$work/cuda.err"; then
+    echo "SKIPPED: posed predict --device cuda fell back to the CPU"
+    return 0
+  fi
+  # Everything but the last column (the per-image time).
+  local rows
+  rows=$(wc -l <"$work/cpu.csv")
+  if [ "$rows" -lt 2 ] || ! cmp <(awk -F, -v OFS=, '{NF--; print}' "$work/cpu.csv") \
+    <(awk -F, -v OFS=, '{NF--; print}' "$work/cuda.csv"); then
+    echo "posed predict: --device cuda differs from --device cpu ($rows lines)"
+    diff <(awk -F, -v OFS=, '{NF--; print}' "$work/cpu.csv") \
+      <(awk -F, -v OFS=, '{NF--; print}' "$work/cuda.csv") | head -n 20
+    return 1
+  fi
+  echo "posed predict: --device cuda equals --device cpu ($rows lines, time column aside)"
+
+  echo "-- posed run on the demo with pipeline.device = \"cuda\""
+  sed -e 's|^\[pipeline\]|[pipeline]\ndevice = "cuda"|' \
+    -e "s|^socket = .*|socket = \"$work/poses.sock\"|" data/demo.toml >data/demo-cuda.toml
+  "$BIN/posed" run --config data/demo-cuda.toml --frames 6 2>&1 | tee "$work/run.err"
+  local rc=${PIPESTATUS[0]}
+  rm -f data/demo-cuda.toml
+  [ "$rc" -eq 0 ] || return 1
+  if grep -q "no usable CUDA device" "$work/run.err" || ! grep -q "CUDA device 0" "$work/run.err"; then
+    echo "SKIPPED: posed run did not run the loop on the GPU"
+    return 0
+  fi
+  echo "posed run: 6 frames with the loop on the GPU"
+}
+
+echo
+echo "== posed: predict --device cpu vs cuda, run --demo on cuda"
+( posed_checks ) 2>&1 | tee "$OUT/posed.log"
+rc=${PIPESTATUS[0]}
+status_of posed "$rc" "$OUT/posed.log" || failed=1
 
 {
   echo "== summary"
