@@ -62,15 +62,19 @@ for needed in bin.tar.gz nvrtc.tar.gz build-root; do
   fi
 done
 
+# Unpacks the carried archive $1 into a fresh folder $2.
+unpack() {
+  rm -rf "$2"
+  mkdir -p "$2"
+  if ! tar -C "$2" -xzf "$CARRY/$1"; then
+    echo "run.sh: could not unpack $CARRY/$1" >&2
+    exit 2
+  fi
+}
+
 # The binaries, carried gzipped.
-BIN_ROOT=/tmp/posed-carry
-rm -rf "$BIN_ROOT"
-mkdir -p "$BIN_ROOT"
-if ! tar -C "$BIN_ROOT" -xzf "$CARRY/bin.tar.gz"; then
-  echo "run.sh: could not unpack $CARRY/bin.tar.gz" >&2
-  exit 2
-fi
-BIN="$BIN_ROOT/bin"
+unpack bin.tar.gz /tmp/posed-carry
+BIN=/tmp/posed-carry/bin
 for binary in gpu_timings posed gpu_equivalence gpu_render_equivalence gpu_cosypose_equivalence gpu_color_equivalence; do
   if [ ! -x "$BIN/$binary" ]; then
     echo "run.sh: $CARRY/bin.tar.gz has no bin/$binary: run prepare.sh again" >&2
@@ -80,12 +84,7 @@ done
 
 # NVRTC 12.6, carried.
 NVRTC_DIR=/tmp/posed-nvrtc
-rm -rf "$NVRTC_DIR"
-mkdir -p "$NVRTC_DIR"
-if ! tar -C "$NVRTC_DIR" -xzf "$CARRY/nvrtc.tar.gz"; then
-  echo "run.sh: could not unpack $CARRY/nvrtc.tar.gz" >&2
-  exit 2
-fi
+unpack nvrtc.tar.gz "$NVRTC_DIR"
 # cudarc tries the name libnvrtc.so before libnvrtc.so.12: without this link it would load
 # the machine's own NVRTC (CUDA 13) if the loader can find one.
 ln -s libnvrtc.so.12 "$NVRTC_DIR/libnvrtc.so"

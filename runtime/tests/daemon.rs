@@ -303,7 +303,7 @@ fn a_bad_socket_path_fails_before_any_work() {
 fn the_demo_on_cuda_gives_the_poses_it_gives_on_the_cpu() {
     use posed::config::Config;
     use posed::daemon::setup::parts_from_config;
-    use posed::pipeline::{ComputeDevice, ImageView};
+    use posed::pipeline::ComputeDevice;
 
     type Poses = Vec<Vec<(u32, [f64; 9], [f64; 3])>>;
     let demo_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/demo.toml");
@@ -328,13 +328,7 @@ fn the_demo_on_cuda_gives_the_poses_it_gives_on_the_cpu() {
                 parts.source.capture(&mut frame).expect("capture"),
                 Captured::Frame
             );
-            let view = ImageView {
-                rgb: &frame.rgb,
-                width: frame.width,
-                height: frame.height,
-                intrinsics: frame.intrinsics,
-                mapped: frame.rgb.mapped_memory(),
-            };
+            let view = frame.view();
             estimates.clear();
             detector.detect(&view, &mut estimates).expect("detect");
             parts.filter.apply(&mut estimates);

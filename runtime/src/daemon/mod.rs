@@ -31,9 +31,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use crate::config::{ServiceConfig, StreamConfig};
-use crate::pipeline::{
-    DetectionFilter, Detector, ImageView, InitScheme, ObjectEstimate, SingleViewPipeline,
-};
+use crate::pipeline::{DetectionFilter, Detector, InitScheme, ObjectEstimate, SingleViewPipeline};
 use crate::source::{monotonic_ns, wall_ns, Captured, Frame, FrameSource};
 use crate::{Error, Result};
 use message::{
@@ -523,13 +521,7 @@ impl InferWorker {
     /// Objects, initial poses, the pose loop; fills `pose`.
     fn process(&mut self, frame: &Frame, pose: &mut PoseFrame) -> Result<()> {
         let started_ns = monotonic_ns();
-        let view = ImageView {
-            rgb: &frame.rgb,
-            width: frame.width,
-            height: frame.height,
-            intrinsics: frame.intrinsics,
-            mapped: frame.rgb.mapped_memory(),
-        };
+        let view = frame.view();
         self.estimates.clear();
         match &mut self.objects {
             ObjectsProvider::Detector(detector) => {

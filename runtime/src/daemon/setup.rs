@@ -9,12 +9,13 @@ use crate::bop::models::ModelSet;
 use crate::config::{Config, ObjectsFrom, SourceKind};
 use crate::engines::make_backend;
 use crate::pipeline::{
-    DetectionFilter, Detector, PipelineOptions, PoseNetworks, SingleViewPipeline,
+    open_compute_device, DetectionFilter, Detector, PipelineOptions, PoseNetworks,
+    SingleViewPipeline,
 };
 use crate::predict::open_session;
 use crate::source::sequence::{bop_boxes, SequenceSource};
 use crate::source::v4l2::V4l2Source;
-use crate::source::FrameSource;
+use crate::source::{Cuda, FrameSource};
 use crate::{Error, Result};
 
 /// Opens everything `config` names (validated first: errors name the key, then the file).
@@ -93,67 +94,22 @@ pub fn parts_from_config(config: &Config) -> Result<(DaemonParts, DaemonOptions)
         }
     };
 
-    // The source first: its image size bounds the pipeline's device buffers.
-    #[cfg(feature = "cuda")]
-    let (source, pipeline) = {
-        let mut cuda = open_cuda(pipeline_config.device)?;
-        let source = match &cuda {
-            Some(device) => match open_source_on_cuda(config, device) {
-                Ok(source) => Some(source),
-                // No NVRTC for the colour conversion: everything on the CPU.
-                Err(Error::Kernel {
-                    context,
-                    source: posed_kernels::KernelError::CudaUnavailable { reason },
-                }) => {
-                    tracing::warn!(
-                        "pipeline.device = \"cuda\": {context}: {reason}; everything runs on \
-                         the CPU"
-                    );
-                    None
-                }
-                Err(e) => return Err(e),
-            },
-            None => None,
-        };
-        let source: Box<dyn FrameSource> = match source {
-            Some(source) => source,
-            None => {
-                cuda = None;
-                open_source(config)?
-            }
-        };
-        let info = source.info();
-        let (pipeline, fallback) = match &cuda {
-            Some(device) => SingleViewPipeline::on_cuda_or_cpu(
-                &models,
-                networks,
-                options,
-                device,
-                (info.width, info.height),
-            )?,
-            None => (SingleViewPipeline::new(&models, networks, options)?, None),
-        };
-        if let Some(reason) = fallback {
-            tracing::warn!("pipeline.device = \"cuda\": {reason}");
-        }
-        (source, pipeline)
-    };
-    #[cfg(not(feature = "cuda"))]
-    let (source, pipeline) = {
-        let source = open_source(config)?;
-        let info = source.info();
-        let (pipeline, fallback) = SingleViewPipeline::for_device(
-            &models,
-            networks,
-            options,
-            pipeline_config.device,
-            (info.width, info.height),
-        )?;
-        if let Some(reason) = fallback {
-            tracing::warn!("pipeline.device = \"cuda\": {reason}");
-        }
-        (source, pipeline)
-    };
+    // One CUDA device for the camera (buffers and frames mapped into it, colour
+    // conversion) and the loop; the source first: its image size bounds the loop's device
+    // buffers. Whatever of the GPU cannot be had falls back to the CPU with a warning.
+    let (cuda, reason) = open_compute_device(pipeline_config.device)?;
+    let source = open_source(config, cuda.as_ref())?;
+    let info = source.info();
+    let (pipeline, later) = SingleViewPipeline::on_device_or_cpu(
+        &models,
+        networks,
+        options,
+        cuda.as_ref(),
+        (info.width, info.height),
+    )?;
+    if let Some(reason) = reason.or(later) {
+        tracing::warn!("pipeline.device = \"cuda\": {reason}");
+    }
 
     let parts = DaemonParts {
         source,
@@ -177,68 +133,23 @@ pub fn parts_from_config(config: &Config) -> Result<(DaemonParts, DaemonOptions)
     Ok((parts, daemon_options))
 }
 
-/// The CUDA device of `pipeline.device = "cuda"`, opened once for the camera (mapped
-/// buffers, colour conversion) and the loop. Without a usable device: a warning, and
-/// `None` (everything on the CPU).
-///
-/// # Errors
-/// CUDA errors other than "no driver / no device".
-#[cfg(feature = "cuda")]
-fn open_cuda(
-    device: crate::pipeline::ComputeDevice,
-) -> Result<Option<posed_kernels::cuda::CudaDevice>> {
-    use posed_kernels::KernelError;
-    if device != crate::pipeline::ComputeDevice::Cuda {
-        return Ok(None);
+/// The source of `[source]`: with a CUDA device, frames in memory mapped into it and a
+/// camera's converted there from buffers mapped into it; else on the heap and the CPU.
+fn open_source(config: &Config, cuda: Option<&Cuda>) -> Result<Box<dyn FrameSource>> {
+    let source = &config.source;
+    #[cfg(feature = "cuda")]
+    if let Some(device) = cuda {
+        return Ok(match source.kind {
+            SourceKind::Sequence => Box::new(SequenceSource::open(source)?.map_frames_into(device)),
+            SourceKind::V4l2 => Box::new(V4l2Source::open_with_cuda(source, device)?),
+        });
     }
-    match posed_kernels::cuda::CudaDevice::open(0) {
-        Ok(device) => {
-            tracing::info!(
-                "CUDA device 0: {} (sm_{}{}, {})",
-                device.name(),
-                device.compute_capability().0,
-                device.compute_capability().1,
-                if device.integrated() {
-                    "integrated: camera frames are read in place"
-                } else {
-                    "discrete"
-                }
-            );
-            Ok(Some(device))
-        }
-        Err(KernelError::CudaUnavailable { reason }) => {
-            tracing::warn!(
-                "pipeline.device = \"cuda\": no usable CUDA device ({reason}); the loop runs \
-                 on the CPU"
-            );
-            Ok(None)
-        }
-        Err(source) => Err(Error::Kernel {
-            context: "opening CUDA device 0 (pipeline.device = \"cuda\")".to_owned(),
-            source,
-        }),
+    #[cfg(not(feature = "cuda"))]
+    if let Some(never) = cuda {
+        match *never {}
     }
-}
-
-/// The source of `[source]`, frames on the heap, converted on the CPU.
-fn open_source(config: &Config) -> Result<Box<dyn FrameSource>> {
-    Ok(match config.source.kind {
-        SourceKind::Sequence => Box::new(SequenceSource::open(&config.source)?),
-        SourceKind::V4l2 => Box::new(V4l2Source::open(&config.source)?),
-    })
-}
-
-/// The source of `[source]` for a loop on `device`: frames in memory mapped into it, a
-/// camera's converted there from buffers mapped into it.
-#[cfg(feature = "cuda")]
-fn open_source_on_cuda(
-    config: &Config,
-    device: &posed_kernels::cuda::CudaDevice,
-) -> Result<Box<dyn FrameSource>> {
-    Ok(match config.source.kind {
-        SourceKind::Sequence => {
-            Box::new(SequenceSource::open(&config.source)?.map_frames_into(device))
-        }
-        SourceKind::V4l2 => Box::new(V4l2Source::open_with_cuda(&config.source, device)?),
+    Ok(match source.kind {
+        SourceKind::Sequence => Box::new(SequenceSource::open(source)?),
+        SourceKind::V4l2 => Box::new(V4l2Source::open(source)?),
     })
 }

@@ -25,9 +25,9 @@ mod tests;
 pub use detections::{DetectionFilter, Detector};
 pub use points::CropPoints;
 pub use single_view::{
-    ComputeDevice, ConstantPoseNetwork, ImageView, InitScheme, Iteration, ObjectEstimate,
-    PipelineOptions, PoseNetworks, RecordingPoseNetwork, SingleViewPipeline, Stage, StageTimings,
-    MAX_BATCH_SIZE,
+    open_compute_device, ComputeDevice, ConstantPoseNetwork, ImageView, InitScheme, Iteration,
+    ObjectEstimate, PipelineOptions, PoseNetworks, RecordingPoseNetwork, SingleViewPipeline, Stage,
+    StageTimings, MAX_BATCH_SIZE,
 };
 
 /// The label CosyPose gives BOP object `obj_id` (`obj_000001`).

@@ -29,7 +29,7 @@ use serde::Deserialize;
 use super::points::CropPoints;
 use crate::bop::models::ModelSet;
 use crate::render::object_mesh;
-use crate::source::MappedHostBuffer;
+use crate::source::{Cuda, MappedHostBuffer};
 use crate::{Error, Result};
 
 /// The most objects one network pass takes (CosyPose's `bsz_objects` default).
@@ -120,6 +120,51 @@ pub struct ImageView<'a> {
     /// daemon frame converted on the GPU): on a Jetson the CUDA loop then crops it in
     /// place instead of copying it up for every batch.
     pub mapped: Option<&'a MappedHostBuffer>,
+}
+
+/// The CUDA device `device` asks for (the first one), opened once for everything that runs
+/// there (the loop, a daemon's camera). `None` for the CPU, and, with the reason as the
+/// second value (for the caller's warning), where CUDA was asked for but there is no
+/// driver, no device or no `cuda` feature.
+///
+/// # Errors
+/// CUDA errors other than "no driver / no device".
+pub fn open_compute_device(device: ComputeDevice) -> Result<(Option<Cuda>, Option<String>)> {
+    match device {
+        ComputeDevice::Cpu => Ok((None, None)),
+        #[cfg(feature = "cuda")]
+        ComputeDevice::Cuda => match posed_kernels::cuda::CudaDevice::open(0) {
+            Ok(cuda) => {
+                tracing::info!(
+                    "CUDA device 0: {} (sm_{}{}, {})",
+                    cuda.name(),
+                    cuda.compute_capability().0,
+                    cuda.compute_capability().1,
+                    if cuda.integrated() {
+                        "integrated: mapped frames are read in place"
+                    } else {
+                        "discrete"
+                    }
+                );
+                Ok((Some(cuda), None))
+            }
+            Err(KernelError::CudaUnavailable { reason }) => Ok((
+                None,
+                Some(format!(
+                    "no usable CUDA device ({reason}); the loop runs on the CPU"
+                )),
+            )),
+            Err(source) => Err(Error::Kernel {
+                context: "opening CUDA device 0".to_string(),
+                source,
+            }),
+        },
+        #[cfg(not(feature = "cuda"))]
+        ComputeDevice::Cuda => Ok((
+            None,
+            Some("built without the cuda feature; the loop runs on the CPU".to_string()),
+        )),
+    }
 }
 
 /// Which network an iteration ran (coarse iterations come first).
@@ -422,7 +467,8 @@ impl SingleViewPipeline {
     /// second value says why (for the caller's warning).
     ///
     /// # Errors
-    /// What [`SingleViewPipeline::new`] and [`SingleViewPipeline::with_cuda`] refuse.
+    /// What [`open_compute_device`], [`SingleViewPipeline::new`] and
+    /// [`SingleViewPipeline::with_cuda`] refuse.
     pub fn for_device(
         models: &ModelSet,
         networks: PoseNetworks,
@@ -430,62 +476,51 @@ impl SingleViewPipeline {
         device: ComputeDevice,
         max_image_wh: (usize, usize),
     ) -> Result<(Self, Option<String>)> {
-        match device {
-            ComputeDevice::Cpu => Ok((Self::new(models, networks, options)?, None)),
-            #[cfg(feature = "cuda")]
-            ComputeDevice::Cuda => match posed_kernels::cuda::CudaDevice::open(0) {
-                Ok(cuda) => Self::on_cuda_or_cpu(models, networks, options, &cuda, max_image_wh),
+        let (cuda, reason) = open_compute_device(device)?;
+        Self::on_device_or_cpu(models, networks, options, cuda.as_ref(), max_image_wh)
+            .map(|(pipeline, later)| (pipeline, reason.or(later)))
+    }
+
+    /// [`SingleViewPipeline::with_cuda`] on an open `device`, or [`SingleViewPipeline::new`]
+    /// without one, or where the kernels cannot be had (no NVRTC), with the reason (for the
+    /// caller's warning).
+    ///
+    /// # Errors
+    /// What [`SingleViewPipeline::new`] and [`SingleViewPipeline::with_cuda`] refuse.
+    pub fn on_device_or_cpu(
+        models: &ModelSet,
+        networks: PoseNetworks,
+        options: PipelineOptions,
+        device: Option<&Cuda>,
+        max_image_wh: (usize, usize),
+    ) -> Result<(Self, Option<String>)> {
+        #[allow(unused_mut)] // Attached only with the `cuda` feature.
+        let mut pipeline = Self::new(models, networks, options)?;
+        let Some(device) = device else {
+            return Ok((pipeline, None));
+        };
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = max_image_wh;
+            match *device {}
+        }
+        #[cfg(feature = "cuda")]
+        {
+            let (width, height) = max_image_wh;
+            match pipeline.attach_cuda(device, width, height) {
+                Ok(()) => Ok((pipeline, None)),
+                // No NVRTC, or the driver lost: the CPU, and why.
                 Err(KernelError::CudaUnavailable { reason }) => Ok((
-                    Self::new(models, networks, options)?,
+                    pipeline,
                     Some(format!(
                         "no usable CUDA device ({reason}); the loop runs on the CPU"
                     )),
                 )),
                 Err(source) => Err(Error::Kernel {
-                    context: "opening CUDA device 0".to_string(),
+                    context: "preparing the pipeline's CUDA geometry".to_string(),
                     source,
                 }),
-            },
-            #[cfg(not(feature = "cuda"))]
-            ComputeDevice::Cuda => {
-                let _ = max_image_wh;
-                Ok((
-                    Self::new(models, networks, options)?,
-                    Some("built without the cuda feature; the loop runs on the CPU".to_string()),
-                ))
             }
-        }
-    }
-
-    /// [`SingleViewPipeline::with_cuda`] on an open `device`, or, where its kernels cannot
-    /// be had (no NVRTC), [`SingleViewPipeline::new`] and the reason (for the caller's
-    /// warning).
-    ///
-    /// # Errors
-    /// What [`SingleViewPipeline::new`] and [`SingleViewPipeline::with_cuda`] refuse.
-    #[cfg(feature = "cuda")]
-    pub fn on_cuda_or_cpu(
-        models: &ModelSet,
-        networks: PoseNetworks,
-        options: PipelineOptions,
-        device: &posed_kernels::cuda::CudaDevice,
-        max_image_wh: (usize, usize),
-    ) -> Result<(Self, Option<String>)> {
-        let mut pipeline = Self::new(models, networks, options)?;
-        let (width, height) = max_image_wh;
-        match pipeline.attach_cuda(device, width, height) {
-            Ok(()) => Ok((pipeline, None)),
-            // No NVRTC, or the driver lost: the CPU, and why.
-            Err(KernelError::CudaUnavailable { reason }) => Ok((
-                pipeline,
-                Some(format!(
-                    "no usable CUDA device ({reason}); the loop runs on the CPU"
-                )),
-            )),
-            Err(source) => Err(Error::Kernel {
-                context: "preparing the pipeline's CUDA geometry".to_string(),
-                source,
-            }),
         }
     }
 

@@ -183,6 +183,17 @@ impl Frame {
         Self::with_buffer(RgbBuffer::heap(width * height * 3))
     }
 
+    /// The image, for the detector and the pose loop.
+    pub fn view(&self) -> crate::pipeline::ImageView<'_> {
+        crate::pipeline::ImageView {
+            rgb: &self.rgb,
+            width: self.width,
+            height: self.height,
+            intrinsics: self.intrinsics,
+            mapped: self.rgb.mapped_memory(),
+        }
+    }
+
     /// A frame whose RGB bytes go into `rgb`.
     pub fn with_buffer(rgb: RgbBuffer) -> Self {
         Self {
@@ -254,12 +265,14 @@ pub trait FrameSource: Send {
     fn reopen(&mut self) -> Result<()>;
 }
 
-/// The CUDA device frames are mapped into (posed-kernels' type).
+/// A CUDA device (posed-kernels' type), for frames mapped into it and the loop on it.
 #[cfg(feature = "cuda")]
-pub(crate) type Cuda = posed_kernels::cuda::CudaDevice;
-/// Without the `cuda` feature: no device, a type with no values.
+pub type Cuda = posed_kernels::cuda::CudaDevice;
+/// Without the `cuda` feature: no device, a type with no values, so that the code around
+/// it is the same in both builds.
 #[cfg(not(feature = "cuda"))]
-pub(crate) enum Cuda {}
+#[derive(Debug)]
+pub enum Cuda {}
 
 /// A frame for images up to `info`'s size: in memory mapped into `cuda` when one is given
 /// and that memory can be had, else (with a warning) on the heap.
