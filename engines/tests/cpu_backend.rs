@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use posed_engines::cpu::CpuExecutor;
 use posed_engines::npy::{read_npy, NpyData};
-use posed_engines::{CpuBackend, Model, ModelOptions, Network, Outputs, Session};
+use posed_engines::{Backend, CpuBackend, Model, ModelOptions, Network, Outputs, Session};
 use serde::Deserialize;
 
 /// tract and onnxruntime sum in different orders; the networks are small and in [0, 1].
@@ -289,4 +289,51 @@ fn engine_cache_round_trip_and_recovery() {
         CpuBackend::engine_key(&detector, &options).digest(),
         CpuBackend::engine_key(&detector, &larger).digest()
     );
+}
+
+#[test]
+fn sessions_planning_new_image_sizes_at_once_get_the_same_outputs() {
+    // Four sessions of one detector model, two image sizes it has not planned (each
+    // session plans on first sight, concurrently): every run of a size gives the boxes a
+    // later session gets from the model's kept plan.
+    let network = Network::open(&networks_dir().join("detector-tiny.onnx")).expect("network");
+    let options = ModelOptions {
+        max_batch: 1,
+        max_image_hw: (240, 320),
+    };
+    let model = CpuBackend::new().load(network, options).expect("load");
+    let sizes = [[1, 3, 120, 160], [1, 3, 96, 128]];
+    let boxes_of = |session: &mut Box<dyn Session>, dims: &[usize; 4]| -> Vec<f32> {
+        let input: Vec<f32> = (0..dims.iter().product::<usize>())
+            .map(|i| ((i * 31) % 97) as f32 / 97.0)
+            .collect();
+        let mut outputs = session.allocate_outputs();
+        session.run(&input, dims, &mut outputs).expect("run");
+        let boxes = outputs.get("boxes").expect("boxes");
+        boxes.f32s().expect("f32").to_vec()
+    };
+    let concurrent: Vec<(usize, Vec<f32>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let model = &model;
+                scope.spawn(move || {
+                    let mut session = model.new_session().expect("session");
+                    (i % 2, boxes_of(&mut session, &sizes[i % 2]))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    let mut later = model.new_session().expect("session");
+    for (size, boxes) in &concurrent {
+        assert_eq!(
+            boxes,
+            &boxes_of(&mut later, &sizes[*size]),
+            "{:?}",
+            sizes[*size]
+        );
+    }
 }

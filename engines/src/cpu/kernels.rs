@@ -7,10 +7,6 @@
 /// Largest rank the strided loops handle (after merging, real networks use 1 to 4).
 pub(crate) const MAX_RANK: usize = 8;
 
-/// Rows of the inner (contiguous) loop a matmul processes at a time: small enough for the
-/// output rows to stay in L1 while the reduction runs over them.
-const MATMUL_TILE: usize = 512;
-
 /// An N-d walk over an output and up to two operands, each with its own strides (0 where
 /// an operand is broadcast or an output axis is reduced). Adjacent axes that are contiguous
 /// for every operand are merged at construction, so the innermost loop is as long as the
@@ -153,12 +149,36 @@ pub(crate) fn binary(
     });
 }
 
+/// Partial results a [`reduce`] keeps for a contiguous row.
+const REDUCE_LANES: usize = 16;
+
 /// `out[reduced index] = f(out[..], x[i])` over every element of `x`; the walk's output
 /// strides are 0 on the reduced axes, and `out` holds the reducer's identity beforehand.
+/// `f` must be associative and commutative up to rounding: a long contiguous row is
+/// reduced in [`REDUCE_LANES`] interleaved parts (a sum then rounds differently from a
+/// left-to-right sum, and typically errs less).
 #[inline(always)]
 pub(crate) fn reduce(walk: &StridedWalk, out: &mut [f32], x: &[f32], f: impl Fn(f32, f32) -> f32) {
     walk.for_each_row(|[o, xo, _], len, [os, xs, _]| {
-        if os == 0 {
+        if os == 0 && xs == 1 && len >= 2 * REDUCE_LANES {
+            // A contiguous row into one value: REDUCE_LANES partial results side by side
+            // (one vector), combined at the end, instead of one chain of dependent adds.
+            let row = &x[xo as usize..xo as usize + len];
+            let mut chunks = row.chunks_exact(REDUCE_LANES);
+            let mut lanes = [0f32; REDUCE_LANES];
+            if let Some(first) = chunks.next() {
+                lanes.copy_from_slice(first);
+            }
+            for chunk in &mut chunks {
+                for (lane, &v) in lanes.iter_mut().zip(chunk) {
+                    *lane = f(*lane, v);
+                }
+            }
+            let acc = lanes
+                .iter()
+                .fold(out[o as usize], |acc, &lane| f(acc, lane));
+            out[o as usize] = chunks.remainder().iter().fold(acc, |acc, &v| f(acc, v));
+        } else if os == 0 {
             let mut acc = out[o as usize];
             for i in 0..len {
                 acc = f(acc, x[(xo + i as isize * xs) as usize]);
@@ -233,7 +253,7 @@ pub(crate) fn unary(op: Unary, out: &mut [f32], x: &[f32]) {
     }
     match op {
         Unary::Sigmoid => map(out, x, sigmoid),
-        Unary::Silu => map(out, x, |v| v * sigmoid(v)),
+        Unary::Silu => map(out, x, silu),
         Unary::Exp => map(out, x, exp),
         Unary::Tanh => map(out, x, tanh),
         Unary::Abs => map(out, x, f32::abs),
@@ -241,6 +261,15 @@ pub(crate) fn unary(op: Unary, out: &mut [f32], x: &[f32]) {
         Unary::Sqrt => map(out, x, f32::sqrt),
         Unary::Recip => map(out, x, |v| 1.0 / v),
         Unary::Square => map(out, x, |v| v * v),
+    }
+}
+
+/// `out = x`, or `out = f(x)` with an activation.
+#[inline(always)]
+fn store(out: &mut [f32], x: &[f32], activation: Option<Unary>) {
+    match activation {
+        None => out.copy_from_slice(x),
+        Some(op) => unary(op, out, x),
     }
 }
 
@@ -296,6 +325,12 @@ pub(crate) fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
+/// SiLU (Swish): `x * sigmoid(x)`.
+#[inline(always)]
+fn silu(x: f32) -> f32 {
+    x * sigmoid(x)
+}
+
 /// A batched matrix product laid out by offset tables: for every batch entry, row `m`
 /// and reduction index `k`, `out[c_batch + c_m[m] + n] += a[a_batch + a_m[m] + a_k[k]] *
 /// b[b_batch + b_k[k] + n]` over a contiguous run of `n` (the einsum axes that only one
@@ -309,48 +344,176 @@ pub(crate) struct MatmulPlan {
     pub(crate) n: usize,
 }
 
-/// Runs a [`MatmulPlan`]: `out` is overwritten.
+/// What a matmul adds to its sums: one value per output row of each batch entry
+/// (`batch index * rows + row index`), or one per column (the contiguous run `n`, the
+/// same for every row).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum MatmulBias<'a> {
+    PerRow(&'a [f32]),
+    PerColumn(&'a [f32]),
+}
+
+/// Runs a [`MatmulPlan`]: `out` is overwritten with `bias + sum`, through `activation`
+/// when there is one.
 #[inline(always)]
-pub(crate) fn matmul(plan: &MatmulPlan, out: &mut [f32], a: &[f32], b: &[f32]) {
-    let n = plan.n;
-    for &[a_batch, b_batch, c_batch] in &plan.batch {
-        let mut start = 0;
-        while start < n {
-            let len = MATMUL_TILE.min(n - start);
-            let mut rows = plan.rows.chunks_exact(4);
-            for four in &mut rows {
-                let [c0, c1, c2, c3] = [0, 1, 2, 3].map(|i| c_batch + four[i][1] + start);
-                // Four output rows at a time: each input row is read once for four of them.
-                let mut acc = [[0f32; MATMUL_TILE]; 4];
-                for &[a_k, b_k] in &plan.reduction {
-                    let w = [0, 1, 2, 3].map(|i| a[a_batch + four[i][0] + a_k]);
-                    let x = &b[b_batch + b_k + start..b_batch + b_k + start + len];
-                    let [r0, r1, r2, r3] = &mut acc;
-                    for (j, &v) in x.iter().enumerate() {
-                        r0[j] += w[0] * v;
-                        r1[j] += w[1] * v;
-                        r2[j] += w[2] * v;
-                        r3[j] += w[3] * v;
-                    }
+pub(crate) fn matmul(
+    plan: &MatmulPlan,
+    out: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    bias: Option<MatmulBias<'_>>,
+    activation: Option<Unary>,
+) {
+    let row_count = plan.rows.len();
+    let mut acc = [[0f32; GEMM_COLUMNS]; 4];
+    for (batch_index, &[a_batch, b_batch, c_batch]) in plan.batch.iter().enumerate() {
+        gemm(
+            Gemm {
+                rows: &plan.rows,
+                reduction: &plan.reduction,
+                n: plan.n,
+                a_base: a_batch,
+                b_base: b_batch,
+                c_base: c_batch,
+            },
+            (out, a, b),
+            match bias {
+                None => GemmBias::None,
+                Some(MatmulBias::PerRow(bias)) => {
+                    GemmBias::PerRow(&bias[batch_index * row_count..][..row_count])
                 }
-                for (row, c) in acc.iter().zip([c0, c1, c2, c3]) {
-                    out[c..c + len].copy_from_slice(&row[..len]);
-                }
-            }
-            for &[a_m, c_m] in rows.remainder() {
-                let c = c_batch + c_m + start;
-                let row = &mut out[c..c + len];
-                row.fill(0.0);
-                for &[a_k, b_k] in &plan.reduction {
-                    let w = a[a_batch + a_m + a_k];
-                    let x = &b[b_batch + b_k + start..b_batch + b_k + start + len];
-                    for (y, &v) in row.iter_mut().zip(x) {
-                        *y += w * v;
-                    }
-                }
-            }
-            start += len;
+                Some(MatmulBias::PerColumn(bias)) => GemmBias::PerColumn(bias),
+            },
+            activation,
+            &mut acc,
+        );
+    }
+}
+
+/// Columns of the output a [`gemm`] block computes at a time: small enough for its rows
+/// to stay in L1 while the reduction runs over them, long enough for the inner loops to
+/// vectorise well. (Accumulators held in registers over 16 columns measured 2x to 10x
+/// slower: the compiler keeps them in scalars on the stack.)
+const GEMM_COLUMNS: usize = 512;
+
+/// What a [`gemm`] adds to its sums: nothing, a value per row of its `rows`, or a value
+/// per column.
+#[derive(Debug, Clone, Copy)]
+enum GemmBias<'a> {
+    None,
+    PerRow(&'a [f32]),
+    PerColumn(&'a [f32]),
+}
+
+/// Where a [`gemm`] reads and writes: output row `r` (a row of `rows`: its offsets in `a`
+/// and in the output) is its bias plus the sum over (a_k, b_k) in reduction of
+/// a[a_base + a_r + a_k] * b[b_base + b_k + j]`, for `j` in `0..n`, written at
+/// `c_base + c_r + j`.
+struct Gemm<'p> {
+    rows: &'p [[usize; 2]],
+    reduction: &'p [[usize; 2]],
+    n: usize,
+    a_base: usize,
+    b_base: usize,
+    c_base: usize,
+}
+
+/// The matrix product both convolutions and einsums run, in blocks of 4 output rows x
+/// [`GEMM_COLUMNS`] columns (each run of `b` read feeds four rows). Each output value is
+/// its bias, then the terms added in reduction order, whatever the blocking. `acc` is
+/// working space (each block sets what it uses to the bias first), given by the caller so
+/// that the 8 KiB are not zeroed again for every output row of a convolution.
+#[inline(always)]
+fn gemm(
+    gemm: Gemm<'_>,
+    (out, a, b): (&mut [f32], &[f32], &[f32]),
+    bias: GemmBias<'_>,
+    activation: Option<Unary>,
+    acc: &mut [[f32; GEMM_COLUMNS]; 4],
+) {
+    let mut start = 0;
+    while start < gemm.n {
+        let columns = start..GEMM_COLUMNS.min(gemm.n - start) + start;
+        let mut blocks = gemm.rows.chunks_exact(4);
+        for (index, four) in (&mut blocks).enumerate() {
+            let block = GemmBlock {
+                rows: four,
+                first: index * 4,
+                columns: columns.clone(),
+            };
+            gemm_block(&gemm, block, acc, (out, a, b), bias, activation);
         }
+        let first = gemm.rows.len() - blocks.remainder().len();
+        for (index, one) in blocks.remainder().chunks(1).enumerate() {
+            let block = GemmBlock {
+                rows: one,
+                first: first + index,
+                columns: columns.clone(),
+            };
+            let [one_row, ..] = acc;
+            gemm_block(
+                &gemm,
+                block,
+                std::array::from_mut(one_row),
+                (out, a, b),
+                bias,
+                activation,
+            );
+        }
+        start = columns.end;
+    }
+}
+
+/// `R` output rows of a [`gemm`] over some of its columns.
+struct GemmBlock<'p> {
+    /// The rows (offsets in `a` and in the output)...
+    rows: &'p [[usize; 2]],
+    /// ... the first of which is this row of the [`gemm`] (for its bias).
+    first: usize,
+    columns: std::ops::Range<usize>,
+}
+
+/// Computes one [`GemmBlock`] in `acc` and stores it.
+#[inline(always)]
+fn gemm_block<const R: usize>(
+    gemm: &Gemm<'_>,
+    block: GemmBlock<'_>,
+    acc: &mut [[f32; GEMM_COLUMNS]; R],
+    (out, a, b): (&mut [f32], &[f32], &[f32]),
+    bias: GemmBias<'_>,
+    activation: Option<Unary>,
+) {
+    let len = block.columns.len();
+    let a_rows: [usize; R] = std::array::from_fn(|r| gemm.a_base + block.rows[r][0]);
+    for (r, row) in acc.iter_mut().enumerate() {
+        match bias {
+            GemmBias::None => row[..len].fill(0.0),
+            GemmBias::PerRow(bias) => row[..len].fill(bias[block.first + r]),
+            GemmBias::PerColumn(bias) => row[..len].copy_from_slice(&bias[block.columns.clone()]),
+        }
+    }
+    let b_start = gemm.b_base + block.columns.start;
+    for &[a_k, b_k] in gemm.reduction {
+        let x = &b[b_start + b_k..][..len];
+        let w: [f32; R] = std::array::from_fn(|r| a[a_rows[r] + a_k]);
+        if let [r0, r1, r2, r3] = &mut acc[..] {
+            for (j, &v) in x.iter().enumerate() {
+                r0[j] += w[0] * v;
+                r1[j] += w[1] * v;
+                r2[j] += w[2] * v;
+                r3[j] += w[3] * v;
+            }
+        } else {
+            for (r, row) in acc.iter_mut().enumerate() {
+                for (y, &v) in row[..len].iter_mut().zip(x) {
+                    *y += w[r] * v;
+                }
+            }
+        }
+    }
+    for (row, &[_, c_r]) in acc.iter().zip(block.rows) {
+        let c = gemm.c_base + c_r + block.columns.start;
+        store(&mut out[c..c + len], &row[..len], activation);
     }
 }
 
@@ -371,216 +534,180 @@ pub(crate) struct ConvGeometry {
     pub(crate) images: usize,
 }
 
-impl ConvGeometry {
-    /// Values of the scratch buffer [`conv`] needs: one output row's patch (every tap of
-    /// one group's input channels, over the output width).
-    pub(crate) fn scratch_len(&self) -> usize {
-        let patch = (self.in_channels / self.group.max(1))
-            * self.kernel_hw[0]
-            * self.kernel_hw[1]
-            * self.out_hw[1];
-        // A depthwise convolution's input row split into its stride phases instead.
-        let phases = self.stride[1] * self.in_hw[1].div_ceil(self.stride[1].max(1));
-        patch.max(phases)
-    }
+/// A convolution laid out as matrix products: see [`conv`].
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ConvPlan {
+    pub(crate) geometry: ConvGeometry,
+    /// Per output channel: its weights' offset and its output plane's offset.
+    rows: Vec<[usize; 2]>,
+    /// Per tap of a group (input channel, ky, kx): its weight's offset in a channel's
+    /// weights, and where its values for output row 0 start in the scratch planes.
+    taps: Vec<[usize; 2]>,
 }
 
-/// Runs a convolution: `out` is overwritten with bias + sum of weight x input. Per output
-/// row and group, the input values every tap reads are gathered once into `patch` (taps x
-/// output width, zeros where the tap falls in the padding), so the sums run over
-/// contiguous rows whatever the stride, and a gathered row serves every output channel of
-/// the group.
-#[inline(always)]
-pub(crate) fn conv(
-    geo: &ConvGeometry,
-    out: &mut [f32],
-    x: &[f32],
-    weights: &[f32],
-    bias: Option<&[f32]>,
-    patch: &mut [f32],
-) {
-    let [ih, iw] = geo.in_hw;
-    let [oh, ow] = geo.out_hw;
-    let [kh, kw] = geo.kernel_hw;
-    let [sy, sx] = geo.stride;
-    let [dy, dx] = geo.dilation;
-    let [py, px] = geo.pad_before;
-    let cin_per_group = geo.in_channels / geo.group;
-    let cout_per_group = geo.out_channels / geo.group;
-    let taps = cin_per_group * kh * kw;
-    let in_plane = ih * iw;
-    let out_plane = oh * ow;
-    if cin_per_group == 1 && cout_per_group == 1 {
-        return conv_depthwise(geo, out, x, weights, bias, patch);
+impl ConvGeometry {
+    /// Rows and columns of the zero-padded input the taps read.
+    fn padded_hw(&self) -> [usize; 2] {
+        let span = |axis: usize| {
+            (self.out_hw[axis] - 1) * self.stride[axis]
+                + (self.kernel_hw[axis] - 1) * self.dilation[axis]
+                + 1
+        };
+        [span(0), span(1)]
     }
-    let patch = &mut patch[..taps * ow];
-    for image in 0..geo.images {
-        let x = &x[image * geo.in_channels * in_plane..(image + 1) * geo.in_channels * in_plane];
-        let out = &mut out
-            [image * geo.out_channels * out_plane..(image + 1) * geo.out_channels * out_plane];
-        for group in 0..geo.group {
-            for oy in 0..oh {
-                // Gather the patch of this output row.
-                for ci in 0..cin_per_group {
-                    let input = &x[(group * cin_per_group + ci) * in_plane..][..in_plane];
-                    for ky in 0..kh {
-                        let iy = (oy * sy + ky * dy) as isize - py as isize;
-                        for kx in 0..kw {
-                            let tap = (ci * kh + ky) * kw + kx;
-                            let row = &mut patch[tap * ow..(tap + 1) * ow];
-                            if iy < 0 || iy >= ih as isize {
-                                row.fill(0.0);
-                                continue;
-                            }
-                            let row_in = &input[iy as usize * iw..(iy as usize + 1) * iw];
-                            // Output columns whose input column ox * sx + kx * dx - px is inside.
-                            let offset_x = (kx * dx) as isize - px as isize;
-                            let begin = first_inside(offset_x, sx).min(ow);
-                            let end = last_inside(offset_x, sx, iw).min(ow).max(begin);
-                            row[..begin].fill(0.0);
-                            row[end..].fill(0.0);
-                            if begin == end {
-                                continue;
-                            }
-                            let ix0 = ((begin * sx) as isize + offset_x) as usize;
-                            let dst = &mut row[begin..end];
-                            if sx == 1 {
-                                dst.copy_from_slice(&row_in[ix0..ix0 + dst.len()]);
-                            } else {
-                                for (y, &v) in dst.iter_mut().zip(row_in[ix0..].iter().step_by(sx))
-                                {
-                                    *y = v;
-                                }
-                            }
-                        }
-                    }
-                }
-                // Every output channel of the group: bias + weights . patch.
-                let first_co = group * cout_per_group;
-                let mut co = first_co;
-                while co < first_co + cout_per_group {
-                    let block = (first_co + cout_per_group - co).min(4);
-                    let mut start = 0;
-                    while start < ow {
-                        let len = MATMUL_TILE.min(ow - start);
-                        let mut acc = [[0f32; MATMUL_TILE]; 4];
-                        for (r, row) in acc.iter_mut().enumerate().take(block) {
-                            row[..len].fill(bias.map_or(0.0, |b| b[co + r]));
-                        }
-                        if block == 4 {
-                            let w: [&[f32]; 4] =
-                                [0, 1, 2, 3].map(|r| &weights[(co + r) * taps..][..taps]);
-                            let [r0, r1, r2, r3] = &mut acc;
-                            for tap in 0..taps {
-                                let v = &patch[tap * ow + start..tap * ow + start + len];
-                                let (w0, w1, w2, w3) = (w[0][tap], w[1][tap], w[2][tap], w[3][tap]);
-                                for (j, &p) in v.iter().enumerate() {
-                                    r0[j] += w0 * p;
-                                    r1[j] += w1 * p;
-                                    r2[j] += w2 * p;
-                                    r3[j] += w3 * p;
-                                }
-                            }
-                        } else {
-                            for (r, row) in acc.iter_mut().enumerate().take(block) {
-                                let w = &weights[(co + r) * taps..][..taps];
-                                for (tap, &wt) in w.iter().enumerate() {
-                                    let v = &patch[tap * ow + start..tap * ow + start + len];
-                                    for (y, &p) in row[..len].iter_mut().zip(v) {
-                                        *y += wt * p;
-                                    }
-                                }
-                            }
-                        }
-                        for (r, row) in acc.iter().enumerate().take(block) {
-                            let dst = (co + r) * out_plane + oy * ow + start;
-                            out[dst..dst + len].copy_from_slice(&row[..len]);
-                        }
-                        start += len;
-                    }
-                    co += block;
+
+    /// Values of one phase of a padded row (columns `p, p + stride, ...`).
+    fn phase_len(&self) -> usize {
+        self.padded_hw()[1].div_ceil(self.stride[1])
+    }
+
+    /// Values of one input channel, padded and split into phases.
+    fn phased_plane_len(&self) -> usize {
+        self.padded_hw()[0] * self.stride[1] * self.phase_len()
+    }
+
+    /// Values of the scratch buffer [`conv`] needs: one group's input channels, padded
+    /// and split into phases.
+    pub(crate) fn scratch_len(&self) -> usize {
+        (self.in_channels / self.group.max(1)) * self.phased_plane_len()
+    }
+
+    /// The convolution's matrix-product layout. The geometry must be consistent (the
+    /// planner checks: every size at least 1, channels divisible by the group).
+    pub(crate) fn plan(&self) -> ConvPlan {
+        let [kh, kw] = self.kernel_hw;
+        let cin_per_group = self.in_channels / self.group;
+        let taps_per_channel = cin_per_group * kh * kw;
+        let out_plane = self.out_hw[0] * self.out_hw[1];
+        let rows = (0..self.out_channels)
+            .map(|co| [co * taps_per_channel, co * out_plane])
+            .collect();
+        let (sx, phase_len) = (self.stride[1], self.phase_len());
+        let padded_row = sx * phase_len;
+        let mut taps = Vec::with_capacity(taps_per_channel);
+        for ci in 0..cin_per_group {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    // Padded column ox * sx + kx * dx = (ox + shift) * sx + phase.
+                    let column = kx * self.dilation[1];
+                    let (shift, phase) = (column / sx, column % sx);
+                    let offset = ci * self.phased_plane_len()
+                        + ky * self.dilation[0] * padded_row
+                        + phase * phase_len
+                        + shift;
+                    taps.push([(ci * kh + ky) * kw + kx, offset]);
                 }
             }
+        }
+        ConvPlan {
+            geometry: self.clone(),
+            rows,
+            taps,
         }
     }
 }
 
-/// A depthwise convolution (one input channel per output channel): each tap's weight
-/// multiplies a row of the input straight into the output row, no patch (it would serve
-/// one output channel only). With a horizontal stride s, each input row is first split
-/// into its s phases (columns p, p + s, p + 2s, ...) in `phases`, so every tap reads a
-/// contiguous run.
+/// Runs a convolution: `out` is overwritten with bias + sum of weight x input, through
+/// `activation` when there is one. For each image and group, the group's input channels
+/// are copied once into `scratch` zero-padded and split into stride phases (row `y`,
+/// phase `p` holds padded columns `p, p + sx, ...`), so that every tap reads a
+/// contiguous run of the scratch for a whole output row. An output row is then a matrix
+/// product of the weights with those runs ([`gemm`]), with no patch gathered per row.
 #[inline(always)]
-fn conv_depthwise(
-    geo: &ConvGeometry,
+pub(crate) fn conv(
+    plan: &ConvPlan,
     out: &mut [f32],
     x: &[f32],
     weights: &[f32],
     bias: Option<&[f32]>,
-    phases: &mut [f32],
+    activation: Option<Unary>,
+    scratch: &mut [f32],
 ) {
+    let geo = &plan.geometry;
     let [ih, iw] = geo.in_hw;
     let [oh, ow] = geo.out_hw;
-    let [kh, kw] = geo.kernel_hw;
     let [sy, sx] = geo.stride;
-    let [dy, dx] = geo.dilation;
     let [py, px] = geo.pad_before;
+    let phase_len = geo.phase_len();
+    let padded_row = sx * phase_len;
+    let plane_len = geo.phased_plane_len();
+    let cin_per_group = geo.in_channels / geo.group;
+    let cout_per_group = geo.out_channels / geo.group;
     let in_plane = ih * iw;
     let out_plane = oh * ow;
+    let mut acc = [[0f32; GEMM_COLUMNS]; 4];
     for image in 0..geo.images {
-        for c in 0..geo.out_channels {
-            let plane = image * geo.out_channels + c;
-            let input = &x[plane * in_plane..(plane + 1) * in_plane];
-            let output = &mut out[plane * out_plane..(plane + 1) * out_plane];
-            output.fill(bias.map_or(0.0, |b| b[c]));
-            for oy in 0..oh {
-                let row_out = &mut output[oy * ow..(oy + 1) * ow];
-                for ky in 0..kh {
-                    let iy = (oy * sy + ky * dy) as isize - py as isize;
+        let x = &x[image * geo.in_channels * in_plane..][..geo.in_channels * in_plane];
+        let image_out = image * geo.out_channels * out_plane;
+        for group in 0..geo.group {
+            for ci in 0..cin_per_group {
+                let input = &x[(group * cin_per_group + ci) * in_plane..][..in_plane];
+                let plane = &mut scratch[ci * plane_len..][..plane_len];
+                for (y, row) in plane.chunks_exact_mut(padded_row).enumerate() {
+                    let iy = y as isize - py as isize;
                     if iy < 0 || iy >= ih as isize {
+                        row.fill(0.0);
                         continue;
                     }
-                    let row_in = &input[iy as usize * iw..(iy as usize + 1) * iw];
-                    // Phase p of the row: columns p, p + sx, ...; stride 1 has one phase,
-                    // the row itself.
-                    let phase_len = iw.div_ceil(sx);
-                    let split: &[f32] = if sx == 1 {
-                        row_in
-                    } else {
-                        let split = &mut phases[..sx * phase_len];
-                        for p in 0..sx {
-                            let dst = &mut split[p * phase_len..(p + 1) * phase_len];
-                            let mut n = 0;
-                            for (d, &v) in dst.iter_mut().zip(row_in.iter().skip(p).step_by(sx)) {
-                                *d = v;
-                                n += 1;
-                            }
-                            dst[n..].fill(0.0);
-                        }
-                        split
-                    };
-                    for kx in 0..kw {
-                        let w = weights[(c * kh + ky) * kw + kx];
-                        // Input column ox * sx + offset = (ox + shift) * sx + phase.
-                        let offset = (kx * dx) as isize - px as isize;
-                        let phase = offset.rem_euclid(sx as isize) as usize;
-                        let shift = offset.div_euclid(sx as isize);
-                        // Columns of this phase that exist in the row.
-                        let count = (iw - phase.min(iw)).div_ceil(sx) as isize;
-                        let begin = (-shift).clamp(0, ow as isize) as usize;
-                        let end = (count - shift).clamp(begin as isize, ow as isize) as usize;
+                    let row_in = &input[iy as usize * iw..][..iw];
+                    for (phase, dst) in row.chunks_exact_mut(phase_len).enumerate() {
+                        // Input column j * sx + phase - px for the phase's j-th value.
+                        let offset = phase as isize - px as isize;
+                        let begin = first_inside(offset, sx).min(phase_len);
+                        let end = last_inside(offset, sx, iw).clamp(begin, phase_len);
+                        dst[..begin].fill(0.0);
+                        dst[end..].fill(0.0);
                         if begin == end {
                             continue;
                         }
-                        let src_begin = phase * phase_len + (begin as isize + shift) as usize;
-                        let src = &split[src_begin..src_begin + (end - begin)];
-                        for (y, &v) in row_out[begin..end].iter_mut().zip(src) {
-                            *y += w * v;
+                        let ix0 = ((begin * sx) as isize + offset) as usize;
+                        let dst = &mut dst[begin..end];
+                        match sx {
+                            1 => dst.copy_from_slice(&row_in[ix0..ix0 + dst.len()]),
+                            2 => gather_every::<2>(dst, &row_in[ix0..]),
+                            _ => {
+                                for (d, &v) in dst.iter_mut().zip(row_in[ix0..].iter().step_by(sx))
+                                {
+                                    *d = v;
+                                }
+                            }
                         }
                     }
                 }
             }
+            let first_co = group * cout_per_group;
+            for oy in 0..oh {
+                gemm(
+                    Gemm {
+                        rows: &plan.rows[first_co..first_co + cout_per_group],
+                        reduction: &plan.taps,
+                        n: ow,
+                        a_base: 0,
+                        b_base: oy * sy * padded_row,
+                        c_base: image_out + oy * ow,
+                    },
+                    (out, weights, scratch),
+                    bias.map_or(GemmBias::None, |bias| {
+                        GemmBias::PerRow(&bias[first_co..][..cout_per_group])
+                    }),
+                    activation,
+                    &mut acc,
+                );
+            }
         }
+    }
+}
+
+/// `dst[j] = src[j * S]`: with the stride known, the compiler vectorises the gather.
+#[inline(always)]
+fn gather_every<const S: usize>(dst: &mut [f32], src: &[f32]) {
+    let mut chunks = src.chunks_exact(S);
+    let whole = dst.len().min(chunks.len());
+    for (d, chunk) in dst[..whole].iter_mut().zip(&mut chunks) {
+        *d = chunk[0];
+    }
+    if whole < dst.len() {
+        dst[whole] = chunks.remainder()[0];
     }
 }
 
@@ -682,9 +809,11 @@ mod tests {
             .map(|i| ((i * 13) % 7) as f32 - 3.0)
             .collect();
         let bias = [0.5, -1.0, 2.0, 0.0, 1.0, -0.5];
-        let mut out = vec![f32::NAN; 6 * 16];
-        let mut patch = vec![f32::NAN; geo.scratch_len()];
-        conv(&geo, &mut out, &x, &w, Some(&bias), &mut patch);
+        let out = run_conv(&geo, &x, &w, &bias, None);
+        // With an activation: the same values through it, bit for bit.
+        let activated = run_conv(&geo, &x, &w, &bias, Some(Unary::Silu));
+        let expected: Vec<f32> = out.iter().map(|&v| silu(v)).collect();
+        assert_eq!(activated, expected);
         for co in 0..6 {
             let g = co / 3;
             for oy in 0..4 {
@@ -707,6 +836,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// [`conv`] into a fresh output, its buffers filled with NaN beforehand.
+    fn run_conv(
+        geo: &ConvGeometry,
+        x: &[f32],
+        w: &[f32],
+        bias: &[f32],
+        activation: Option<Unary>,
+    ) -> Vec<f32> {
+        let mut out = vec![f32::NAN; geo.images * geo.out_channels * geo.out_hw[0] * geo.out_hw[1]];
+        let mut scratch = vec![f32::NAN; geo.scratch_len()];
+        conv(
+            &geo.plan(),
+            &mut out,
+            x,
+            w,
+            Some(bias),
+            activation,
+            &mut scratch,
+        );
+        out
     }
 
     /// The direct sum a convolution must equal.
@@ -777,14 +928,37 @@ mod tests {
                 .map(|i| ((i * 13) % 7) as f32 - 3.0)
                 .collect();
             let bias = [0.5, -1.0, 2.0];
-            let mut out = vec![f32::NAN; 3 * oh * ow];
-            let mut scratch = vec![f32::NAN; geo.scratch_len()];
-            conv(&geo, &mut out, &x, &w, Some(&bias), &mut scratch);
+            let out = run_conv(&geo, &x, &w, &bias, None);
             // Small integers: every order of summation gives the same floats.
+            let reference = reference_conv(&geo, &x, &w, &bias);
+            assert_eq!(out, reference, "stride {stride} pad {pad}");
+            let out = run_conv(&geo, &x, &w, &bias, Some(Unary::Sigmoid));
+            let expected: Vec<f32> = reference.iter().map(|&v| sigmoid(v)).collect();
+            assert_eq!(out, expected, "stride {stride} pad {pad}, sigmoid");
+        }
+    }
+
+    #[test]
+    fn a_long_contiguous_reduction_stays_accurate_and_covers_every_value() {
+        // Rows of 1,000 values into [3]: partial sums in lanes, then the 8 left over.
+        let x: Vec<f32> = (0..3000)
+            .map(|i| ((i * 7919) % 1000) as f32 * 0.001)
+            .collect();
+        let walk = StridedWalk::new(&[3, 1000], [&[1, 0], &[1000, 1], &[0, 0]]).unwrap();
+        let mut sum = vec![0.0f32; 3];
+        reduce(&walk, &mut sum, &x, |acc, v| acc + v);
+        let mut max = vec![f32::NEG_INFINITY; 3];
+        reduce(&walk, &mut max, &x, f32::max);
+        for (row, values) in x.chunks(1000).enumerate() {
+            let exact: f64 = values.iter().map(|&v| f64::from(v)).sum();
+            assert!(
+                (f64::from(sum[row]) - exact).abs() < 1e-4 * exact,
+                "{} vs {exact}",
+                sum[row]
+            );
             assert_eq!(
-                out,
-                reference_conv(&geo, &x, &w, &bias),
-                "stride {stride} pad {pad}"
+                max[row],
+                values.iter().copied().fold(f32::NEG_INFINITY, f32::max)
             );
         }
     }
@@ -803,11 +977,37 @@ mod tests {
             n,
         };
         let mut out = vec![f32::NAN; m * n];
-        matmul(&plan, &mut out, &a, &b);
+        matmul(&plan, &mut out, &a, &b, None, None);
         for r in 0..m {
             for c in 0..n {
                 let expected: f32 = (0..k).map(|j| a[r * k + j] * b[j * n + c]).sum();
                 assert_eq!(out[r * n + c], expected);
+            }
+        }
+        // A bias per row (rows in the block of 4 and in the remainder) and an activation.
+        let bias: Vec<f32> = (0..m).map(|r| r as f32 * 0.5 - 1.0).collect();
+        let per_row = Some(MatmulBias::PerRow(&bias));
+        matmul(&plan, &mut out, &a, &b, per_row, Some(Unary::Tanh));
+        for r in 0..m {
+            for c in 0..n {
+                let sum = (0..k).fold(bias[r], |acc, j| acc + a[r * k + j] * b[j * n + c]);
+                assert_eq!(out[r * n + c], tanh(sum), "row {r} column {c}");
+            }
+        }
+        // A bias per column, across both tiles.
+        let bias: Vec<f32> = (0..n).map(|c| (c % 13) as f32 - 6.0).collect();
+        matmul(
+            &plan,
+            &mut out,
+            &a,
+            &b,
+            Some(MatmulBias::PerColumn(&bias)),
+            None,
+        );
+        for r in 0..m {
+            for c in 0..n {
+                let sum = (0..k).fold(bias[c], |acc, j| acc + a[r * k + j] * b[j * n + c]);
+                assert_eq!(out[r * n + c], sum, "row {r} column {c}");
             }
         }
     }

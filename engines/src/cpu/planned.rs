@@ -27,7 +27,7 @@ use tract_onnx::tract_core::ops::konst::Const;
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer};
 use tract_onnx::tract_core::ops::source::TypedSource;
 
-use super::kernels::{self, ConvGeometry, MatmulPlan, StridedWalk, Unary};
+use super::kernels::{self, ConvGeometry, ConvPlan, MatmulBias, MatmulPlan, StridedWalk, Unary};
 
 /// Why a graph cannot be planned: the node, its op, and what is missing.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,14 +86,19 @@ enum Step {
         x: Operand,
         weights: usize,
         bias: Option<usize>,
-        geometry: ConvGeometry,
-        /// The slot of the convolutions' patch buffer (holds no value).
+        conv: ConvPlan,
+        /// The slot of the convolutions' scratch buffer (holds no value).
         scratch: usize,
+        /// An element-wise function of the next node, applied as values are written.
+        activation: Option<Unary>,
     },
     Matmul {
         a: Operand,
         b: Operand,
         plan: MatmulPlan,
+        /// What the next nodes added (a constant per row or per column).
+        bias: Option<PlannedBias>,
+        activation: Option<Unary>,
     },
     Binary {
         op: BinaryOp,
@@ -114,6 +119,57 @@ enum Step {
         fill: Option<f32>,
         parts: Vec<CopyPart>,
     },
+}
+
+impl Step {
+    /// Calls `f` with every constant the step reads.
+    fn for_each_const(&self, mut f: impl FnMut(usize)) {
+        let mut operand = |operand: &Operand| {
+            if let Operand::Const(c) = operand {
+                f(*c);
+            }
+        };
+        match self {
+            Step::Conv {
+                x, weights, bias, ..
+            } => {
+                operand(x);
+                operand(&Operand::Const(*weights));
+                if let Some(bias) = bias {
+                    operand(&Operand::Const(*bias));
+                }
+            }
+            Step::Matmul { a, b, bias, .. } => {
+                operand(a);
+                operand(b);
+                if let Some(bias) = bias {
+                    operand(&Operand::Const(bias.constant()));
+                }
+            }
+            Step::Binary { a, b, .. } => {
+                operand(a);
+                operand(b);
+            }
+            Step::Unary { x, .. } | Step::Reduce { x, .. } => operand(x),
+            Step::Copy { parts, .. } => parts.iter().for_each(|part| operand(&part.x)),
+        }
+    }
+}
+
+/// A matmul's bias: the constant holding one value per output row of each batch entry, or
+/// one per column.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum PlannedBias {
+    PerRow(usize),
+    PerColumn(usize),
+}
+
+impl PlannedBias {
+    fn constant(self) -> usize {
+        match self {
+            PlannedBias::PerRow(c) | PlannedBias::PerColumn(c) => c,
+        }
+    }
 }
 
 /// One planned step and the slot it writes (`len` values).
@@ -212,12 +268,12 @@ impl PlannedGraph {
             // empty Vec, which does not allocate.
             let mut out_buffer = std::mem::take(&mut buffers[planned.out_slot]);
             let out = &mut out_buffer[..planned.out_len];
-            // A convolution's patch buffer comes out the same way.
+            // A convolution's scratch buffer comes out the same way.
             let scratch = match planned.step {
                 Step::Conv { scratch, .. } => Some(scratch),
                 _ => None,
             };
-            let mut patch =
+            let mut scratch_values =
                 scratch.map_or_else(Vec::new, |slot| std::mem::take(&mut buffers[slot]));
             let read = |operand: Operand| self.operand(buffers, input, operand);
             match &planned.step {
@@ -225,17 +281,35 @@ impl PlannedGraph {
                     x,
                     weights,
                     bias,
-                    geometry,
+                    conv,
                     scratch: _,
+                    activation,
                 } => kernels::conv(
-                    geometry,
+                    conv,
                     out,
                     read(*x),
                     &self.consts[*weights],
                     bias.map(|b| &self.consts[b][..]),
-                    &mut patch,
+                    *activation,
+                    &mut scratch_values,
                 ),
-                Step::Matmul { a, b, plan } => kernels::matmul(plan, out, read(*a), read(*b)),
+                Step::Matmul {
+                    a,
+                    b,
+                    plan,
+                    bias,
+                    activation,
+                } => kernels::matmul(
+                    plan,
+                    out,
+                    read(*a),
+                    read(*b),
+                    bias.map(|bias| match bias {
+                        PlannedBias::PerRow(c) => MatmulBias::PerRow(&self.consts[c]),
+                        PlannedBias::PerColumn(c) => MatmulBias::PerColumn(&self.consts[c]),
+                    }),
+                    *activation,
+                ),
                 Step::Binary { op, a, b, walk } => {
                     let (a, b) = (read(*a), read(*b));
                     match op {
@@ -280,7 +354,7 @@ impl PlannedGraph {
             }
             buffers[planned.out_slot] = out_buffer;
             if let Some(slot) = scratch {
-                buffers[slot] = patch;
+                buffers[slot] = scratch_values;
             }
         }
     }
@@ -319,6 +393,26 @@ impl PlannedGraph {
     /// Number of outputs.
     pub(crate) fn output_count(&self) -> usize {
         self.outputs.len()
+    }
+
+    /// What each step does, in order: `conv`, `matmul+Silu`, `Mul`, `copy`...
+    #[cfg(test)]
+    pub(crate) fn step_names(&self) -> Vec<String> {
+        let with = |name: &str, activation: &Option<Unary>| match activation {
+            Some(op) => format!("{name}+{op:?}"),
+            None => name.to_owned(),
+        };
+        self.steps
+            .iter()
+            .map(|planned| match &planned.step {
+                Step::Conv { activation, .. } => with("conv", activation),
+                Step::Matmul { activation, .. } => with("matmul", activation),
+                Step::Binary { op, .. } => format!("{op:?}"),
+                Step::Unary { op, .. } => format!("{op:?}"),
+                Step::Reduce { op, .. } => format!("reduce {op:?}"),
+                Step::Copy { .. } => "copy".to_owned(),
+            })
+            .collect()
     }
 }
 
@@ -360,11 +454,25 @@ struct Planner<'m> {
     /// For each slot value, the index (in evaluation order) of its last reader;
     /// `usize::MAX` for model outputs.
     last_use: HashMap<OutletId, usize>,
-    /// The convolutions' shared patch buffer.
+    /// The convolutions' shared scratch buffer (padded, phase-split input planes).
     scratch_slot: Option<usize>,
     /// Slots a node's extra steps used, freed once its output slot is allocated.
     pending_free: Vec<usize>,
     node: Option<usize>,
+    /// The value of the last node, when a convolution or a matmul computes it that a
+    /// following node can be folded into.
+    fusable: Option<Fusable>,
+}
+
+/// A node's value computed by a convolution or a matmul step.
+#[derive(Debug, Clone, Copy)]
+struct Fusable {
+    outlet: OutletId,
+    /// The index of the step.
+    step: usize,
+    /// The node's value is the step's output transposed to channels last (a convolution
+    /// tract laid out that way: see [`Planner::conv`]).
+    channels_last: bool,
 }
 
 impl<'m> Planner<'m> {
@@ -380,6 +488,7 @@ impl<'m> Planner<'m> {
             scratch_slot: None,
             pending_free: Vec::new(),
             node: None,
+            fusable: None,
         }
     }
 
@@ -482,7 +591,35 @@ impl<'m> Planner<'m> {
             if dims.contains(&0) {
                 return Err(self.error(format!("computes an empty tensor {dims:?}")));
             }
+            if let Some(value) = self.fuse_into_last_step(node, &dims) {
+                self.values.insert(outlet, value);
+                if let Some(fusable) = &mut self.fusable {
+                    fusable.outlet = outlet;
+                }
+                continue;
+            }
             let step = self.step(node, &dims)?;
+            let inner_conv = matches!(
+                self.steps.last(),
+                Some(PlannedStep {
+                    step: Step::Conv { .. },
+                    ..
+                })
+            ) && node.op_is::<Conv>();
+            self.fusable = match step {
+                Step::Conv { .. } | Step::Matmul { .. } => Some(Fusable {
+                    outlet,
+                    step: self.steps.len(),
+                    channels_last: false,
+                }),
+                // A channels-last convolution: its step, then this transpose.
+                Step::Copy { .. } if inner_conv => Some(Fusable {
+                    outlet,
+                    step: self.steps.len() - 1,
+                    channels_last: true,
+                }),
+                _ => None,
+            };
             let out_len: usize = dims.iter().product();
             let out_slot = self.allocate(out_len);
             self.steps.push(PlannedStep {
@@ -532,6 +669,26 @@ impl<'m> Planner<'m> {
                 None => return Err(self.error(format!("output {output:?} was never computed"))),
             });
         }
+        // Constants every step now reads folded copies of (weights scaled by a following
+        // Mul): drop them, keeping the indices.
+        let mut in_use = vec![false; self.consts.len()];
+        for planned in &self.steps {
+            planned.step.for_each_const(|c| in_use[c] = true);
+        }
+        for output in &planned_outputs {
+            if let PlannedOutput::F32 {
+                value: Operand::Const(c),
+                ..
+            } = output
+            {
+                in_use[*c] = true;
+            }
+        }
+        for (values, used) in self.consts.iter_mut().zip(in_use) {
+            if !used {
+                *values = Vec::new();
+            }
+        }
         Ok(PlannedGraph {
             steps: self.steps,
             consts: self.consts,
@@ -539,6 +696,361 @@ impl<'m> Planner<'m> {
             input_len,
             outputs: planned_outputs,
         })
+    }
+
+    /// Folds `node` into the convolution or matmul step that computes its input (the last
+    /// step, or the one before a channels-last convolution's transpose) when it is an
+    /// element-wise function, or a `Mul` or an `Add` of a constant that is the same over
+    /// each output row of the step (a batch normalisation after a convolution, say), and
+    /// it is the only reader of that value: the weights and the bias take the constant, and the function is
+    /// applied as the step writes its output, instead of one more pass over the values.
+    /// Returns the node's value (the step's), or `None` to plan the node as usual.
+    fn fuse_into_last_step(&mut self, node: &TypedNode, out_dims: &[usize]) -> Option<Value> {
+        let fusable = self.fusable?;
+        let previous = fusable.outlet;
+        if self.model.outlet_successors(previous).len() != 1
+            || self.last_use.get(&previous) == Some(&usize::MAX)
+        {
+            return None;
+        }
+        let value = self.values.get(&previous)?.clone();
+        match &value {
+            Value::F32 { dims, .. } if dims == out_dims => {}
+            _ => return None,
+        }
+        let fused = if let Some(element_wise) = node.op_as::<ElementWiseOp>() {
+            let op = Unary::from_tract_name(&element_wise.0.name())
+                .filter(|_| element_wise.1.is_none_or(|dt| dt == f32::datum_type()))?;
+            node.inputs[..] == [previous] && self.fuse_activation(fusable.step, op)
+        } else if let Some(binary) = node.op_as::<TypedBinOp>() {
+            let other = match node.inputs[..] {
+                [a, b] if a == previous => b,
+                [a, b] if b == previous => a,
+                _ => return None,
+            };
+            let Some(Value::F32 {
+                operand: Operand::Const(constant),
+                dims: constant_dims,
+            }) = self.values.get(&other)
+            else {
+                return None;
+            };
+            // The constant as the output sees it, one value per output value.
+            let expanded = self.expanded(*constant, constant_dims, out_dims)?;
+            let is_mul = match binary.0.name() {
+                "Mul" => true,
+                "Add" => false,
+                _ => return None,
+            };
+            let by_row = self
+                .per_output_row(fusable, &expanded)
+                .is_some_and(|per_row| {
+                    if is_mul {
+                        self.fuse_scale(fusable.step, &per_row)
+                    } else {
+                        self.fuse_shift(fusable.step, &per_row, false)
+                    }
+                });
+            // Else one value per column (a matmul whose rows are pixels, channels last;
+            // or whose row weights are computed).
+            by_row
+                || self
+                    .per_output_column(fusable, &expanded)
+                    .is_some_and(|per_column| {
+                        if is_mul {
+                            self.fuse_matmul_scale(fusable.step, &per_column, true)
+                        } else {
+                            self.fuse_shift(fusable.step, &per_column, true)
+                        }
+                    })
+        } else {
+            false
+        };
+        fused.then_some(value)
+    }
+
+    /// Where the rows a step computes (a convolution's output channel of each image, a
+    /// matmul's row of each batch entry) lie in the node's value: (start, length, stride).
+    fn output_rows(&self, fusable: Fusable) -> Vec<(usize, usize, usize)> {
+        match &self.steps.get(fusable.step).map(|planned| &planned.step) {
+            Some(Step::Conv { conv, .. }) => {
+                let geometry = &conv.geometry;
+                let (plane, channels) = (
+                    geometry.out_hw[0] * geometry.out_hw[1],
+                    geometry.out_channels,
+                );
+                (0..geometry.images * channels)
+                    .map(|i| {
+                        if fusable.channels_last {
+                            let (image, channel) = (i / channels, i % channels);
+                            (image * plane * channels + channel, plane, channels)
+                        } else {
+                            (i * plane, plane, 1)
+                        }
+                    })
+                    .collect()
+            }
+            Some(Step::Matmul { plan, .. }) => plan
+                .batch
+                .iter()
+                .flat_map(|&[_, _, c_batch]| {
+                    plan.rows
+                        .iter()
+                        .map(move |&[_, c_m]| (c_batch + c_m, plan.n, 1))
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// A constant (`expanded` to one value per output value) as one finite value per
+    /// output row of the step (per output channel for a convolution), or `None` when it
+    /// varies along a row (or across a convolution's images).
+    fn per_output_row(&self, fusable: Fusable, expanded: &[f32]) -> Option<Vec<f32>> {
+        let mut per_row = Vec::new();
+        for (start, len, stride) in self.output_rows(fusable) {
+            let row = expanded.get(start..start + (len - 1) * stride + 1)?;
+            let first = row[0];
+            if !first.is_finite()
+                || row
+                    .iter()
+                    .step_by(stride)
+                    .any(|v| v.to_bits() != first.to_bits())
+            {
+                return None;
+            }
+            per_row.push(first);
+        }
+        if let Some(Step::Conv { conv, .. }) = self.steps.get(fusable.step).map(|p| &p.step) {
+            let geometry = &conv.geometry;
+            // The images share the weights: each channel needs one value.
+            let (channels, images) = (&per_row[..geometry.out_channels], &per_row);
+            if images.chunks(geometry.out_channels).any(|image| {
+                image
+                    .iter()
+                    .zip(channels)
+                    .any(|(a, b)| a.to_bits() != b.to_bits())
+            }) {
+                return None;
+            }
+            per_row.truncate(geometry.out_channels);
+        }
+        (!per_row.is_empty()).then_some(per_row)
+    }
+
+    /// The constant `constant` (of `dims`) broadcast to `out_dims`: one value per output
+    /// value.
+    fn expanded(&self, constant: usize, dims: &[usize], out_dims: &[usize]) -> Option<Vec<f32>> {
+        let strides = broadcast_strides(dims, out_dims)?;
+        let out_strides = contiguous_strides(out_dims);
+        let walk = StridedWalk::new(out_dims, [&out_strides, &strides, &strides])?;
+        let mut expanded = vec![0.0f32; out_dims.iter().product()];
+        kernels::copy(&walk, &mut expanded, &self.consts[constant], 0, 0);
+        Some(expanded)
+    }
+
+    /// A constant (`expanded` to one value per output value) as one finite value per
+    /// column of a matmul's output (the same along every row), or `None`.
+    fn per_output_column(&self, fusable: Fusable, expanded: &[f32]) -> Option<Vec<f32>> {
+        if !matches!(self.steps.get(fusable.step)?.step, Step::Matmul { .. }) {
+            return None;
+        }
+        let mut rows = self.output_rows(fusable).into_iter();
+        let (start, len, _) = rows.next()?;
+        let first = expanded.get(start..start + len)?;
+        if len < 2 || first.iter().any(|v| !v.is_finite()) {
+            return None;
+        }
+        for (start, len, _) in rows {
+            let row = expanded.get(start..start + len)?;
+            if row
+                .iter()
+                .zip(first)
+                .any(|(a, b)| a.to_bits() != b.to_bits())
+            {
+                return None;
+            }
+        }
+        Some(first.to_vec())
+    }
+
+    /// Sets step `step`'s activation, if it has none.
+    fn fuse_activation(&mut self, step: usize, op: Unary) -> bool {
+        match self.steps.get_mut(step).map(|planned| &mut planned.step) {
+            Some(Step::Conv { activation, .. } | Step::Matmul { activation, .. })
+                if activation.is_none() =>
+            {
+                *activation = Some(op);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A new constant; its index.
+    fn push_const(&mut self, values: Vec<f32>) -> usize {
+        self.consts.push(values);
+        self.consts.len() - 1
+    }
+
+    /// `values` with each element `index` of `indices` multiplied by its `scale`, or
+    /// `None` when an element would need two different scales.
+    fn scaled_copy(
+        values: &[f32],
+        indices_and_scales: impl Iterator<Item = (usize, f32)>,
+    ) -> Option<Vec<f32>> {
+        let mut scaled = values.to_vec();
+        let mut scale_of: Vec<Option<u32>> = vec![None; scaled.len()];
+        for (index, scale) in indices_and_scales {
+            match scale_of.get(index)? {
+                None => {
+                    scale_of[index] = Some(scale.to_bits());
+                    scaled[index] *= scale;
+                }
+                Some(bits) if *bits == scale.to_bits() => {}
+                Some(_) => return None,
+            }
+        }
+        Some(scaled)
+    }
+
+    /// `a op b` element by element.
+    fn combined(a: &[f32], b: &[f32], op: impl Fn(f32, f32) -> f32) -> Vec<f32> {
+        a.iter().zip(b).map(|(&a, &b)| op(a, b)).collect()
+    }
+
+    /// Multiplies step `step`'s output rows by `scale` (one value per row), through its
+    /// weights and bias.
+    fn fuse_scale(&mut self, step: usize, scale: &[f32]) -> bool {
+        let Some(planned) = self.steps.get(step) else {
+            return false;
+        };
+        match &planned.step {
+            Step::Conv {
+                weights,
+                bias,
+                activation: None,
+                ..
+            } => {
+                let per_channel = self.consts[*weights].len() / scale.len();
+                let indices = (0..self.consts[*weights].len()).map(|i| (i, scale[i / per_channel]));
+                let Some(scaled) = Self::scaled_copy(&self.consts[*weights], indices) else {
+                    return false;
+                };
+                let new_bias = bias.map(|b| Self::combined(&self.consts[b], scale, |b, s| b * s));
+                let new_weights = self.push_const(scaled);
+                let new_bias = new_bias.map(|b| self.push_const(b));
+                if let Step::Conv { weights, bias, .. } = &mut self.steps[step].step {
+                    *weights = new_weights;
+                    *bias = new_bias;
+                }
+                true
+            }
+            Step::Matmul { .. } => self.fuse_matmul_scale(step, scale, false),
+            _ => false,
+        }
+    }
+
+    /// Multiplies a matmul's output rows by `scale` (one value per row of each batch
+    /// entry), or its columns with `per_column` (one value per column, the same for every
+    /// row), through its weights (`a` for rows, `b` for columns) and its bias. A weight
+    /// two rows (columns) share must get one scale.
+    fn fuse_matmul_scale(&mut self, step: usize, scale: &[f32], per_column: bool) -> bool {
+        let Some(Step::Matmul {
+            a,
+            b,
+            plan,
+            bias,
+            activation: None,
+        }) = self.steps.get(step).map(|planned| &planned.step)
+        else {
+            return false;
+        };
+        let bias_fits = match bias {
+            None => true,
+            Some(PlannedBias::PerRow(_)) => !per_column,
+            Some(PlannedBias::PerColumn(_)) => per_column,
+        };
+        let (Operand::Const(weights), true) = (if per_column { *b } else { *a }, bias_fits) else {
+            return false;
+        };
+        let indices: Vec<(usize, f32)> = if per_column {
+            plan.batch
+                .iter()
+                .flat_map(|&[_, b_batch, _]| {
+                    plan.reduction.iter().map(move |&[_, b_k]| b_batch + b_k)
+                })
+                .flat_map(|base| scale.iter().enumerate().map(move |(j, &s)| (base + j, s)))
+                .collect()
+        } else {
+            plan.batch
+                .iter()
+                .flat_map(|&[a_batch, _, _]| plan.rows.iter().map(move |&[a_m, _]| a_batch + a_m))
+                .zip(scale)
+                .flat_map(|(base, &s)| plan.reduction.iter().map(move |&[a_k, _]| (base + a_k, s)))
+                .collect()
+        };
+        let Some(scaled) = Self::scaled_copy(&self.consts[weights], indices.into_iter()) else {
+            return false;
+        };
+        let new_bias =
+            bias.map(|bias| Self::combined(&self.consts[bias.constant()], scale, |b, s| b * s));
+        let new_weights = Operand::Const(self.push_const(scaled));
+        let new_bias = new_bias.map(|values| {
+            let constant = self.push_const(values);
+            if per_column {
+                PlannedBias::PerColumn(constant)
+            } else {
+                PlannedBias::PerRow(constant)
+            }
+        });
+        if let Step::Matmul { a, b, bias, .. } = &mut self.steps[step].step {
+            *if per_column { b } else { a } = new_weights;
+            *bias = new_bias;
+        }
+        true
+    }
+
+    /// Adds `shift` (one value per output row, or per column with `per_column`) to step
+    /// `step`'s output, through its bias.
+    fn fuse_shift(&mut self, step: usize, shift: &[f32], per_column: bool) -> bool {
+        let shifted = |consts: &[Vec<f32>], bias: Option<usize>| match bias {
+            Some(bias) => Self::combined(&consts[bias], shift, |b, t| b + t),
+            None => shift.to_vec(),
+        };
+        match self.steps.get(step).map(|planned| &planned.step) {
+            Some(Step::Conv {
+                bias,
+                activation: None,
+                ..
+            }) if !per_column => {
+                let new_bias = self.push_const(shifted(&self.consts, *bias));
+                if let Step::Conv { bias, .. } = &mut self.steps[step].step {
+                    *bias = Some(new_bias);
+                }
+                true
+            }
+            Some(Step::Matmul {
+                bias,
+                activation: None,
+                ..
+            }) => {
+                let new_bias = match (*bias, per_column) {
+                    (None | Some(PlannedBias::PerRow(_)), false) => PlannedBias::PerRow(
+                        self.push_const(shifted(&self.consts, bias.map(PlannedBias::constant))),
+                    ),
+                    (None | Some(PlannedBias::PerColumn(_)), true) => PlannedBias::PerColumn(
+                        self.push_const(shifted(&self.consts, bias.map(PlannedBias::constant))),
+                    ),
+                    _ => return false,
+                };
+                if let Step::Matmul { bias, .. } = &mut self.steps[step].step {
+                    *bias = Some(new_bias);
+                }
+                true
+            }
+            _ => false,
+        }
     }
 
     /// A slot for `len` values: the smallest free one that fits, else the largest free one
@@ -834,6 +1346,16 @@ impl<'m> Planner<'m> {
             .strides
             .as_ref()
             .map_or([1, 1], |s| [s[0], s.get(1).copied().unwrap_or(1)]);
+        // Before tract's padding arithmetic, which divides by the stride.
+        if [kernel, stride, dilation, [rest[1], rest[2]]]
+            .iter()
+            .any(|pair| pair.contains(&0))
+        {
+            return Err(self.error(format!(
+                "kernel {kernel:?}, stride {stride:?}, dilation {dilation:?}, input {rest:?}: \
+                 every size must be at least 1"
+            )));
+        }
         let padding = spec
             .padding
             .compute(&rest[1..], &kernel, &dilation, &stride);
@@ -878,7 +1400,7 @@ impl<'m> Planner<'m> {
         } else {
             None
         };
-        // The patch buffer: one slot for every convolution, holding no value.
+        // The scratch buffer: one slot for every convolution, holding no value.
         let scratch = match self.scratch_slot {
             Some(slot) => slot,
             None => {
@@ -893,8 +1415,9 @@ impl<'m> Planner<'m> {
                 x,
                 weights,
                 bias,
-                geometry,
+                conv: geometry.plan(),
                 scratch,
+                activation: None,
             });
         }
         // Channels last (tract picks it for some convolutions on some CPUs): transpose the
@@ -922,8 +1445,9 @@ impl<'m> Planner<'m> {
                 },
                 weights,
                 bias,
-                geometry,
+                conv: geometry.plan(),
                 scratch,
+                activation: None,
             },
             out_slot: out_cf,
             out_len: out_cf_len,
@@ -1021,16 +1545,33 @@ impl<'m> Planner<'m> {
         by_output_position(&mut rows);
         by_output_position(&mut cols);
         by_output_position(&mut batch);
-        let contiguous = |entries: &[(usize, [isize; 3])], operand: usize| {
+        let contiguous_in = |entries: &[(usize, [isize; 3])], operand: usize| {
             let mut expected = 1isize;
             entries.iter().rev().all(|(size, stride)| {
-                let ok = stride[operand] == expected && stride[2] == expected;
+                let ok = stride[operand] == expected;
                 expected *= *size as isize;
                 ok
             })
         };
+        let contiguous = |entries: &[(usize, [isize; 3])], operand: usize| {
+            contiguous_in(entries, operand) && contiguous_in(entries, 2)
+        };
         let volume =
             |entries: &[(usize, [isize; 3])]| entries.iter().map(|e| e.0).product::<usize>();
+        // No operand runs along the output's contiguous axes (a 1x1 convolution of a
+        // channels-last input, say): copy one operand once into a layout that does
+        // (a constant when the plan is made, a computed value by a copy step), rather
+        // than a product of runs of one.
+        let (mut a, mut b) = (a, b);
+        let b_has_run = contiguous(&cols, 1) && volume(&cols) > 1;
+        let a_has_run = contiguous(&rows, 0) && volume(&rows) > 1;
+        if !b_has_run && !a_has_run {
+            if volume(&cols) > 1 && contiguous_in(&cols, 2) {
+                b = self.relayout(b, 1, [&mut batch, &mut reduction, &mut cols])?;
+            } else if volume(&rows) > 1 && contiguous_in(&rows, 2) {
+                a = self.relayout(a, 0, [&mut batch, &mut reduction, &mut rows])?;
+            }
+        }
         // The kernel's `b` carries the contiguous run: use `cols` as is, or swap the
         // operands, or (no contiguous run) fold the columns into the batch with n = 1.
         let (a, b, rows, cols, swap) = if contiguous(&cols, 1) && volume(&cols) > 1 {
@@ -1065,7 +1606,61 @@ impl<'m> Planner<'m> {
                 reduction: reduction_table,
                 n: volume(&cols),
             },
+            bias: None,
+            activation: None,
         })
+    }
+}
+
+impl Planner<'_> {
+    /// `operand` (operand `which` of an einsum) copied into row-major order over the axes
+    /// of `groups` in turn (each axis: its size and its strides in the two operands and
+    /// the output), whose strides for `which` are updated to the copy's.
+    fn relayout(
+        &mut self,
+        operand: Operand,
+        which: usize,
+        groups: [&mut Vec<(usize, [isize; 3])>; 3],
+    ) -> Result<Operand, PlanError> {
+        let mut axes: Vec<&mut (usize, [isize; 3])> = groups
+            .into_iter()
+            .flat_map(|group| group.iter_mut())
+            .collect();
+        let dims: Vec<usize> = axes.iter().map(|axis| axis.0).collect();
+        let old_strides: Vec<isize> = axes.iter().map(|axis| axis.1[which]).collect();
+        let new_strides = contiguous_strides(&dims);
+        let walk = StridedWalk::new(&dims, [&new_strides, &old_strides, &old_strides])
+            .ok_or_else(|| self.error("rank too high"))?;
+        let len: usize = dims.iter().product();
+        let copied = match operand {
+            Operand::Const(constant) => {
+                let mut values = vec![0.0; len];
+                kernels::copy(&walk, &mut values, &self.consts[constant], 0, 0);
+                Operand::Const(self.push_const(values))
+            }
+            Operand::Input | Operand::Slot { .. } => {
+                let slot = self.allocate(len);
+                self.steps.push(PlannedStep {
+                    step: Step::Copy {
+                        fill: None,
+                        parts: vec![CopyPart {
+                            x: operand,
+                            walk,
+                            out_base: 0,
+                            x_base: 0,
+                        }],
+                    },
+                    out_slot: slot,
+                    out_len: len,
+                });
+                self.pending_free.push(slot);
+                Operand::Slot { slot, len }
+            }
+        };
+        for (axis, stride) in axes.iter_mut().zip(new_strides) {
+            axis.1[which] = stride;
+        }
+        Ok(copied)
     }
 }
 
@@ -1262,6 +1857,201 @@ mod tests {
                 "{format:?} {padding:?}: max |planned - tract| = {worst:e}"
             );
         }
+    }
+
+    /// The largest difference between the two executors' outputs.
+    fn worst_difference(planned: &[f32], tract: &[f32]) -> f32 {
+        assert_eq!(planned.len(), tract.len());
+        planned
+            .iter()
+            .zip(tract)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max)
+    }
+
+    /// The steps `model` plans into, once its output is checked against tract's.
+    fn steps_matching_tract(model: TypedModel) -> usize {
+        let steps = PlannedGraph::plan(&model).expect("plans").steps.len();
+        let (planned, tract) = both(model);
+        assert!(worst_difference(&planned, &tract) < 1e-5);
+        steps
+    }
+
+    /// The einsum `expression` of constant weights of `w_dims` and `x`, in the order the
+    /// expression names them (the weights are the operand with two axes).
+    fn wire_einsum(
+        model: &mut TypedModel,
+        expression: &str,
+        w_dims: [usize; 2],
+        x: OutletId,
+    ) -> OutletId {
+        let w: Vec<f32> = (0..w_dims[0] * w_dims[1])
+            .map(|i| ((i * 5) % 7) as f32 - 3.0)
+            .collect();
+        let w = model
+            .add_const("w", Tensor::from_shape(&w_dims, &w).unwrap())
+            .unwrap();
+        let weights_first = expression.split(',').next().is_some_and(|a| a.len() == 2);
+        let inputs = if weights_first { [w, x] } else { [x, w] };
+        let einsum = EinSum::new(expression.parse().unwrap(), f32::datum_type());
+        model.wire_node("einsum", einsum, &inputs).unwrap()[0]
+    }
+
+    /// `x op constant`, the constant of `dims` with distinct values.
+    fn wire_with_constant(
+        model: &mut TypedModel,
+        name: &str,
+        op: Box<dyn tract_onnx::tract_core::ops::binary::BinMiniOp>,
+        x: OutletId,
+        dims: &[usize],
+    ) -> OutletId {
+        let values: Vec<f32> = (0..dims.iter().product::<usize>())
+            .map(|i| 0.75 - 0.125 * i as f32)
+            .collect();
+        let constant = model
+            .add_const(
+                format!("{name}_constant"),
+                Tensor::from_shape(dims, &values).unwrap(),
+            )
+            .unwrap();
+        model
+            .wire_node(name, TypedBinOp(op, None), &[x, constant])
+            .unwrap()[0]
+    }
+
+    #[test]
+    fn a_batch_norm_and_an_activation_fold_into_the_convolution_or_matmul_before_them() {
+        use tract_onnx::tract_core::ops::cnn::PaddingSpec;
+        use tract_onnx::tract_core::ops::nn::{sigmoid, DataFormat};
+        // conv -> * constant -> + constant -> sigmoid, channels first (one step) and
+        // channels last as tract lays some out on aarch64 (its transposes stay, the rest
+        // folds into the convolution between them).
+        for (format, dims, per_channel, steps) in [
+            (DataFormat::NCHW, [1, 4, 9, 11], [1, 6, 1, 1], 1),
+            (DataFormat::NHWC, [1, 9, 11, 4], [1, 1, 1, 6], 3),
+        ] {
+            let mut model = TypedModel::default();
+            let x = model.add_source("x", f32::fact(dims)).unwrap();
+            let y = wire_conv(&mut model, x, format, (4, 6), 2, PaddingSpec::SameUpper);
+            let y = wire_with_constant(&mut model, "scale", Box::new(math::Mul), y, &per_channel);
+            let y = wire_with_constant(&mut model, "shift", Box::new(math::Add), y, &per_channel);
+            let y = model.wire_node("act", sigmoid(), &[y]).unwrap();
+            model.select_output_outlets(&y).unwrap();
+            let plan = PlannedGraph::plan(&model).expect("plans");
+            assert_eq!(plan.steps.len(), steps, "{format:?}: {:?}", plan.steps);
+            let (planned, tract) = both(model);
+            assert!(worst_difference(&planned, &tract) < 1e-5, "{format:?}");
+        }
+
+        // A 1x1 convolution as tract writes it, an einsum with constant weights: the
+        // same, the shift as a bias per output row.
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([4, 30])).unwrap();
+        let y = wire_einsum(&mut model, "mk,kn->mn", [6, 4], x);
+        let y = wire_with_constant(&mut model, "scale", Box::new(math::Mul), y, &[6, 1]);
+        let y = wire_with_constant(&mut model, "shift", Box::new(math::Add), y, &[6, 1]);
+        let y = model.wire_node("act", math::tanh(), &[y]).unwrap();
+        model.select_output_outlets(&y).unwrap();
+        let plan = PlannedGraph::plan(&model).expect("plans");
+        assert_eq!(plan.steps.len(), 1, "{:?}", plan.steps);
+        // The weights before scaling are no longer kept.
+        assert!(
+            plan.consts.iter().any(|c| c.is_empty()),
+            "{:?}",
+            plan.consts
+        );
+        let (planned, tract) = both(model);
+        assert!(worst_difference(&planned, &tract) < 1e-5);
+    }
+
+    #[test]
+    fn an_einsum_with_no_contiguous_operand_is_laid_out_once() {
+        // Channels last, as tract writes 1x1 convolutions next to channels-last ones: the
+        // weights are copied when the plan is made so that each pixel's output channels
+        // are a run, and a batch norm on those channels folds in per column. Channels last
+        // in, channels first out: the input is transposed by a copy step.
+        for (expression, per_channel, steps) in [
+            ("hwk,ok->hwo", [1, 1, 3], &["matmul"][..]),
+            ("hwk,ok->ohw", [3, 1, 1], &["copy", "matmul"][..]),
+        ] {
+            let mut model = TypedModel::default();
+            let x = model.add_source("x", f32::fact([6, 5, 4])).unwrap();
+            let y = wire_einsum(&mut model, expression, [3, 4], x);
+            let y = wire_with_constant(&mut model, "scale", Box::new(math::Mul), y, &per_channel);
+            let y = wire_with_constant(&mut model, "shift", Box::new(math::Add), y, &per_channel);
+            model.select_output_outlets(&[y]).unwrap();
+            let plan = PlannedGraph::plan(&model).expect("plans");
+            assert_eq!(plan.step_names(), steps, "{expression}");
+            let (planned, tract) = both(model);
+            assert!(worst_difference(&planned, &tract) < 1e-5, "{expression}");
+        }
+    }
+
+    #[test]
+    fn values_read_twice_or_constants_varying_along_a_row_are_not_folded() {
+        use tract_onnx::tract_core::ops::cnn::PaddingSpec;
+        use tract_onnx::tract_core::ops::nn::{sigmoid, DataFormat};
+        // A model with a 4 -> 6 channel convolution of its input.
+        let with_conv = || {
+            let mut model = TypedModel::default();
+            let x = model.add_source("x", f32::fact([1, 4, 9, 11])).unwrap();
+            let format = DataFormat::NCHW;
+            let y = wire_conv(&mut model, x, format, (4, 6), 1, PaddingSpec::Valid);
+            (model, y)
+        };
+        // (a) A constant that varies along the output row: a step of its own.
+        let (mut model, y) = with_conv();
+        let y = wire_with_constant(&mut model, "scale", Box::new(math::Mul), y, &[1, 1, 1, 5]);
+        model.select_output_outlets(&[y]).unwrap();
+        assert_eq!(steps_matching_tract(model), 2);
+
+        // (b) The convolution's value read by two nodes: neither takes it over.
+        let (mut model, y) = with_conv();
+        let activated = model.wire_node("act", sigmoid(), &[y]).unwrap()[0];
+        let sum = model
+            .wire_node("sum", math::add(), &[activated, y])
+            .unwrap();
+        model.select_output_outlets(&sum).unwrap();
+        assert_eq!(steps_matching_tract(model), 3);
+
+        // (c) The convolution's value is also a model output: it stays as computed.
+        let (mut model, y) = with_conv();
+        let activated = model.wire_node("act", sigmoid(), &[y]).unwrap()[0];
+        model.select_output_outlets(&[y, activated]).unwrap();
+        let plan = PlannedGraph::plan(&model).expect("plans");
+        assert_eq!(plan.steps.len(), 2);
+    }
+
+    /// The docs promise the AVX2 build of the kernels the baseline's bits (same operations,
+    /// same order, no FMA contraction): checked on refiner-tiny, every step kind of it.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx2_build_gives_the_baseline_bits() {
+        if !std::arch::is_x86_feature_detected!("avx2") {
+            eprintln!("SKIPPED: no AVX2 on this CPU");
+            return;
+        }
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../data/networks/refiner-tiny.onnx");
+        let network = crate::Network::open(&path).expect("refiner-tiny");
+        let item =
+            super::super::load_item_shape(&network.contract(), &crate::ModelOptions::default());
+        let model = super::super::decluttered_from_onnx(&network, item).expect("declutters");
+        let plan = PlannedGraph::plan(&model).expect("plans");
+        let input: Vec<f32> = (0..plan.input_len())
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
+            .collect();
+        let mut dispatched = plan.new_buffers();
+        plan.run(&mut dispatched, &input);
+        let mut baseline = plan.new_buffers();
+        plan.run_steps(&mut baseline, &input);
+        let bits = |buffers: &[Vec<f32>]| -> Vec<u32> {
+            let Some((OutputView::F32(values), _)) = plan.output(buffers, &input, 0) else {
+                panic!("f32 output");
+            };
+            values.iter().map(|v| v.to_bits()).collect()
+        };
+        assert_eq!(bits(&dispatched), bits(&baseline));
     }
 
     #[test]
