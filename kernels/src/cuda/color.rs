@@ -9,9 +9,12 @@
 //! gives the CPU twin's bytes.
 //!
 //! Input checks are the CPU twin's ([`PackedImage::validate`], then the output's length),
-//! in its order and with its errors, then the session's limits. Device buffers are
-//! allocated once, at creation, for frames of at most `max_width` x `max_height` pixels
-//! with rows at most `max_stride_bytes` apart; a call copies the frame up (its
+//! in its order and with its errors, then the session's limits. Device staging buffers
+//! are sized for frames of at most `max_width` x `max_height` pixels with rows at most
+//! `max_stride_bytes` apart and allocated once, by the first call that needs each: a
+//! session that only converts mapped memory (the daemon's camera path,
+//! [`GpuColor::to_rgb8_mapped`]) allocates none, about 40 MB less at 1920 x 1080 on a
+//! Jetson whose GPU memory is the system's. A copying call copies the frame up (its
 //! [`PixelLayout::min_len`] bytes), launches one kernel, copies the result down (unless it
 //! stays on the device) and synchronises. As in the other sessions, cudarc's launch
 //! builder still builds its small argument list on the heap at each launch.
@@ -141,7 +144,7 @@ impl Limits {
 ///
 /// A session in the sense of DESIGN.md: it owns its CUDA stream, its two kernel handles
 /// (resolved once, here) and every device buffer (the packed frame, the RGB8 image, the
-/// planes), sized at creation.
+/// planes), sized at creation and allocated by the first call that uses each.
 pub struct GpuColor {
     stream: Arc<CudaStream>,
     to_rgb8: CudaFunction,
@@ -149,12 +152,27 @@ pub struct GpuColor {
     image: CompiledImage,
     ordinal: usize,
     limits: Limits,
-    /// The frame as the camera delivered it.
-    packed: CudaSlice<u8>,
+    /// The frame as the camera delivered it ([`Limits::packed_capacity`] bytes).
+    packed: Option<CudaSlice<u8>>,
     /// `3 * max_width * max_height` bytes.
-    rgb: CudaSlice<u8>,
+    rgb: Option<CudaSlice<u8>>,
     /// `3 * max_width * max_height` floats.
-    planes: CudaSlice<f32>,
+    planes: Option<CudaSlice<f32>>,
+}
+
+/// `buffer`, allocated (zeroed, `len` values on `stream`) if this is its first use.
+fn staging<'b, T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+    stream: &Arc<CudaStream>,
+    buffer: &'b mut Option<CudaSlice<T>>,
+    len: usize,
+) -> Result<&'b mut CudaSlice<T>, KernelError> {
+    let slice = match buffer.take() {
+        Some(slice) => slice,
+        None => stream
+            .alloc_zeros::<T>(len)
+            .map_err(driver_error("cuMemAlloc"))?,
+    };
+    Ok(buffer.insert(slice))
 }
 
 impl std::fmt::Debug for GpuColor {
@@ -191,23 +209,11 @@ impl GpuColor {
         let to_planar = module.function("color_to_normalized_planar_f32")?;
         let image = module.image().clone();
 
-        guarded("allocating the GPU colour conversion buffers", || {
+        guarded("creating the GPU colour conversion stream", || {
             let stream = device
                 .context()
                 .new_stream()
                 .map_err(driver_error("cuStreamCreate"))?;
-            let packed = stream
-                .alloc_zeros::<u8>(limits.packed_capacity())
-                .map_err(driver_error("cuMemAlloc"))?;
-            let rgb = stream
-                .alloc_zeros::<u8>(limits.output_capacity())
-                .map_err(driver_error("cuMemAlloc"))?;
-            let planes = stream
-                .alloc_zeros::<f32>(limits.output_capacity())
-                .map_err(driver_error("cuMemAlloc"))?;
-            stream
-                .synchronize()
-                .map_err(driver_error("cuStreamSynchronize"))?;
             Ok(Self {
                 stream,
                 to_rgb8,
@@ -215,9 +221,9 @@ impl GpuColor {
                 image,
                 ordinal: device.ordinal(),
                 limits,
-                packed,
-                rgb,
-                planes,
+                packed: None,
+                rgb: None,
+                planes: None,
             })
         })
     }
@@ -254,17 +260,19 @@ impl GpuColor {
         let frame = self.limits.frame_args(src)?;
         guarded("GPU colour conversion to RGB8", || {
             let stream = &self.stream;
+            let packed = staging(stream, &mut self.packed, self.limits.packed_capacity())?;
+            let rgb = staging(stream, &mut self.rgb, self.limits.output_capacity())?;
             stream
-                .memcpy_htod(&src.data[..frame.packed_len], &mut self.packed)
+                .memcpy_htod(&src.data[..frame.packed_len], packed)
                 .map_err(driver_error("cuMemcpyHtoDAsync"))?;
             let mut builder = stream.launch_builder(&self.to_rgb8);
             builder
-                .arg(&self.packed)
+                .arg(&*packed)
                 .arg(&frame.layout)
                 .arg(&frame.width)
                 .arg(&frame.height)
                 .arg(&frame.stride)
-                .arg(&mut self.rgb);
+                .arg(&mut *rgb);
             // SAFETY: color_to_rgb8(const unsigned char* packed, unsigned layout,
             // unsigned width, unsigned height, unsigned stride, unsigned char* rgb), in
             // this order and these types. The frame was validated as the CPU twin does
@@ -277,7 +285,7 @@ impl GpuColor {
             unsafe { builder.launch(launch_config(frame.width, frame.height)) }
                 .map_err(driver_error("launch of color_to_rgb8"))?;
             stream
-                .memcpy_dtoh(&self.rgb.slice(..frame.output_len), dst)
+                .memcpy_dtoh(&rgb.slice(..frame.output_len), dst)
                 .map_err(driver_error("cuMemcpyDtoHAsync"))?;
             stream
                 .synchronize()
@@ -365,16 +373,19 @@ impl GpuColor {
         check_conversion(src, PLANAR_OUTPUT, dst.len())?;
         let frame = self.limits.frame_args(src)?;
         guarded("GPU colour conversion to normalised planes", || {
-            upload_and_launch_planar(
+            let packed = staging(
                 &self.stream,
-                &self.to_planar,
                 &mut self.packed,
-                src,
-                &frame,
-                &mut self.planes,
+                self.limits.packed_capacity(),
             )?;
+            let planes = staging(
+                &self.stream,
+                &mut self.planes,
+                self.limits.output_capacity(),
+            )?;
+            upload_and_launch_planar(&self.stream, &self.to_planar, packed, src, &frame, planes)?;
             self.stream
-                .memcpy_dtoh(&self.planes.slice(..frame.output_len), dst)
+                .memcpy_dtoh(&planes.slice(..frame.output_len), dst)
                 .map_err(driver_error("cuMemcpyDtoHAsync"))?;
             self.stream
                 .synchronize()
@@ -416,14 +427,12 @@ impl GpuColor {
         guarded(
             "GPU colour conversion to normalised planes on the device",
             || {
-                upload_and_launch_planar(
+                let packed = staging(
                     &self.stream,
-                    &self.to_planar,
                     &mut self.packed,
-                    src,
-                    &frame,
-                    dst,
+                    self.limits.packed_capacity(),
                 )?;
+                upload_and_launch_planar(&self.stream, &self.to_planar, packed, src, &frame, dst)?;
                 self.stream
                     .synchronize()
                     .map_err(driver_error("cuStreamSynchronize"))
