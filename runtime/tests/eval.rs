@@ -10,7 +10,8 @@ use common::posed;
 use posed::bop::dataset::BopDataset;
 use posed::bop::results::{read_results, write_results, Estimate};
 use posed::bop::targets::read_targets;
-use posed::eval::{evaluate, Device, EvalOptions, Report, TargetSource};
+use posed::eval::{evaluate, EvalOptions, Report, TargetSource};
+use posed::pipeline::ComputeDevice;
 use posed::Error;
 use posed_kernels::metrics::auc::auc_voc;
 use posed_kernels::metrics::PoseErrorModel;
@@ -41,7 +42,7 @@ fn options(symmetric_as_asymmetric: &[u32]) -> EvalOptions {
             .collect::<BTreeSet<_>>(),
         progress: false,
         vsd: false,
-        device: Device::Cpu,
+        device: ComputeDevice::Cpu,
     }
 }
 

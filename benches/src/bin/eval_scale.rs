@@ -54,7 +54,7 @@ fn main() -> anyhow::Result<()> {
         symmetric_as_asymmetric: Default::default(),
         progress: false,
         vsd,
-        device: posed::eval::Device::Cpu,
+        device: posed::pipeline::ComputeDevice::Cpu,
     };
     let report = evaluate(&dataset, &results_path, &rows, &options)?;
     let total = started.elapsed();

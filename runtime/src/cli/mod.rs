@@ -23,11 +23,12 @@ use crate::bop::results::{read_results, write_results};
 use crate::bop::targets::read_targets;
 use crate::config::Config;
 use crate::engines;
-use crate::eval::{all_instance_targets, evaluate, Device, EvalOptions, TargetSource};
+use crate::eval::{all_instance_targets, evaluate, EvalOptions, TargetSource};
 use crate::overlay::{
     blend_overlay, depth_for_png, draw_contours, estimated_objects, find_image,
     ground_truth_objects, CONTOUR_RGB,
 };
+use crate::pipeline::ComputeDevice;
 use crate::render::ObjectRenderer;
 use crate::synth::{synth_estimates, SynthOptions};
 use posed_kernels::render::{Light, Shading};
@@ -139,15 +140,6 @@ pub struct EnginesRunArgs {
     pub config: Option<PathBuf>,
 }
 
-/// `--device` of `posed eval`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DeviceArg {
-    /// The CPU.
-    Cpu,
-    /// The first CUDA device.
-    Cuda,
-}
-
 /// Arguments of `posed eval`.
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
@@ -177,7 +169,7 @@ pub struct EvalArgs {
     /// Where ADD and ADD-S are computed: `cpu`, or `cuda` (the first CUDA device; without
     /// a driver or device, a warning and the CPU).
     #[arg(long, value_enum, default_value = "cpu")]
-    pub device: DeviceArg,
+    pub device: ComputeDevice,
     /// Dataset split folder.
     #[arg(long, default_value = "test")]
     pub split: String,
@@ -333,10 +325,7 @@ fn run_eval(args: &EvalArgs) -> anyhow::Result<()> {
             .collect::<BTreeSet<_>>(),
         progress: true,
         vsd: !args.no_vsd,
-        device: match args.device {
-            DeviceArg::Cpu => Device::Cpu,
-            DeviceArg::Cuda => Device::Cuda,
-        },
+        device: args.device,
     };
     let report = evaluate(&dataset, &args.results, &rows, &options)?;
     if args.json {

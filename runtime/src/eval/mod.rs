@@ -37,6 +37,7 @@ pub use report::{ObjectReport, Report};
 use crate::bop::dataset::{BopDataset, ImageAnnotations};
 use crate::bop::results::EstimateRow;
 use crate::bop::targets::Target;
+use crate::pipeline::ComputeDevice;
 use crate::{Error, Result};
 
 /// Which BOP19 targets were used, for the report.
@@ -64,19 +65,10 @@ pub struct EvalOptions {
     /// estimated and ground-truth pose and reads the test depth images. Off, both are
     /// `None`.
     pub vsd: bool,
-    /// Where ADD and ADD-S are computed.
-    pub device: Device,
-}
-
-/// The device `posed eval` computes ADD and ADD-S on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Device {
-    /// The CPU (exact nearest neighbours through a k-d tree), the default.
-    #[default]
-    Cpu,
-    /// The first CUDA device (brute-force nearest neighbours). Without a CUDA driver or
-    /// device, a warning is printed and the CPU is used.
-    Cuda,
+    /// Where ADD and ADD-S are computed: on the CPU (exact nearest neighbours through a
+    /// k-d tree), or on the first CUDA device (brute-force nearest neighbours; without a
+    /// CUDA driver or device, a warning and the CPU).
+    pub device: ComputeDevice,
 }
 
 /// Correctness thresholds of BOP19 MSSD, as fractions of the object diameter.
@@ -175,8 +167,8 @@ pub fn evaluate(
     let mut device_note = None;
     #[cfg(feature = "cuda")]
     let cuda = match options.device {
-        Device::Cpu => None,
-        Device::Cuda => match gpu::open_device() {
+        ComputeDevice::Cpu => None,
+        ComputeDevice::Cuda => match gpu::open_device() {
             Ok(device) => Some(device),
             Err(reason) => {
                 eprintln!(
@@ -190,7 +182,7 @@ pub fn evaluate(
         },
     };
     #[cfg(not(feature = "cuda"))]
-    if options.device == Device::Cuda {
+    if options.device == ComputeDevice::Cuda {
         eprintln!("posed eval: this build has no CUDA support; computing ADD / ADD-S on the CPU");
         device_note =
             Some("--device cuda: built without CUDA; ADD / ADD-S ran on the CPU".to_string());

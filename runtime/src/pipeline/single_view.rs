@@ -39,7 +39,9 @@ const PLANE: usize = CROP_HEIGHT * CROP_WIDTH;
 /// Floats of one batch item of the network input: 6 planes of 240 x 320.
 const ITEM_LEN: usize = POSE_INPUT_CHANNELS * PLANE;
 
-/// Where the loop's geometry (crops, renderings, pose updates) runs.
+/// Where a computation runs: the single-view loop's geometry (crops, renderings, pose
+/// updates), `posed eval`'s ADD and ADD-S. Without a CUDA driver or device, `Cuda` falls
+/// back to the CPU with a warning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ComputeDevice {
@@ -148,12 +150,7 @@ pub fn open_compute_device(device: ComputeDevice) -> Result<(Option<Cuda>, Optio
                 );
                 Ok((Some(cuda), None))
             }
-            Err(KernelError::CudaUnavailable { reason }) => Ok((
-                None,
-                Some(format!(
-                    "no usable CUDA device ({reason}); the loop runs on the CPU"
-                )),
-            )),
+            Err(KernelError::CudaUnavailable { reason }) => Ok((None, Some(on_the_cpu(&reason)))),
             Err(source) => Err(Error::Kernel {
                 context: "opening CUDA device 0".to_string(),
                 source,
@@ -165,6 +162,12 @@ pub fn open_compute_device(device: ComputeDevice) -> Result<(Option<Cuda>, Optio
             Some("built without the cuda feature; the loop runs on the CPU".to_string()),
         )),
     }
+}
+
+/// Why the loop runs on the CPU although CUDA was asked for.
+#[cfg(feature = "cuda")]
+fn on_the_cpu(reason: &str) -> String {
+    format!("no usable CUDA device ({reason}); the loop runs on the CPU")
 }
 
 /// Which network an iteration ran (coarse iterations come first).
@@ -510,12 +513,9 @@ impl SingleViewPipeline {
             match pipeline.attach_cuda(device, width, height) {
                 Ok(()) => Ok((pipeline, None)),
                 // No NVRTC, or the driver lost: the CPU, and why.
-                Err(KernelError::CudaUnavailable { reason }) => Ok((
-                    pipeline,
-                    Some(format!(
-                        "no usable CUDA device ({reason}); the loop runs on the CPU"
-                    )),
-                )),
+                Err(KernelError::CudaUnavailable { reason }) => {
+                    Ok((pipeline, Some(on_the_cpu(&reason))))
+                }
                 Err(source) => Err(Error::Kernel {
                     context: "preparing the pipeline's CUDA geometry".to_string(),
                     source,
