@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use posed_engines::cpu::CpuExecutor;
 use posed_engines::{CpuBackend, Model, ModelOptions, Network};
-use posed_kernels::alloc_count::{allocations, CountingAllocator};
+use posed_kernels::alloc_count::{self, allocations, CountingAllocator};
 
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
@@ -24,7 +24,15 @@ fn fill(input: &mut [f32], seed: usize) {
     }
 }
 
-#[test]
+// A binary of its own without libtest (Cargo.toml: `harness = false`), see
+// `run_test_without_harness`.
+fn main() {
+    alloc_count::run_test_without_harness(
+        "warm_runs_allocate_nothing_on_every_test_network",
+        warm_runs_allocate_nothing_on_every_test_network,
+    );
+}
+
 fn warm_runs_allocate_nothing_on_every_test_network() {
     let cases: [(&str, &[&[usize]]); 4] = [
         ("refiner-tiny.onnx", &[&[1, 6, 240, 320], &[3, 6, 240, 320]]),

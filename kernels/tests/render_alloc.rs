@@ -2,7 +2,7 @@
 //! allocator over a refiner-sized batch (5 objects, 240 x 320 crops, 2 threads).
 
 use nalgebra::{Rotation3, Vector3};
-use posed_kernels::alloc_count::{allocations, CountingAllocator};
+use posed_kernels::alloc_count::{self, allocations, CountingAllocator};
 use posed_kernels::render::{
     Camera, CpuRenderer, Instance, Mesh, RenderItem, RenderTarget, Shading,
 };
@@ -11,7 +11,15 @@ use posed_kernels::{Intrinsics, Pose};
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
 
-#[test]
+// A binary of its own without libtest (Cargo.toml: `harness = false`), see
+// `run_test_without_harness`.
+fn main() {
+    alloc_count::run_test_without_harness(
+        "a_warmed_up_frame_allocates_nothing",
+        a_warmed_up_frame_allocates_nothing,
+    );
+}
+
 fn a_warmed_up_frame_allocates_nothing() {
     let meshes: Vec<Mesh> = (0..5)
         .map(|i| Mesh::uv_sphere(0.05 + 0.01 * i as f32, 40, 80).expect("sphere"))

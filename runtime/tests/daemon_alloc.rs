@@ -8,6 +8,10 @@
 //!   CPU backend's planned executor, objects from the detector;
 //! - the scenes' annotated boxes as objects and [`ConstantPoseNetwork`] as the refiner,
 //!   more frames.
+//!
+//! Before them, a thread's first waits on the daemon's hand-offs: a thread can wait for
+//! the first time in any frame (when the scheduler stops a sender mid-hand-off), so the
+//! frames above cannot show it every time.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -18,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use posed::bop::models::ModelSet;
 use posed::config::{Config, ServiceConfig, SourceConfig, SourceKind, StreamConfig};
+use posed::daemon::handoff;
 use posed::daemon::message::PoseFrame;
 use posed::daemon::notify::Notifier;
 use posed::daemon::setup::parts_from_config;
@@ -28,15 +33,29 @@ use posed::pipeline::{
     SingleViewPipeline,
 };
 use posed::source::sequence::{bop_boxes, SequenceSource};
-use posed_kernels::alloc_count::{allocations, CountingAllocator};
+use posed_kernels::alloc_count::{self, allocations, CountingAllocator};
 
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
 
 const WARMUP: u64 = 10;
 
-#[test]
+// A binary of its own without libtest (Cargo.toml: `harness = false`), see
+// `run_test_without_harness`.
+fn main() {
+    alloc_count::run_test_without_harness(
+        "steady_state_frames_allocate_nothing",
+        steady_state_frames_allocate_nothing,
+    );
+}
+
 fn steady_state_frames_allocate_nothing() {
+    let first_waits = first_waits_of_a_thread();
+    assert_eq!(
+        first_waits, 0,
+        "a thread's first waits on a hand-off: {first_waits} allocations"
+    );
+
     // The demo: 4 frames of warm-up, then 6 counted on images it has not seen yet.
     let demo_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/demo.toml");
     let mut demo = Config::load(&demo_path).expect("data/demo.toml");
@@ -101,10 +120,38 @@ fn steady_state_frames_allocate_nothing() {
     );
 }
 
+/// The allocations (every thread) of a new thread's first two waits on a hand-off: one
+/// that times out, one that a send ends.
+fn first_waits_of_a_thread() -> u64 {
+    let (tx, rx) = handoff::bounded::<u32>(1);
+    // The count starts once `spawn` has returned (it allocates on this thread).
+    let go = Arc::new(AtomicBool::new(false));
+    let waiter = {
+        let go = Arc::clone(&go);
+        std::thread::spawn(move || {
+            while !go.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let before = allocations();
+            let timed_out = rx.recv_timeout(Duration::from_millis(5));
+            let received = rx.recv_timeout(Duration::from_secs(60));
+            (allocations() - before, timed_out, received)
+        })
+    };
+    go.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(100));
+    tx.try_send(7).expect("an empty slot");
+    let (counted, timed_out, received) = waiter.join().expect("waiter");
+    assert_eq!(timed_out, Err(handoff::RecvTimeoutError::Timeout));
+    assert_eq!(received, Ok(7));
+    counted as u64
+}
+
 /// Runs a daemon for `warmup + counted` frames with two subscribers and returns the heap
 /// allocations (every thread) of the last `counted` frames, after checking that the frames
 /// went out with objects and reached both subscribers.
 fn run_counted(parts: DaemonParts, mut options: DaemonOptions, warmup: u64, counted: u64) -> u64 {
+    assert!(warmup > 2, "the warm-up covers the subscribers' start");
     let socket = options.stream.socket.clone();
     options.service = ServiceConfig {
         warmup_frames: 1,
@@ -117,6 +164,12 @@ fn run_counted(parts: DaemonParts, mut options: DaemonOptions, warmup: u64, coun
     // The subscriber connects before the warm-up ends (its connection allocates) and then
     // reads into a fixed buffer.
     let subscribed = Arc::new(AtomicBool::new(false));
+    // Threads start when the scheduler gets to them (late, on a busy machine under
+    // qemu): the warm-up also waits for both reader threads to have allocated their
+    // buffers, and for the JSON subscriber's writer to have delivered a frame (its own
+    // buffer is allocated before that; the binary one's is before its switch).
+    let readers_started = Arc::new(AtomicU64::new(0));
+    let json_lines = Arc::new(AtomicU64::new(0));
     let at_warmup = Arc::new(AtomicU64::new(0));
     let at_end = Arc::new(AtomicU64::new(0));
     let objects_seen = Arc::new(AtomicU64::new(0));
@@ -126,6 +179,7 @@ fn run_counted(parts: DaemonParts, mut options: DaemonOptions, warmup: u64, coun
             Arc::clone(&at_warmup),
             Arc::clone(&at_end),
         );
+        let (readers_started, json_lines) = (Arc::clone(&readers_started), Arc::clone(&json_lines));
         let objects_seen = Arc::clone(&objects_seen);
         let mut published = 0u64;
         Box::new(move |frame: &PoseFrame, stats: &StreamStats| {
@@ -133,15 +187,24 @@ fn run_counted(parts: DaemonParts, mut options: DaemonOptions, warmup: u64, coun
             if published == 1 {
                 // Hold the warm-up until the subscriber is in.
                 let until = Instant::now() + Duration::from_secs(60);
-                // Both subscribers in, and the binary one switched (parsing its request
-                // allocates).
+                // Both subscribers in, the binary one switched (parsing its request
+                // allocates), both readers running.
                 while (stats.accepted.load(Ordering::Relaxed) < 2
-                    || stats.binary_subscribers.load(Ordering::Relaxed) < 1)
+                    || stats.binary_subscribers.load(Ordering::Relaxed) < 1
+                    || readers_started.load(Ordering::SeqCst) < 2)
                     && Instant::now() < until
                 {
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 subscribed.store(true, Ordering::Relaxed);
+            }
+            if published == 2 {
+                // A frame (the first after the subscribers were in: this one) through
+                // the JSON subscriber's writer, after the hello line.
+                let until = Instant::now() + Duration::from_secs(60);
+                while json_lines.load(Ordering::SeqCst) < 2 && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
             }
             objects_seen.fetch_add(frame.objects.len() as u64, Ordering::Relaxed);
             if published == warmup {
@@ -171,26 +234,31 @@ fn run_counted(parts: DaemonParts, mut options: DaemonOptions, warmup: u64, coun
             std::thread::sleep(Duration::from_millis(5));
         }
     };
-    // Two subscribers: one reads JSON lines, the other asks for the binary encoding.
-    let read_all = |mut stream: UnixStream| {
+    // Two subscribers: one reads JSON lines, the other asks for the binary encoding. Each
+    // reader counts the newlines it reads into `lines`.
+    let read_all = |mut stream: UnixStream, lines: Arc<AtomicU64>| {
+        let started = Arc::clone(&readers_started);
         std::thread::spawn(move || {
             let mut buffer = vec![0u8; 1 << 16];
+            started.fetch_add(1, Ordering::SeqCst);
             let mut bytes = 0usize;
             while let Ok(n) = stream.read(&mut buffer) {
                 if n == 0 {
                     break;
                 }
                 bytes += n;
+                let newlines = buffer[..n].iter().filter(|&&b| b == b'\n').count();
+                lines.fetch_add(newlines as u64, Ordering::SeqCst);
             }
             bytes
         })
     };
-    let reader = read_all(connect());
+    let reader = read_all(connect(), Arc::clone(&json_lines));
     let mut binary = connect();
     binary
         .write_all(b"{\"encoding\":\"binary\",\"version\":1}\n")
         .expect("ask for binary");
-    let binary_reader = read_all(binary);
+    let binary_reader = read_all(binary, Arc::new(AtomicU64::new(0)));
     let report = daemon.join().expect("daemon thread").expect("run");
     let bytes = reader.join().expect("reader");
     let binary_bytes = binary_reader.join().expect("binary reader");

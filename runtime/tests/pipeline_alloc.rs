@@ -13,12 +13,20 @@ use posed::pipeline::{
     ImageView, InitScheme, ObjectEstimate, PipelineOptions, PoseNetworks, SingleViewPipeline,
 };
 use posed_engines::{Backend, CpuBackend, ModelOptions, Network};
-use posed_kernels::alloc_count::{allocations, CountingAllocator};
+use posed_kernels::alloc_count::{self, allocations, CountingAllocator};
 
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
 
-#[test]
+// A binary of its own without libtest (Cargo.toml: `harness = false`), see
+// `run_test_without_harness`.
+fn main() {
+    alloc_count::run_test_without_harness(
+        "a_warm_frame_allocates_nothing",
+        a_warm_frame_allocates_nothing,
+    );
+}
+
 fn a_warm_frame_allocates_nothing() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/ycbv-mini");
     let dataset = BopDataset::load(&root, "test").expect("ycbv-mini");

@@ -1,7 +1,8 @@
 //! `posed run`: the daemon. Frames from a [`FrameSource`] go through the single-view
 //! pipeline and out over the pose stream.
 //!
-//! Three threads joined by bounded channels where the newest frame wins:
+//! Three threads joined by bounded channels where the newest frame wins ([`handoff`]: they
+//! allocate nothing, not even the first time a thread waits):
 //!
 //! ```text
 //! capture (posed-capture)  source -> Frame            -> [1] ->
@@ -17,6 +18,7 @@
 //! within a second, abandoning a frame in flight.
 
 pub mod client;
+pub mod handoff;
 pub mod message;
 pub mod notify;
 pub mod setup;
@@ -28,12 +30,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
-
 use crate::config::{ServiceConfig, StreamConfig};
 use crate::pipeline::{DetectionFilter, Detector, InitScheme, ObjectEstimate, SingleViewPipeline};
 use crate::source::{monotonic_ns, wall_ns, Captured, Frame, FrameSource};
 use crate::{Error, Result};
+use handoff::{bounded, put_newest, RecvTimeoutError};
 use message::{
     encode_hello, encode_poses_binary, encode_poses_body, PoseFrame, PosedObject,
     MAX_MESSAGE_BYTES, MAX_OBJECTS,
@@ -154,31 +155,6 @@ pub struct RunReport {
     pub subscriber_frames_dropped: u64,
     /// True when the source ended (a sequence that does not loop); false on shutdown.
     pub source_ended: bool,
-}
-
-/// Puts `item` into a one-slot channel, taking out (and recycling) what was waiting there:
-/// the newest item wins. Returns the recycled item's count (0 or 1).
-fn put_newest<T>(
-    tx: &Sender<T>,
-    rx_for_dropping: &Receiver<T>,
-    recycle: &Sender<T>,
-    item: T,
-) -> std::result::Result<u64, ()> {
-    let mut dropped = 0;
-    let mut item = item;
-    loop {
-        match tx.try_send(item) {
-            Ok(()) => return Ok(dropped),
-            Err(TrySendError::Full(back)) => {
-                item = back;
-                if let Ok(old) = rx_for_dropping.try_recv() {
-                    dropped += 1;
-                    let _ = recycle.try_send(old);
-                }
-            }
-            Err(TrySendError::Disconnected(_)) => return Err(()),
-        }
-    }
 }
 
 /// Runs the daemon until `shutdown` is set, the source ends or fails for good, or
@@ -613,15 +589,5 @@ mod tests {
             ]
         );
         assert_eq!(reopen_delay(u32::MAX, ms(200), ms(5000)), ms(5000));
-    }
-
-    #[test]
-    fn the_newest_item_wins_a_full_slot() {
-        let (tx, rx) = bounded::<u32>(1);
-        let (recycle_tx, recycle_rx) = bounded::<u32>(4);
-        assert_eq!(put_newest(&tx, &rx, &recycle_tx, 1), Ok(0));
-        assert_eq!(put_newest(&tx, &rx, &recycle_tx, 2), Ok(1));
-        assert_eq!(rx.try_recv(), Ok(2));
-        assert_eq!(recycle_rx.try_recv(), Ok(1));
     }
 }
