@@ -20,6 +20,7 @@
 
 mod kernels;
 mod planned;
+mod tile;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -358,6 +359,51 @@ impl CpuModel {
         }
     }
 
+    /// Times each step of the planned executor on one item of the load-time input shape
+    /// (`item`: its values), averaged over `runs` runs after one to warm up. `None` when
+    /// the graph runs on tract's plan. For finding where a network's time goes
+    /// (`cpu_network --profile` in the benches); allocates its own buffers.
+    ///
+    /// # Errors
+    /// `item` does not hold one item's values.
+    pub fn profile(
+        &self,
+        item: &[f32],
+        runs: usize,
+    ) -> Result<Option<Vec<StepProfile>>, EngineError> {
+        let Some(ItemPlan::Planned(plan)) = self.load_time_plan() else {
+            return Ok(None);
+        };
+        if item.len() != plan.input_len() {
+            return Err(EngineError::Tract {
+                path: self.shared.network.path().to_owned(),
+                stage: "profiling",
+                reason: format!(
+                    "one item of the load-time shape has {} values, {} were given",
+                    plan.input_len(),
+                    item.len()
+                ),
+            });
+        }
+        let mut buffers = plan.new_buffers();
+        let labels = plan.step_labels();
+        let mut step_ns = vec![0u64; labels.len()];
+        plan.run(&mut buffers, item);
+        for _ in 0..runs.max(1) {
+            plan.run_profiled(&mut buffers, item, &mut step_ns);
+        }
+        Ok(Some(
+            labels
+                .into_iter()
+                .zip(step_ns)
+                .map(|(label, ns)| StepProfile {
+                    label,
+                    ns_per_run: ns / runs.max(1) as u64,
+                })
+                .collect(),
+        ))
+    }
+
     /// Bytes of buffers a session of the planned executor holds for the load-time input
     /// shape (0 on tract's plan, which allocates as it runs).
     pub fn session_buffer_bytes(&self) -> usize {
@@ -397,6 +443,15 @@ impl Model for CpuModel {
         session.item_index(load_item_shape(&contract, &self.shared.options))?;
         Ok(Box::new(session))
     }
+}
+
+/// One step of the planned executor and its time ([`CpuModel::profile`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepProfile {
+    /// What the step does, with its sizes: `conv 3x3/2 x1 6->40 120x160+Silu`.
+    pub label: String,
+    /// Its mean time per run, nanoseconds.
+    pub ns_per_run: u64,
 }
 
 /// What a session keeps per item shape.

@@ -264,98 +264,145 @@ impl PlannedGraph {
     #[inline(always)]
     fn run_steps(&self, buffers: &mut [Vec<f32>], input: &[f32]) {
         for planned in &self.steps {
-            // Take the output buffer out so the step can read the others; `take` leaves an
-            // empty Vec, which does not allocate.
-            let mut out_buffer = std::mem::take(&mut buffers[planned.out_slot]);
-            let out = &mut out_buffer[..planned.out_len];
-            // A convolution's scratch buffer comes out the same way.
-            let scratch = match planned.step {
-                Step::Conv { scratch, .. } => Some(scratch),
-                _ => None,
-            };
-            let mut scratch_values =
-                scratch.map_or_else(Vec::new, |slot| std::mem::take(&mut buffers[slot]));
-            let read = |operand: Operand| self.operand(buffers, input, operand);
-            match &planned.step {
-                Step::Conv {
-                    x,
-                    weights,
-                    bias,
-                    conv,
-                    scratch: _,
-                    activation,
-                } => kernels::conv(
-                    conv,
-                    out,
-                    read(*x),
-                    &self.consts[*weights],
-                    bias.map(|b| &self.consts[b][..]),
-                    *activation,
-                    &mut scratch_values,
-                ),
-                Step::Matmul {
-                    a,
-                    b,
-                    plan,
-                    bias,
-                    activation,
-                } => kernels::matmul(
-                    plan,
-                    out,
-                    read(*a),
-                    read(*b),
-                    bias.map(|bias| match bias {
-                        PlannedBias::PerRow(c) => MatmulBias::PerRow(&self.consts[c]),
-                        PlannedBias::PerColumn(c) => MatmulBias::PerColumn(&self.consts[c]),
-                    }),
-                    *activation,
-                ),
-                Step::Binary { op, a, b, walk } => {
-                    let (a, b) = (read(*a), read(*b));
-                    match op {
-                        BinaryOp::Add => kernels::binary(walk, out, a, b, |x, y| x + y),
-                        BinaryOp::Sub => kernels::binary(walk, out, a, b, |x, y| x - y),
-                        BinaryOp::Mul => kernels::binary(walk, out, a, b, |x, y| x * y),
-                        BinaryOp::Div => kernels::binary(walk, out, a, b, |x, y| x / y),
-                        BinaryOp::Max => kernels::binary(walk, out, a, b, f32::max),
-                        BinaryOp::Min => kernels::binary(walk, out, a, b, f32::min),
-                    }
+            self.run_step(planned, buffers, input);
+        }
+    }
+
+    /// [`PlannedGraph::run`] with the time of each step, in `step_ns` (one per step, in
+    /// order, added to): what `posed engines profile` and the benches print.
+    pub(crate) fn run_profiled(
+        &self,
+        buffers: &mut [Vec<f32>],
+        input: &[f32],
+        step_ns: &mut [u64],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2, the only feature the function enables.
+                return unsafe { self.run_profiled_avx2(buffers, input, step_ns) };
+            }
+        }
+        self.run_steps_profiled(buffers, input, step_ns);
+    }
+
+    /// [`PlannedGraph::run_steps_profiled`] compiled for AVX2.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn run_profiled_avx2(
+        &self,
+        buffers: &mut [Vec<f32>],
+        input: &[f32],
+        step_ns: &mut [u64],
+    ) {
+        self.run_steps_profiled(buffers, input, step_ns);
+    }
+
+    #[inline(always)]
+    fn run_steps_profiled(&self, buffers: &mut [Vec<f32>], input: &[f32], step_ns: &mut [u64]) {
+        for (planned, ns) in self.steps.iter().zip(step_ns) {
+            let started = std::time::Instant::now();
+            self.run_step(planned, buffers, input);
+            *ns += started.elapsed().as_nanos() as u64;
+        }
+    }
+
+    #[inline(always)]
+    fn run_step(&self, planned: &PlannedStep, buffers: &mut [Vec<f32>], input: &[f32]) {
+        // Take the output buffer out so the step can read the others; `take` leaves an
+        // empty Vec, which does not allocate.
+        let mut out_buffer = std::mem::take(&mut buffers[planned.out_slot]);
+        let out = &mut out_buffer[..planned.out_len];
+        // A convolution's scratch buffer comes out the same way.
+        let scratch = match planned.step {
+            Step::Conv { scratch, .. } => Some(scratch),
+            _ => None,
+        };
+        let mut scratch_values =
+            scratch.map_or_else(Vec::new, |slot| std::mem::take(&mut buffers[slot]));
+        let read = |operand: Operand| self.operand(buffers, input, operand);
+        match &planned.step {
+            Step::Conv {
+                x,
+                weights,
+                bias,
+                conv,
+                scratch: _,
+                activation,
+            } => kernels::conv(
+                conv,
+                out,
+                read(*x),
+                &self.consts[*weights],
+                bias.map(|b| &self.consts[b][..]),
+                *activation,
+                &mut scratch_values,
+            ),
+            Step::Matmul {
+                a,
+                b,
+                plan,
+                bias,
+                activation,
+            } => kernels::matmul(
+                plan,
+                out,
+                read(*a),
+                read(*b),
+                bias.map(|bias| match bias {
+                    PlannedBias::PerRow(c) => MatmulBias::PerRow(&self.consts[c]),
+                    PlannedBias::PerColumn(c) => MatmulBias::PerColumn(&self.consts[c]),
+                }),
+                *activation,
+            ),
+            Step::Binary { op, a, b, walk } => {
+                let (a, b) = (read(*a), read(*b));
+                match op {
+                    BinaryOp::Add => kernels::binary(walk, out, a, b, |x, y| x + y),
+                    BinaryOp::Sub => kernels::binary(walk, out, a, b, |x, y| x - y),
+                    BinaryOp::Mul => kernels::binary(walk, out, a, b, |x, y| x * y),
+                    BinaryOp::Div => kernels::binary(walk, out, a, b, |x, y| x / y),
+                    BinaryOp::Max => kernels::binary(walk, out, a, b, f32::max),
+                    BinaryOp::Min => kernels::binary(walk, out, a, b, f32::min),
                 }
-                Step::Unary { op, x } => kernels::unary(*op, out, read(*x)),
-                Step::Reduce { op, x, walk } => {
-                    let x = read(*x);
-                    match op {
-                        ReduceOp::Sum => {
-                            out.fill(0.0);
-                            kernels::reduce(walk, out, x, |acc, v| acc + v);
-                        }
-                        ReduceOp::Prod => {
-                            out.fill(1.0);
-                            kernels::reduce(walk, out, x, |acc, v| acc * v);
-                        }
-                        ReduceOp::Max => {
-                            out.fill(f32::NEG_INFINITY);
-                            kernels::reduce(walk, out, x, f32::max);
-                        }
-                        ReduceOp::Min => {
-                            out.fill(f32::INFINITY);
-                            kernels::reduce(walk, out, x, f32::min);
-                        }
+            }
+            Step::Unary { op, x } => kernels::unary(*op, out, read(*x)),
+            Step::Reduce { op, x, walk } => {
+                let x = read(*x);
+                match op {
+                    ReduceOp::Sum => {
+                        out.fill(0.0);
+                        kernels::reduce(walk, out, x, |acc, v| acc + v);
                     }
-                }
-                Step::Copy { fill, parts } => {
-                    if let Some(value) = fill {
-                        out.fill(*value);
+                    ReduceOp::Prod => {
+                        out.fill(1.0);
+                        kernels::reduce(walk, out, x, |acc, v| acc * v);
                     }
-                    for part in parts {
-                        kernels::copy(&part.walk, out, read(part.x), part.out_base, part.x_base);
+                    ReduceOp::Max => {
+                        out.fill(f32::NEG_INFINITY);
+                        kernels::reduce(walk, out, x, f32::max);
+                    }
+                    ReduceOp::Min => {
+                        out.fill(f32::INFINITY);
+                        kernels::reduce(walk, out, x, f32::min);
                     }
                 }
             }
-            buffers[planned.out_slot] = out_buffer;
-            if let Some(slot) = scratch {
-                buffers[slot] = scratch_values;
+            Step::Copy { fill, parts } => {
+                if let Some(value) = fill {
+                    out.fill(*value);
+                }
+                for part in parts {
+                    kernels::copy(&part.walk, out, read(part.x), part.out_base, part.x_base);
+                }
             }
+        }
+        buffers[planned.out_slot] = out_buffer;
+        if let Some(slot) = scratch {
+            buffers[slot] = scratch_values;
         }
     }
 
@@ -398,21 +445,68 @@ impl PlannedGraph {
     /// What each step does, in order: `conv`, `matmul+Silu`, `Mul`, `copy`...
     #[cfg(test)]
     pub(crate) fn step_names(&self) -> Vec<String> {
-        let with = |name: &str, activation: &Option<Unary>| match activation {
-            Some(op) => format!("{name}+{op:?}"),
-            None => name.to_owned(),
-        };
         self.steps
             .iter()
             .map(|planned| match &planned.step {
-                Step::Conv { activation, .. } => with("conv", activation),
-                Step::Matmul { activation, .. } => with("matmul", activation),
+                Step::Conv { activation, .. } => with_activation("conv", activation),
+                Step::Matmul { activation, .. } => with_activation("matmul", activation),
                 Step::Binary { op, .. } => format!("{op:?}"),
                 Step::Unary { op, .. } => format!("{op:?}"),
                 Step::Reduce { op, .. } => format!("reduce {op:?}"),
                 Step::Copy { .. } => "copy".to_owned(),
             })
             .collect()
+    }
+
+    /// Each step with its sizes, in order, for profiles: `conv 3x3/2 x1 6->40 120x160+Silu`
+    /// (kernel, stride, groups, channels, output size), `matmul 1x16x9`, `Mul 76800`.
+    pub(crate) fn step_labels(&self) -> Vec<String> {
+        self.steps
+            .iter()
+            .map(|planned| match &planned.step {
+                Step::Conv {
+                    conv, activation, ..
+                } => {
+                    let g = &conv.geometry;
+                    let label = format!(
+                        "conv {}x{}/{} x{} {}->{} {}x{}",
+                        g.kernel_hw[0],
+                        g.kernel_hw[1],
+                        g.stride[0],
+                        g.group,
+                        g.in_channels,
+                        g.out_channels,
+                        g.out_hw[0],
+                        g.out_hw[1]
+                    );
+                    with_activation(&label, activation)
+                }
+                Step::Matmul {
+                    plan, activation, ..
+                } => {
+                    let label = format!(
+                        "matmul {}x{}x{}x{}",
+                        plan.batch.len(),
+                        plan.rows.len(),
+                        plan.reduction.len(),
+                        plan.n
+                    );
+                    with_activation(&label, activation)
+                }
+                Step::Binary { op, .. } => format!("{op:?} {}", planned.out_len),
+                Step::Unary { op, .. } => format!("{op:?} {}", planned.out_len),
+                Step::Reduce { op, .. } => format!("reduce {op:?} {}", planned.out_len),
+                Step::Copy { .. } => format!("copy {}", planned.out_len),
+            })
+            .collect()
+    }
+}
+
+/// `name+Silu`, or `name` without an activation.
+fn with_activation(name: &str, activation: &Option<Unary>) -> String {
+    match activation {
+        Some(op) => format!("{name}+{op:?}"),
+        None => name.to_owned(),
     }
 }
 

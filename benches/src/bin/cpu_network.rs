@@ -1,0 +1,205 @@
+//! Times one pose network (B x 6 x 240 x 320 -> B x 9) on the CPU backend, on both
+//! executors, and checks that they agree: for networks too large for the repository, such
+//! as the EfficientNet-B3-sized refiner `tools/make_bench_networks.py` writes.
+//!
+//! ```text
+//! cargo run --release -p posed-benches --bin cpu_network -- NETWORK.onnx \
+//!     [--batch 1] [--seconds 5] [--profile] [--planned-only]
+//! ```
+//!
+//! `--profile` also prints the planned executor's slowest steps and the time per kind of
+//! step. Compare with `benches/onnxruntime_compare.py NETWORK.onnx`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use posed_engines::cpu::{CpuExecutor, CpuModel};
+use posed_engines::{CpuBackend, Model, ModelOptions, Network};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const CROP_VALUES: usize = 6 * 240 * 320;
+
+struct Args {
+    network: PathBuf,
+    batch: usize,
+    seconds: f64,
+    profile: bool,
+    planned_only: bool,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        network: PathBuf::new(),
+        batch: 1,
+        seconds: 5.0,
+        profile: false,
+        planned_only: false,
+    };
+    let mut rest = std::env::args().skip(1);
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--batch" => {
+                args.batch = rest
+                    .next()
+                    .context("--batch needs a number")?
+                    .parse()
+                    .context("--batch")?
+            }
+            "--seconds" => {
+                args.seconds = rest
+                    .next()
+                    .context("--seconds needs a number")?
+                    .parse()
+                    .context("--seconds")?
+            }
+            "--profile" => args.profile = true,
+            "--planned-only" => args.planned_only = true,
+            flag if flag.starts_with("--") => bail!("unknown flag {flag}"),
+            path => args.network = PathBuf::from(path),
+        }
+    }
+    if args.network.as_os_str().is_empty() {
+        bail!("usage: cpu_network NETWORK.onnx [--batch N] [--seconds S] [--profile] [--planned-only]");
+    }
+    Ok(args)
+}
+
+fn load(args: &Args, executor: CpuExecutor) -> anyhow::Result<(CpuModel, Duration)> {
+    let network = Network::open(&args.network)
+        .with_context(|| format!("opening {}", args.network.display()))?;
+    let options = ModelOptions {
+        max_batch: args.batch,
+        ..ModelOptions::default()
+    };
+    let started = Instant::now();
+    let (model, _) = CpuBackend::new()
+        .with_executor(executor)
+        .load_with_outcome(network, options)?;
+    Ok((model, started.elapsed()))
+}
+
+/// Mean time of one run over about `seconds`, and the outputs of the last run.
+fn time_runs(
+    model: &CpuModel,
+    input: &[f32],
+    batch: usize,
+    seconds: f64,
+) -> anyhow::Result<(Duration, Vec<f32>)> {
+    let mut session = model.new_session()?;
+    let mut outputs = session.allocate_outputs();
+    let shape = [batch, 6, 240, 320];
+    session.run(input, &shape, &mut outputs)?;
+    let (mut runs, started) = (0u32, Instant::now());
+    while runs < 2 || started.elapsed().as_secs_f64() < seconds {
+        session.run(input, &shape, &mut outputs)?;
+        runs += 1;
+    }
+    let per_run = started.elapsed() / runs;
+    let values = outputs
+        .tensors()
+        .first()
+        .and_then(|t| t.f32s())
+        .context("the network wrote no f32 output")?
+        .to_vec();
+    Ok((per_run, values))
+}
+
+fn print_profile(model: &CpuModel, item: &[f32]) -> anyhow::Result<()> {
+    let Some(steps) = model.profile(item, 3)? else {
+        println!(
+            "profile: the graph runs on tract's plan ({:?})",
+            model.planned_refusal()
+        );
+        return Ok(());
+    };
+    let total: u64 = steps.iter().map(|s| s.ns_per_run).sum();
+    let mut by_kind: BTreeMap<String, (u64, usize)> = BTreeMap::new();
+    for step in &steps {
+        // "conv 3x3/1 x144 144->144 60x80+Silu" -> "conv 3x3/1 depthwise", "conv 1x1/1".
+        let mut words = step.label.split(' ');
+        let kind = match (words.next(), words.next(), words.next()) {
+            (Some("conv"), Some(kernel), Some(groups)) if groups != "x1" => {
+                format!("conv {kernel} grouped")
+            }
+            (Some("conv"), Some(kernel), _) => format!("conv {kernel}"),
+            (Some(first), _, _) => first.split('+').next().unwrap_or(first).to_owned(),
+            _ => String::new(),
+        };
+        let entry = by_kind.entry(kind).or_default();
+        entry.0 += step.ns_per_run;
+        entry.1 += 1;
+    }
+    println!(
+        "profile: {} steps, {:.2} ms per item",
+        steps.len(),
+        total as f64 / 1e6
+    );
+    let mut kinds: Vec<_> = by_kind.into_iter().collect();
+    kinds.sort_by_key(|(_, (ns, _))| std::cmp::Reverse(*ns));
+    for (kind, (ns, count)) in kinds {
+        println!(
+            "  {:>7.2} ms {:>5.1}%  {count:>3} x {kind}",
+            ns as f64 / 1e6,
+            100.0 * ns as f64 / total as f64
+        );
+    }
+    let mut slowest: Vec<_> = steps.iter().collect();
+    slowest.sort_by_key(|step| std::cmp::Reverse(step.ns_per_run));
+    println!("slowest steps:");
+    for step in slowest.iter().take(15) {
+        println!("  {:>7.3} ms  {}", step.ns_per_run as f64 / 1e6, step.label);
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let input: Vec<f32> = (0..args.batch * CROP_VALUES)
+        .map(|_| rng.random::<f32>())
+        .collect();
+    println!(
+        "{}, batch {}, one thread",
+        args.network.display(),
+        args.batch
+    );
+    let executors: &[CpuExecutor] = if args.planned_only {
+        &[CpuExecutor::Planned]
+    } else {
+        &[CpuExecutor::Planned, CpuExecutor::Tract]
+    };
+    let mut results = Vec::new();
+    for &executor in executors {
+        let (model, load_time) = load(&args, executor)?;
+        let (per_run, values) = time_runs(&model, &input, args.batch, args.seconds)?;
+        println!(
+            "{:>8}: {:8.2} ms per run, {:6.1} crops/s; loaded in {:.2} s, {:.1} MiB of session buffers",
+            model.executor().name(),
+            per_run.as_secs_f64() * 1e3,
+            args.batch as f64 / per_run.as_secs_f64(),
+            load_time.as_secs_f64(),
+            model.session_buffer_bytes() as f64 / (1024.0 * 1024.0)
+        );
+        if args.profile && executor == CpuExecutor::Planned {
+            print_profile(&model, &input[..CROP_VALUES])?;
+        }
+        results.push(values);
+    }
+    if let [planned, tract] = &results[..] {
+        let largest = planned
+            .iter()
+            .zip(tract)
+            .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+            .fold(0.0f32, f32::max);
+        println!(
+            "planned vs tract: largest difference {largest:.2e} (relative to max(|tract|, 1))"
+        );
+        if !largest.is_finite() || largest > 1e-3 {
+            bail!("the executors disagree");
+        }
+    }
+    Ok(())
+}
