@@ -918,8 +918,19 @@ mod tests {
 
     #[test]
     fn matmul_tiles_and_their_edges_match_a_direct_sum() {
-        // 13 rows (two register tiles of 6 and one row left), 300 reduction terms (two
-        // packed blocks), 37 columns (two tiles of 16 and 5 left), both kinds of bias.
+        matmul_matches_a_direct_sum();
+    }
+
+    #[test]
+    fn matmul_without_tiles_matches_a_direct_sum() {
+        tile::OFF_IN_TESTS.with(|off| off.set(true));
+        matmul_matches_a_direct_sum();
+    }
+
+    fn matmul_matches_a_direct_sum() {
+        // 13 rows (two register tiles of 6 and one of 1), 300 reduction terms (two packed
+        // blocks), 37 columns (two tiles of 16, then 5 in the blocked product); without
+        // tiles, blocks of 4 rows and one row.
         let (m, k, n) = (13, 300, 37);
         let a: Vec<f32> = (0..m * k)
             .map(|i| ((i * 37) % 23) as f32 / 11.0 - 1.0)

@@ -39,9 +39,19 @@ pub(crate) enum TileBias<'a> {
     PerColumn(&'a [f32]),
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Set by a test to run the portable product on this thread.
+    pub(crate) static OFF_IN_TESTS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Whether this CPU runs the tiles.
 #[inline(always)]
 pub(crate) fn available() -> bool {
+    #[cfg(test)]
+    if OFF_IN_TESTS.with(std::cell::Cell::get) {
+        return false;
+    }
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
@@ -58,7 +68,10 @@ pub(crate) fn available() -> bool {
 
 /// Computes every row x `columns` (whose length is a multiple of 16), writing
 /// `activation(bias + sum)`: tiles of 6 rows, then one of the rows left. Does nothing
-/// where [`available`] is false; the caller computes what is left.
+/// where [`available`] is false; the caller computes what is left. Inlined, like the rest
+/// of the run, into each instruction-set variant of `PlannedGraph::run` (so that the
+/// activation applied as tiles are stored runs in AVX2 where the CPU has it).
+#[inline(always)]
 pub(crate) fn product(
     product: &TileProduct<'_>,
     (out, a, b): (&mut [f32], &[f32], &[f32]),
@@ -103,6 +116,7 @@ pub(crate) fn product(
 /// tile of 16 columns summed in registers over the block. Between blocks the sums wait in
 /// `out`.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn rows_of<const R: usize>(
     product: &TileProduct<'_>,
     rows: &[[usize; 2]],
