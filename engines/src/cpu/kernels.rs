@@ -402,7 +402,7 @@ const GEMM_COLUMNS: usize = 512;
 /// What a [`gemm`] adds to its sums: nothing, a value per row of its `rows`, or a value
 /// per column.
 #[derive(Debug, Clone, Copy)]
-enum GemmBias<'a> {
+pub(crate) enum GemmBias<'a> {
     None,
     PerRow(&'a [f32]),
     PerColumn(&'a [f32]),
@@ -452,48 +452,40 @@ fn gemm(
     activation: Option<Unary>,
     work: &mut GemmWork,
 ) {
-    let row_count = gemm.rows.len();
-    let (tiled_rows, tiled_columns) = if tile::available() {
-        (row_count, gemm.n / tile::TILE_COLUMNS * tile::TILE_COLUMNS)
+    let tiled_columns = if tile::available() {
+        gemm.n / tile::TILE_COLUMNS * tile::TILE_COLUMNS
     } else {
-        (0, 0)
+        0
     };
-    if tiled_rows > 0 && tiled_columns > 0 {
+    if tiled_columns > 0 {
+        let product = tile::TileProduct {
+            rows: gemm.rows,
+            reduction: gemm.reduction,
+            a_base: gemm.a_base,
+            b_base: gemm.b_base,
+            c_base: gemm.c_base,
+        };
+        let io = (&mut *out, a, b);
         tile::product(
-            &tile::TileProduct {
-                rows: &gemm.rows[..tiled_rows],
-                reduction: gemm.reduction,
-                a_base: gemm.a_base,
-                b_base: gemm.b_base,
-                c_base: gemm.c_base,
-            },
-            (out, a, b),
+            &product,
+            io,
             0..tiled_columns,
-            match bias {
-                GemmBias::None => tile::TileBias::None,
-                GemmBias::PerRow(bias) => tile::TileBias::PerRow(bias),
-                GemmBias::PerColumn(bias) => tile::TileBias::PerColumn(bias),
-            },
+            bias,
             activation,
             &mut work.packed,
         );
     }
-    let rest = [
-        (tiled_rows..row_count, 0..gemm.n),
-        (0..tiled_rows, tiled_columns..gemm.n),
-    ];
-    for (rows, columns) in rest {
-        if !rows.is_empty() && !columns.is_empty() {
-            gemm_blocked(
-                &gemm,
-                rows,
-                columns,
-                (out, a, b),
-                bias,
-                activation,
-                &mut work.acc,
-            );
-        }
+    if tiled_columns < gemm.n {
+        let (rows, columns) = (0..gemm.rows.len(), tiled_columns..gemm.n);
+        gemm_blocked(
+            &gemm,
+            rows,
+            columns,
+            (out, a, b),
+            bias,
+            activation,
+            &mut work.acc,
+        );
     }
 }
 

@@ -9,7 +9,7 @@
 //! each term is added with one rounding instead of two, so the results differ from the
 //! portable path in the last bits.
 
-use super::kernels::Unary;
+use super::kernels::{GemmBias, Unary};
 
 /// Rows of a tile.
 pub(crate) const TILE_ROWS: usize = 6;
@@ -27,16 +27,6 @@ pub(crate) struct TileProduct<'p> {
     pub(crate) a_base: usize,
     pub(crate) b_base: usize,
     pub(crate) c_base: usize,
-}
-
-/// What the sums start from (`kernels::GemmBias` without its lifetime games).
-#[derive(Clone, Copy)]
-pub(crate) enum TileBias<'a> {
-    None,
-    /// One value per row of `rows`.
-    PerRow(&'a [f32]),
-    /// One value per column of the whole product (indexed by column).
-    PerColumn(&'a [f32]),
 }
 
 #[cfg(test)]
@@ -76,7 +66,7 @@ pub(crate) fn product(
     product: &TileProduct<'_>,
     (out, a, b): (&mut [f32], &[f32], &[f32]),
     columns: std::ops::Range<usize>,
-    bias: TileBias<'_>,
+    bias: GemmBias<'_>,
     activation: Option<Unary>,
     packed: &mut [f32; PACKED_LEN],
 ) {
@@ -122,7 +112,7 @@ fn rows_of<const R: usize>(
     rows: &[[usize; 2]],
     (first, columns): (usize, std::ops::Range<usize>),
     (out, a, b): (&mut [f32], &[f32], &[f32]),
-    bias: TileBias<'_>,
+    bias: GemmBias<'_>,
     activation: Option<Unary>,
     packed: &mut [f32; PACKED_LEN],
 ) {
@@ -144,9 +134,9 @@ fn rows_of<const R: usize>(
                     continue;
                 }
                 match bias {
-                    TileBias::None => {}
-                    TileBias::PerRow(bias) => row.fill(bias[first + r]),
-                    TileBias::PerColumn(bias) => {
+                    GemmBias::None => {}
+                    GemmBias::PerRow(bias) => row.fill(bias[first + r]),
+                    GemmBias::PerColumn(bias) => {
                         row.copy_from_slice(&bias[column..column + TILE_COLUMNS])
                     }
                 }
