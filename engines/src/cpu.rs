@@ -18,6 +18,7 @@
 //! batch run as B single-item runs keeps the working set in cache. Eval-mode networks
 //! compute each batch item independently, so this changes nothing but speed.
 
+mod depthwise;
 mod kernels;
 mod planned;
 mod tile;

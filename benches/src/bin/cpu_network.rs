@@ -149,7 +149,11 @@ fn print_profile(model: &CpuModel, item: &[f32]) -> anyhow::Result<()> {
     let mut slowest: Vec<_> = steps.iter().collect();
     slowest.sort_by_key(|step| std::cmp::Reverse(step.ns_per_run));
     println!("slowest steps:");
-    for step in slowest.iter().take(15) {
+    let shown = std::env::var("POSED_PROFILE_STEPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    for step in slowest.iter().take(shown) {
         println!("  {:>7.3} ms  {}", step.ns_per_run as f64 / 1e6, step.label);
     }
     Ok(())

@@ -5,7 +5,7 @@
 //! still indexes through bounds-checked slices, so a planning mistake is a panic in a test,
 //! never a wrong read.
 
-use super::tile;
+use super::{depthwise, tile};
 
 /// Largest rank the strided loops handle (after merging, real networks use 1 to 4).
 pub(crate) const MAX_RANK: usize = 8;
@@ -245,9 +245,37 @@ impl Unary {
     }
 }
 
-/// `out = f(x)`, same length.
+/// `out = f(x)`, same length. With fused multiply-adds where the CPU has them
+/// ([`tile::available`], as the tiles decide: AVX2 + FMA on x86_64, always on aarch64),
+/// which makes SiLU 1.8x faster; the portable polynomials otherwise.
 #[inline(always)]
 pub(crate) fn unary(op: Unary, out: &mut [f32], x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if tile::available() {
+        // SAFETY: `available` found AVX2 and FMA.
+        return unsafe { unary_avx2_fma(op, out, x) };
+    }
+    #[cfg(target_arch = "aarch64")]
+    if tile::available() {
+        return unary_with::<Fused>(op, out, x);
+    }
+    unary_with::<Separate>(op, out, x)
+}
+
+/// [`unary_with`] with fused multiply-adds, compiled for AVX2 and FMA (where `mul_add`
+/// is one instruction; elsewhere on x86_64 it is a call per value).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn unary_avx2_fma(op: Unary, out: &mut [f32], x: &[f32]) {
+    unary_with::<Fused>(op, out, x)
+}
+
+#[inline(always)]
+fn unary_with<M: MulAdd>(op: Unary, out: &mut [f32], x: &[f32]) {
     #[inline(always)]
     fn map(out: &mut [f32], x: &[f32], f: impl Fn(f32) -> f32) {
         for (y, &v) in out.iter_mut().zip(x) {
@@ -255,10 +283,10 @@ pub(crate) fn unary(op: Unary, out: &mut [f32], x: &[f32]) {
         }
     }
     match op {
-        Unary::Sigmoid => map(out, x, sigmoid),
-        Unary::Silu => map(out, x, silu),
-        Unary::Exp => map(out, x, exp),
-        Unary::Tanh => map(out, x, tanh),
+        Unary::Sigmoid => map(out, x, sigmoid_with::<M>),
+        Unary::Silu => map(out, x, |v| v * sigmoid_with::<M>(v)),
+        Unary::Exp => map(out, x, exp_with::<M>),
+        Unary::Tanh => map(out, x, tanh_with::<M>),
         Unary::Abs => map(out, x, f32::abs),
         Unary::Neg => map(out, x, |v| -v),
         Unary::Sqrt => map(out, x, f32::sqrt),
@@ -269,10 +297,37 @@ pub(crate) fn unary(op: Unary, out: &mut [f32], x: &[f32]) {
 
 /// `out = x`, or `out = f(x)` with an activation.
 #[inline(always)]
-fn store(out: &mut [f32], x: &[f32], activation: Option<Unary>) {
+pub(crate) fn store(out: &mut [f32], x: &[f32], activation: Option<Unary>) {
     match activation {
         None => out.copy_from_slice(x),
         Some(op) => unary(op, out, x),
+    }
+}
+
+/// How the polynomials below compute `a * b + c`: Rust never contracts the two into a
+/// fused multiply-add by itself, and `f32::mul_add` is a library call where the CPU (or
+/// the function's compiled features) lacks the instruction.
+trait MulAdd {
+    fn mul_add(a: f32, b: f32, c: f32) -> f32;
+}
+
+/// One instruction, one rounding.
+struct Fused;
+
+impl MulAdd for Fused {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
+/// A product and a sum, two roundings.
+struct Separate;
+
+impl MulAdd for Separate {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
     }
 }
 
@@ -281,7 +336,7 @@ fn store(out: &mut [f32], x: &[f32], activation: Option<Unary>) {
 /// polynomial, and 2^n applied as two factors so that results overflow to infinity above
 /// 88.72 and underflow gradually to 0 below -87.3, as `f32::exp` does; NaN stays NaN.
 #[inline(always)]
-pub(crate) fn exp(x: f32) -> f32 {
+fn exp_with<M: MulAdd>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
@@ -290,15 +345,21 @@ pub(crate) fn exp(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0;
     // Past these e^x is infinite / below the smallest subnormal anyway.
     let x = x.clamp(-104.0, 89.0);
-    let shifted = x * LOG2E + ROUND;
+    let shifted = M::mul_add(x, LOG2E, ROUND);
     let n = shifted - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
+    let r = M::mul_add(-n, LN2_LO, M::mul_add(-n, LN2_HI, x));
     let r2 = r * r;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r
-        + 0.5;
-    let e = p * r2 + r + 1.0;
+    let mut p = 1.987_569_1e-4;
+    for coefficient in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ] {
+        p = M::mul_add(p, r, coefficient);
+    }
+    let e = M::mul_add(p, r2, r) + 1.0;
     // n is within [-150, 129]: 2^n as 2^(n/2) * 2^(n - n/2), each a normal float.
     let n = (shifted.to_bits() as i32).wrapping_sub(0x4B40_0000);
     let half = n >> 1;
@@ -309,12 +370,14 @@ pub(crate) fn exp(x: f32) -> f32 {
 /// `tanh(x)`: an odd Taylor polynomial near 0 (where `2 sigmoid(2x) - 1` would cancel),
 /// the logistic form elsewhere.
 #[inline(always)]
-pub(crate) fn tanh(x: f32) -> f32 {
+fn tanh_with<M: MulAdd>(x: f32) -> f32 {
     let x2 = x * x;
-    let series = x
-        * (1.0
-            + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0 + x2 * (62.0 / 2835.0)))));
-    let logistic = 2.0 * sigmoid(2.0 * x) - 1.0;
+    let mut series = 62.0 / 2835.0;
+    for coefficient in [-17.0 / 315.0, 2.0 / 15.0, -1.0 / 3.0, 1.0] {
+        series = M::mul_add(series, x2, coefficient);
+    }
+    let series = x * series;
+    let logistic = 2.0 * sigmoid_with::<M>(2.0 * x) - 1.0;
     if x.abs() < 0.25 {
         series
     } else {
@@ -324,14 +387,8 @@ pub(crate) fn tanh(x: f32) -> f32 {
 
 /// The logistic function.
 #[inline(always)]
-pub(crate) fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + exp(-x))
-}
-
-/// SiLU (Swish): `x * sigmoid(x)`.
-#[inline(always)]
-fn silu(x: f32) -> f32 {
-    x * sigmoid(x)
+fn sigmoid_with<M: MulAdd>(x: f32) -> f32 {
+    1.0 / (1.0 + exp_with::<M>(-x))
 }
 
 /// A batched matrix product laid out by offset tables: for every batch entry, row `m`
@@ -637,9 +694,9 @@ impl ConvGeometry {
     }
 
     /// Values of the scratch buffer [`conv`] needs: one group's input channels, padded
-    /// and split into phases.
+    /// and split into phases, and the values the depthwise kernel may read past them.
     pub(crate) fn scratch_len(&self) -> usize {
-        (self.in_channels / self.group.max(1)) * self.phased_plane_len()
+        (self.in_channels / self.group.max(1)) * self.phased_plane_len() + depthwise::READ_SLACK
     }
 
     /// The convolution's matrix-product layout. The geometry must be consistent (the
@@ -706,6 +763,16 @@ pub(crate) fn conv(
     let in_plane = ih * iw;
     let out_plane = oh * ow;
     let mut work = GemmWork::new();
+    let depthwise = cin_per_group == 1
+        && cout_per_group == 1
+        && plan.taps.len() <= depthwise::MAX_TAPS
+        && tile::available();
+    let max_tap_offset = plan
+        .taps
+        .iter()
+        .map(|&[_, offset]| offset)
+        .max()
+        .unwrap_or(0);
     for image in 0..geo.images {
         let x = &x[image * geo.in_channels * in_plane..][..geo.in_channels * in_plane];
         let image_out = image * geo.out_channels * out_plane;
@@ -746,6 +813,25 @@ pub(crate) fn conv(
                 }
             }
             let first_co = group * cout_per_group;
+            if depthwise {
+                let [weights_at, plane_at] = plan.rows[first_co];
+                let mut tap_weights = [0f32; depthwise::MAX_TAPS];
+                let tap_weights = &mut tap_weights[..plan.taps.len()];
+                for (w, &[w_k, _]) in tap_weights.iter_mut().zip(&plan.taps) {
+                    *w = weights[weights_at + w_k];
+                }
+                let channel = depthwise::DepthwiseChannel {
+                    taps: &plan.taps,
+                    weights: tap_weights,
+                    max_offset: max_tap_offset,
+                    row_step: sy * padded_row,
+                    width: ow,
+                    bias: bias.map_or(0.0, |bias| bias[first_co]),
+                };
+                let out = &mut out[image_out + plane_at..][..out_plane];
+                depthwise::channel(&channel, out, scratch, activation);
+                continue;
+            }
             for oy in 0..oh {
                 gemm(
                     Gemm {
@@ -806,6 +892,18 @@ mod tests {
 
     #[test]
     fn exp_matches_the_standard_library_to_a_few_ulp() {
+        exp_tanh_and_sigmoid_match_the_standard_library::<Separate>();
+    }
+
+    #[test]
+    fn exp_with_fused_multiply_adds_matches_the_standard_library_to_a_few_ulp() {
+        exp_tanh_and_sigmoid_match_the_standard_library::<Fused>();
+    }
+
+    fn exp_tanh_and_sigmoid_match_the_standard_library<M: MulAdd>() {
+        let exp = exp_with::<M>;
+        let tanh = tanh_with::<M>;
+        let sigmoid = sigmoid_with::<M>;
         let mut worst = 0f32;
         let mut x = -80.0f32;
         while x < 80.0 {
@@ -882,7 +980,8 @@ mod tests {
         let out = run_conv(&geo, &x, &w, &bias, None);
         // With an activation: the same values through it, bit for bit.
         let activated = run_conv(&geo, &x, &w, &bias, Some(Unary::Silu));
-        let expected: Vec<f32> = out.iter().map(|&v| silu(v)).collect();
+        let mut expected = out.clone();
+        unary(Unary::Silu, &mut expected, &out);
         assert_eq!(activated, expected);
         for co in 0..6 {
             let g = co / 3;
@@ -1029,8 +1128,24 @@ mod tests {
 
     #[test]
     fn depthwise_conv_matches_a_direct_sum_at_strides_1_to_4() {
-        // The last cases: a stride larger than the row (iw + 2), phases past the row's end.
+        depthwise_conv_matches_a_direct_sum();
+    }
+
+    #[test]
+    fn depthwise_conv_without_its_kernel_matches_a_direct_sum() {
+        // Through the blocked product, one output row at a time.
+        tile::OFF_IN_TESTS.with(|off| off.set(true));
+        depthwise_conv_matches_a_direct_sum();
+    }
+
+    fn depthwise_conv_matches_a_direct_sum() {
+        // Rows of 29, 15 and 11 columns: the kernel's runs of 16 and 8 columns and the
+        // single columns after them. The last cases: a stride larger than the row
+        // (iw + 2), phases past the row's end.
         for (stride, pad, dilation, iw, k) in [
+            (1, 2, 1, 29, 5),
+            (2, 1, 1, 29, 3),
+            (1, 1, 1, 16, 3),
             (1, 2, 1, 11, 5),
             (2, 1, 1, 11, 5),
             (2, 2, 1, 11, 5),
@@ -1065,7 +1180,8 @@ mod tests {
             let reference = reference_conv(&geo, &x, &w, &bias);
             assert_eq!(out, reference, "stride {stride} pad {pad}");
             let out = run_conv(&geo, &x, &w, &bias, Some(Unary::Sigmoid));
-            let expected: Vec<f32> = reference.iter().map(|&v| sigmoid(v)).collect();
+            let mut expected = reference.clone();
+            unary(Unary::Sigmoid, &mut expected, &reference);
             assert_eq!(out, expected, "stride {stride} pad {pad}, sigmoid");
         }
     }
@@ -1123,7 +1239,9 @@ mod tests {
         for r in 0..m {
             for c in 0..n {
                 let sum = (0..k).fold(bias[r], |acc, j| acc + a[r * k + j] * b[j * n + c]);
-                assert_eq!(out[r * n + c], tanh(sum), "row {r} column {c}");
+                let mut expected = [0f32];
+                unary(Unary::Tanh, &mut expected, &[sum]);
+                assert_eq!(out[r * n + c], expected[0], "row {r} column {c}");
             }
         }
         // A bias per column, across both tiles.

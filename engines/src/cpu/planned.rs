@@ -235,27 +235,29 @@ impl PlannedGraph {
     }
 
     /// Runs the graph on `input` (of [`PlannedGraph::input_len`] values) in `buffers`.
-    /// Allocates nothing. On x86_64 CPUs with AVX2 the kernels run compiled for it (twice
-    /// the lanes of the SSE2 baseline; the same operations in the same order, no FMA
-    /// contraction, so the same results bit for bit).
+    /// Allocates nothing. On x86_64 CPUs with AVX2 and FMA the kernels run compiled for
+    /// them (twice the lanes of the SSE2 baseline). The results are the same bit for bit:
+    /// the same operations in the same order, no contraction into fused multiply-adds
+    /// by the compiler; the kernels that use them (tiles, depthwise, activations) choose
+    /// them from what the CPU has, whichever build runs.
     pub(crate) fn run(&self, buffers: &mut [Vec<f32>], input: &[f32]) {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU supports AVX2, the only feature the function enables.
-                return unsafe { self.run_avx2(buffers, input) };
+            if has_avx2_and_fma() {
+                // SAFETY: the CPU supports AVX2 and FMA, the features the function enables.
+                return unsafe { self.run_avx2_fma(buffers, input) };
             }
         }
         self.run_steps(buffers, input);
     }
 
-    /// [`PlannedGraph::run_steps`] compiled for AVX2.
+    /// [`PlannedGraph::run_steps`] compiled for AVX2 and FMA.
     ///
     /// # Safety
-    /// The CPU must support AVX2.
+    /// The CPU must support AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn run_avx2(&self, buffers: &mut [Vec<f32>], input: &[f32]) {
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2_fma(&self, buffers: &mut [Vec<f32>], input: &[f32]) {
         self.run_steps(buffers, input);
     }
 
@@ -278,21 +280,21 @@ impl PlannedGraph {
     ) {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU supports AVX2, the only feature the function enables.
-                return unsafe { self.run_profiled_avx2(buffers, input, step_ns) };
+            if has_avx2_and_fma() {
+                // SAFETY: the CPU supports AVX2 and FMA, the features the function enables.
+                return unsafe { self.run_profiled_avx2_fma(buffers, input, step_ns) };
             }
         }
         self.run_steps_profiled(buffers, input, step_ns);
     }
 
-    /// [`PlannedGraph::run_steps_profiled`] compiled for AVX2.
+    /// [`PlannedGraph::run_steps_profiled`] compiled for AVX2 and FMA.
     ///
     /// # Safety
-    /// The CPU must support AVX2.
+    /// The CPU must support AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn run_profiled_avx2(
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_profiled_avx2_fma(
         &self,
         buffers: &mut [Vec<f32>],
         input: &[f32],
@@ -1773,6 +1775,12 @@ fn offset_table(entries: &[(usize, [isize; 3])]) -> Vec<[usize; 3]> {
     table
 }
 
+/// Whether this CPU runs [`PlannedGraph::run`]'s AVX2 and FMA build.
+#[cfg(target_arch = "x86_64")]
+fn has_avx2_and_fma() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2121,8 +2129,8 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_avx2_build_gives_the_baseline_bits() {
-        if !std::arch::is_x86_feature_detected!("avx2") {
-            eprintln!("SKIPPED: no AVX2 on this CPU");
+        if !has_avx2_and_fma() {
+            eprintln!("SKIPPED: no AVX2 and FMA on this CPU");
             return;
         }
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
