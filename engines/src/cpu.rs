@@ -16,12 +16,15 @@
 //! the largest image and on first sight for any other size: tract optimises a graph much
 //! better when every dimension is known (3x on the refiner-shaped test network), and a
 //! batch run as B single-item runs keeps the working set in cache. Eval-mode networks
-//! compute each batch item independently, so this changes nothing but speed.
+//! compute each batch item independently, so this changes nothing but speed. On the
+//! planned executor those item runs can go side by side on worker threads
+//! ([`CpuBackend::with_threads`], `workers.rs`), with the same bits.
 
 mod depthwise;
 mod kernels;
 mod planned;
 mod tile;
+mod workers;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -37,6 +40,7 @@ use crate::contract::{Contract, DimSpec, Role};
 use crate::tensor::{DType, OutputData, OutputTensor, Outputs, Shape};
 use crate::{EngineError, Network};
 use planned::{OutputView, PlannedGraph};
+use workers::{ItemJob, Worker};
 
 /// tract's version, as engine keys and `posed engines list` report it.
 pub const TRACT_VERSION: &str = "0.23.9";
@@ -77,6 +81,8 @@ impl CpuExecutor {
 pub struct CpuBackend {
     cache: Option<EngineCache>,
     executor: CpuExecutor,
+    /// Threads a session runs a batch's items on (0 reads as 1).
+    threads: usize,
 }
 
 impl CpuBackend {
@@ -89,13 +95,22 @@ impl CpuBackend {
     pub fn with_cache(cache: EngineCache) -> CpuBackend {
         CpuBackend {
             cache: Some(cache),
-            executor: CpuExecutor::default(),
+            ..CpuBackend::default()
         }
     }
 
     /// The same backend running graphs on `executor`.
     pub fn with_executor(mut self, executor: CpuExecutor) -> CpuBackend {
         self.executor = executor;
+        self
+    }
+
+    /// The same backend running the items of a batch on `threads` threads (1, the
+    /// default, runs them one after the other on the caller's). Each session starts
+    /// `threads - 1` worker threads and holds a copy of its buffers per thread; results
+    /// are the same bit for bit. Only the planned executor uses them.
+    pub fn with_threads(mut self, threads: usize) -> CpuBackend {
+        self.threads = threads.max(1);
         self
     }
 
@@ -133,7 +148,7 @@ impl CpuBackend {
         let item = load_item_shape(&network.contract(), &options);
         let Some(cache) = &self.cache else {
             let decluttered = decluttered_from_onnx(&network, item)?;
-            let model = CpuModel::new(network, options, item, decluttered, self.executor)?;
+            let model = CpuModel::new(network, options, item, decluttered, self.settings())?;
             return Ok((model, CacheOutcome::Built));
         };
         let key = CpuBackend::engine_key(&network, &options);
@@ -161,9 +176,23 @@ impl CpuBackend {
                 decluttered_from_onnx(&network, item)?
             }
         };
-        let model = CpuModel::new(network, options, item, decluttered, self.executor)?;
+        let model = CpuModel::new(network, options, item, decluttered, self.settings())?;
         Ok((model, outcome))
     }
+
+    fn settings(&self) -> ModelSettings {
+        ModelSettings {
+            executor: self.executor,
+            threads: self.threads.max(1),
+        }
+    }
+}
+
+/// How a [`CpuModel`] runs: which executor, on how many threads.
+#[derive(Debug, Clone, Copy)]
+struct ModelSettings {
+    executor: CpuExecutor,
+    threads: usize,
 }
 
 impl Backend for CpuBackend {
@@ -283,7 +312,7 @@ pub struct CpuModel {
 struct ModelShared {
     network: Network,
     options: ModelOptions,
-    executor: CpuExecutor,
+    settings: ModelSettings,
     plans: Mutex<Vec<(Shape, ItemPlan)>>,
 }
 
@@ -303,7 +332,7 @@ impl ModelShared {
         }
         tracing::info!(path = %self.network.path().display(), shape = %item, "planning the CPU network for a new input size");
         let decluttered = decluttered_from_onnx(&self.network, item)?;
-        let plan = item_plan(&self.network, decluttered, self.executor)?;
+        let plan = item_plan(&self.network, decluttered, self.settings.executor)?;
         let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(plan) = known(&plans) {
             return Ok(plan);
@@ -323,14 +352,14 @@ impl CpuModel {
         options: ModelOptions,
         item: Shape,
         decluttered: TypedModel,
-        executor: CpuExecutor,
+        settings: ModelSettings,
     ) -> Result<CpuModel, EngineError> {
-        let plan = item_plan(&network, decluttered, executor)?;
+        let plan = item_plan(&network, decluttered, settings.executor)?;
         Ok(CpuModel {
             shared: Arc::new(ModelShared {
                 network,
                 options,
-                executor,
+                settings,
                 plans: Mutex::new(vec![(item, plan)]),
             }),
         })
@@ -439,7 +468,26 @@ impl Model for CpuModel {
             options: self.shared.options,
             max_detections,
             items: Vec::with_capacity(MAX_ITEM_SHAPES),
+            workers: Vec::new(),
         };
+        // No more threads than a batch has items.
+        let items_per_run = if contract.is_batched() {
+            self.shared.options.max_batch
+        } else {
+            1
+        };
+        if let Some(ItemPlan::Planned(_)) = self.load_time_plan() {
+            for index in 1..self.shared.settings.threads.min(items_per_run) {
+                let worker = Worker::spawn(format!("posed-cpu-{index}")).map_err(|source| {
+                    EngineError::Io {
+                        path: network.path().to_owned(),
+                        action: "starting a CPU worker thread",
+                        source,
+                    }
+                })?;
+                session.workers.push(worker);
+            }
+        }
         // Ready for the load-time shape, so the first run of it allocates no state.
         session.item_index(load_item_shape(&contract, &self.shared.options))?;
         Ok(Box::new(session))
@@ -457,11 +505,13 @@ pub struct StepProfile {
 
 /// What a session keeps per item shape.
 enum ItemState {
-    /// The planned executor's buffers.
+    /// The planned executor's buffers, and a job with its own buffers per worker thread
+    /// (`None` once that worker's run panicked).
     Planned {
         shape: Shape,
         plan: Arc<PlannedGraph>,
         buffers: Vec<Vec<f32>>,
+        jobs: Vec<Option<ItemJob>>,
     },
     /// tract's state and the input tensor it reads.
     Tract {
@@ -486,6 +536,8 @@ struct CpuSession {
     options: ModelOptions,
     max_detections: usize,
     items: Vec<ItemState>,
+    /// Threads that run a batch's items beside the caller's (planned executor only).
+    workers: Vec<Worker>,
 }
 
 impl CpuSession {
@@ -514,6 +566,9 @@ impl CpuSession {
                 ItemState::Planned {
                     shape,
                     buffers: plan.new_buffers(),
+                    jobs: (0..self.workers.len())
+                        .map(|_| Some(ItemJob::new(Arc::clone(&plan))))
+                        .collect(),
                     plan,
                 }
             }
@@ -581,7 +636,22 @@ struct ItemWriter<'a> {
     detections: &'a mut Option<usize>,
 }
 
-impl ItemWriter<'_> {
+impl<'a> ItemWriter<'a> {
+    /// The writer of item `item` of a batch of `batch`.
+    fn new(
+        (contract, max_detections): (&'a Contract, usize),
+        (batch, item): (usize, usize),
+        detections: &'a mut Option<usize>,
+    ) -> ItemWriter<'a> {
+        ItemWriter {
+            contract,
+            max_detections,
+            batch,
+            item,
+            detections,
+        }
+    }
+
     fn write(
         &mut self,
         index: usize,
@@ -665,28 +735,84 @@ impl Session for CpuSession {
             tensor: "(all)".to_owned(),
             reason: format!("{found} outputs from the model, the contract has {n_outputs}"),
         };
-        for b in 0..batch {
-            let values = &input[b * item_len..(b + 1) * item_len];
-            let mut writer = ItemWriter {
-                contract: &self.contract,
-                max_detections: self.max_detections,
-                batch,
-                item: b,
-                detections: &mut detections,
-            };
-            match &mut self.items[index] {
-                ItemState::Planned { plan, buffers, .. } => {
-                    plan.run(buffers, values);
-                    if plan.output_count() != n_outputs {
-                        return Err(count_error(plan.output_count()));
-                    }
+        if let ItemState::Planned {
+            plan,
+            buffers,
+            jobs,
+            ..
+        } = &mut self.items[index]
+        {
+            if plan.output_count() != n_outputs {
+                return Err(count_error(plan.output_count()));
+            }
+            let mut write =
+                |b: usize, plan: &PlannedGraph, buffers: &[Vec<f32>], values: &[f32]| {
+                    let mut writer = ItemWriter::new(
+                        (&self.contract, self.max_detections),
+                        (batch, b),
+                        &mut detections,
+                    );
                     for (i, out) in outputs.tensors_mut().iter_mut().enumerate() {
                         let (data, dims) = plan
                             .output(buffers, values, i)
                             .ok_or_else(|| count_error(i))?;
                         writer.write(i, dims, data, out)?;
                     }
+                    Ok::<(), EngineError>(())
+                };
+            // Waves of one item on this thread and one per worker; all of them on this
+            // thread once a worker is lost.
+            let lanes = if jobs.iter().all(Option::is_some) {
+                1 + jobs.len()
+            } else {
+                1
+            };
+            let mut first = 0;
+            while first < batch {
+                let wave = first..(first + lanes).min(batch);
+                let on_workers = || (wave.start + 1..wave.end).zip(self.workers.iter());
+                for ((b, worker), job) in on_workers().zip(jobs.iter_mut()) {
+                    if let Some(mut job) = job.take() {
+                        job.input
+                            .copy_from_slice(&input[b * item_len..(b + 1) * item_len]);
+                        worker.start(job);
+                    }
                 }
+                let values = &input[wave.start * item_len..(wave.start + 1) * item_len];
+                plan.run(buffers, values);
+                let mut lost = false;
+                for ((_, worker), job) in on_workers().zip(jobs.iter_mut()) {
+                    *job = worker.finish();
+                    lost |= job.is_none();
+                }
+                if lost {
+                    return Err(EngineError::Tract {
+                        path: self.path.clone(),
+                        stage: "running a batch item on a worker thread",
+                        reason: "the run panicked (a bug); later runs of this input size use the caller's thread only"
+                            .to_owned(),
+                    });
+                }
+                write(wave.start, plan, buffers, values)?;
+                for (b, job) in (wave.start + 1..wave.end).zip(jobs.iter()) {
+                    if let Some(job) = job {
+                        write(b, &job.plan, &job.buffers, &job.input)?;
+                    }
+                }
+                first = wave.end;
+            }
+            return Ok(());
+        }
+        for b in 0..batch {
+            let values = &input[b * item_len..(b + 1) * item_len];
+            let mut writer = ItemWriter::new(
+                (&self.contract, self.max_detections),
+                (batch, b),
+                &mut detections,
+            );
+            match &mut self.items[index] {
+                // Run above, on this thread and the workers.
+                ItemState::Planned { .. } => {}
                 ItemState::Tract {
                     shape,
                     state,

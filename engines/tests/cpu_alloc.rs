@@ -1,5 +1,6 @@
 //! A warm run of the CPU backend's planned executor allocates nothing, on every test
-//! network and batch size (counted by this binary's global allocator, over all threads).
+//! network and batch size, on one thread or with worker threads (counted by this
+//! binary's global allocator, over all threads).
 
 use std::path::PathBuf;
 
@@ -34,8 +35,17 @@ fn main() {
 }
 
 fn warm_runs_allocate_nothing_on_every_test_network() {
+    for threads in [1, 3] {
+        warm_runs_allocate_nothing_on(threads);
+    }
+}
+
+fn warm_runs_allocate_nothing_on(threads: usize) {
     let cases: [(&str, &[&[usize]]); 4] = [
-        ("refiner-tiny.onnx", &[&[1, 6, 240, 320], &[3, 6, 240, 320]]),
+        (
+            "refiner-tiny.onnx",
+            &[&[1, 6, 240, 320], &[3, 6, 240, 320], &[5, 6, 240, 320]],
+        ),
         ("coarse-tiny.onnx", &[&[2, 6, 240, 320]]),
         (
             "detector-tiny.onnx",
@@ -49,6 +59,7 @@ fn warm_runs_allocate_nothing_on_every_test_network() {
             max_image_hw: (240, 320),
         };
         let (model, _) = CpuBackend::new()
+            .with_threads(threads)
             .load_with_outcome(network(name), options)
             .expect("load");
         assert_eq!(model.executor(), CpuExecutor::Planned, "{name}");
@@ -66,7 +77,10 @@ fn warm_runs_allocate_nothing_on_every_test_network() {
                 session.run(&input, shape, &mut outputs).expect("run");
                 counted += allocations() - before;
             }
-            assert_eq!(counted, 0, "{name} {shape:?}: allocations in 3 warm runs");
+            assert_eq!(
+                counted, 0,
+                "{name} {shape:?} on {threads} threads: allocations in 3 warm runs"
+            );
         }
     }
 }

@@ -337,3 +337,57 @@ fn sessions_planning_new_image_sizes_at_once_get_the_same_outputs() {
         );
     }
 }
+
+#[test]
+fn worker_threads_give_the_same_bits_as_one_thread() {
+    // Batches smaller than, equal to and larger than the thread count (waves of 3 with a
+    // remainder), on a refiner and on a batched detector (detection counts checked across
+    // the items of a batch).
+    let cases: [(&str, [usize; 3]); 2] = [
+        ("refiner-tiny.onnx", [6, 240, 320]),
+        ("detector-tiny.onnx", [3, 240, 320]),
+    ];
+    for (name, item) in cases {
+        let open = |threads: usize| {
+            let options = ModelOptions {
+                max_batch: 8,
+                max_image_hw: (240, 320),
+            };
+            let (model, _) = CpuBackend::new()
+                .with_threads(threads)
+                .load_with_outcome(
+                    Network::open(&networks_dir().join(name)).expect("network"),
+                    options,
+                )
+                .expect("load");
+            model.new_session().expect("session")
+        };
+        let (mut one, mut three) = (open(1), open(3));
+        let (mut out_one, mut out_three) = (one.allocate_outputs(), three.allocate_outputs());
+        for batch in [1, 2, 3, 4, 7] {
+            let shape = [batch, item[0], item[1], item[2]];
+            let input: Vec<f32> = (0..shape.iter().product::<usize>())
+                .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
+                .collect();
+            one.run(&input, &shape, &mut out_one).expect("one thread");
+            three
+                .run(&input, &shape, &mut out_three)
+                .expect("three threads");
+            for (a, b) in out_one.tensors().iter().zip(out_three.tensors()) {
+                assert_eq!(a.shape(), b.shape(), "{name} batch {batch}");
+                let bits = |t: &posed_engines::OutputTensor| -> Vec<u64> {
+                    match (t.f32s(), t.i64s()) {
+                        (Some(v), _) => v.iter().map(|x| u64::from(x.to_bits())).collect(),
+                        (_, Some(v)) => v.iter().map(|&x| x as u64).collect(),
+                        _ => Vec::new(),
+                    }
+                };
+                assert!(
+                    !bits(a).is_empty(),
+                    "{name} batch {batch}: an output with values"
+                );
+                assert_eq!(bits(a), bits(b), "{name} batch {batch}");
+            }
+        }
+    }
+}

@@ -18,7 +18,9 @@ use crate::{Error, Result};
 pub fn make_backend(config: &EnginesConfig) -> Result<Box<dyn Backend>> {
     let cache = EngineCache::open(config.cache_dir())?;
     match config.backend {
-        BackendKind::Cpu => Ok(Box::new(CpuBackend::with_cache(cache))),
+        BackendKind::Cpu => Ok(Box::new(
+            CpuBackend::with_cache(cache).with_threads(config.cpu_threads()),
+        )),
         BackendKind::TensorRt => Ok(Box::new(tensorrt::backend(config, cache, None)?)),
     }
 }

@@ -62,6 +62,8 @@ fn steady_state_frames_allocate_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     demo.source.rate_hz = 0.0;
     demo.engines.cache_dir = Some(dir.path().join("cache"));
+    // The CPU backend's worker threads too, whatever this machine's cores.
+    demo.engines.cpu_threads = Some(3);
     demo.stream.socket = dir.path().join("demo.sock");
     let (parts, options) = parts_from_config(&demo).expect("the demo's parts");
     let counted = run_counted(parts, options, 4, 6);

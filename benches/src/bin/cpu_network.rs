@@ -4,11 +4,13 @@
 //!
 //! ```text
 //! cargo run --release -p posed-benches --bin cpu_network -- NETWORK.onnx \
-//!     [--batch 1] [--seconds 5] [--profile] [--planned-only]
+//!     [--batch 1] [--threads 1] [--seconds 5] [--profile] [--planned-only]
 //! ```
 //!
-//! `--profile` also prints the planned executor's slowest steps and the time per kind of
-//! step. Compare with `benches/onnxruntime_compare.py NETWORK.onnx`.
+//! `--threads N` runs a batch's items on N threads (the planned executor's worker
+//! threads; tract's plan stays on one). `--profile` also prints the planned executor's
+//! slowest steps and the time per kind of step (`POSED_PROFILE_STEPS` of them, 15 by
+//! default). Compare with `benches/onnxruntime_compare.py NETWORK.onnx`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -25,6 +27,7 @@ const CROP_VALUES: usize = 6 * 240 * 320;
 struct Args {
     network: PathBuf,
     batch: usize,
+    threads: usize,
     seconds: f64,
     profile: bool,
     planned_only: bool,
@@ -34,6 +37,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         network: PathBuf::new(),
         batch: 1,
+        threads: 1,
         seconds: 5.0,
         profile: false,
         planned_only: false,
@@ -47,6 +51,13 @@ fn parse_args() -> anyhow::Result<Args> {
                     .context("--batch needs a number")?
                     .parse()
                     .context("--batch")?
+            }
+            "--threads" => {
+                args.threads = rest
+                    .next()
+                    .context("--threads needs a number")?
+                    .parse()
+                    .context("--threads")?
             }
             "--seconds" => {
                 args.seconds = rest
@@ -62,7 +73,7 @@ fn parse_args() -> anyhow::Result<Args> {
         }
     }
     if args.network.as_os_str().is_empty() {
-        bail!("usage: cpu_network NETWORK.onnx [--batch N] [--seconds S] [--profile] [--planned-only]");
+        bail!("usage: cpu_network NETWORK.onnx [--batch N] [--threads N] [--seconds S] [--profile] [--planned-only]");
     }
     Ok(args)
 }
@@ -77,6 +88,7 @@ fn load(args: &Args, executor: CpuExecutor) -> anyhow::Result<(CpuModel, Duratio
     let started = Instant::now();
     let (model, _) = CpuBackend::new()
         .with_executor(executor)
+        .with_threads(args.threads)
         .load_with_outcome(network, options)?;
     Ok((model, started.elapsed()))
 }
@@ -166,9 +178,10 @@ fn main() -> anyhow::Result<()> {
         .map(|_| rng.random::<f32>())
         .collect();
     println!(
-        "{}, batch {}, one thread",
+        "{}, batch {}, {} thread(s) for the planned executor",
         args.network.display(),
-        args.batch
+        args.batch,
+        args.threads
     );
     let executors: &[CpuExecutor] = if args.planned_only {
         &[CpuExecutor::Planned]

@@ -35,16 +35,37 @@ const BLOCK_ROWS: usize = 4;
 pub(crate) struct DepthwiseChannel<'p> {
     /// Per tap: unused here (its weight's offset, which the caller resolved into
     /// `weights`), and where its values for output row 0 start in the input plane.
-    pub(crate) taps: &'p [[usize; 2]],
+    taps: &'p [[usize; 2]],
     /// The taps' weights, in tap order.
-    pub(crate) weights: &'p [f32],
-    /// The largest offset of `taps`.
-    pub(crate) max_offset: usize,
+    weights: &'p [f32],
     /// How far the taps move in the input plane from one output row to the next.
-    pub(crate) row_step: usize,
+    row_step: usize,
     /// Output columns.
-    pub(crate) width: usize,
-    pub(crate) bias: f32,
+    width: usize,
+    bias: f32,
+    /// The largest offset of `taps`, which every load is checked against
+    /// (`checked_base`): found here, so that no caller's number lets a load out of the
+    /// plane.
+    max_offset: usize,
+}
+
+impl<'p> DepthwiseChannel<'p> {
+    /// A channel whose output rows are `width` columns; see the fields.
+    pub(crate) fn new(
+        (taps, weights): (&'p [[usize; 2]], &'p [f32]),
+        row_step: usize,
+        width: usize,
+        bias: f32,
+    ) -> DepthwiseChannel<'p> {
+        DepthwiseChannel {
+            taps,
+            weights,
+            row_step,
+            width,
+            bias,
+            max_offset: taps.iter().map(|&[_, offset]| offset).max().unwrap_or(0),
+        }
+    }
 }
 
 /// Writes `activation(bias + sum over taps of weight x input)` over the channel's output

@@ -767,12 +767,6 @@ pub(crate) fn conv(
         && cout_per_group == 1
         && plan.taps.len() <= depthwise::MAX_TAPS
         && tile::available();
-    let max_tap_offset = plan
-        .taps
-        .iter()
-        .map(|&[_, offset]| offset)
-        .max()
-        .unwrap_or(0);
     for image in 0..geo.images {
         let x = &x[image * geo.in_channels * in_plane..][..geo.in_channels * in_plane];
         let image_out = image * geo.out_channels * out_plane;
@@ -820,14 +814,12 @@ pub(crate) fn conv(
                 for (w, &[w_k, _]) in tap_weights.iter_mut().zip(&plan.taps) {
                     *w = weights[weights_at + w_k];
                 }
-                let channel = depthwise::DepthwiseChannel {
-                    taps: &plan.taps,
-                    weights: tap_weights,
-                    max_offset: max_tap_offset,
-                    row_step: sy * padded_row,
-                    width: ow,
-                    bias: bias.map_or(0.0, |bias| bias[first_co]),
-                };
+                let channel = depthwise::DepthwiseChannel::new(
+                    (&plan.taps, tap_weights),
+                    sy * padded_row,
+                    ow,
+                    bias.map_or(0.0, |bias| bias[first_co]),
+                );
                 let out = &mut out[image_out + plane_at..][..out_plane];
                 depthwise::channel(&channel, out, scratch, activation);
                 continue;

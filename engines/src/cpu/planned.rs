@@ -838,6 +838,11 @@ impl<'m> Planner<'m> {
                 "Add" => false,
                 _ => return None,
             };
+            // A scale of 0 stays a Mul: folded, it would turn an infinite or NaN sum
+            // into 0 where the graph computes NaN.
+            if is_mul && expanded.contains(&0.0) {
+                return None;
+            }
             let by_row = self
                 .per_output_row(fusable, &expanded)
                 .is_some_and(|per_row| {
@@ -2122,6 +2127,22 @@ mod tests {
         model.select_output_outlets(&[y, activated]).unwrap();
         let plan = PlannedGraph::plan(&model).expect("plans");
         assert_eq!(plan.steps.len(), 2);
+
+        // (d) A scale of 0 for a channel: folded, an infinite sum would give 0 where the
+        // graph gives NaN.
+        let (mut model, y) = with_conv();
+        let scale = [1.0f32, 0.0, 2.0, 0.5, -1.0, 3.0];
+        let scale = model
+            .add_const(
+                "scale_constant",
+                Tensor::from_shape(&[1, 6, 1, 1], &scale).unwrap(),
+            )
+            .unwrap();
+        let y = model
+            .wire_node("scale", TypedBinOp(Box::new(math::Mul), None), &[y, scale])
+            .unwrap();
+        model.select_output_outlets(&y).unwrap();
+        assert_eq!(steps_matching_tract(model), 2);
     }
 
     /// The docs promise the AVX2 build of the kernels the baseline's bits (same operations,

@@ -15,6 +15,8 @@
 //! workspace_mib = 1024     # TensorRT builder workspace limit
 //! max_batch = 16           # objects per coarse / refiner pass, images per detector pass
 //! max_image = [480, 640]   # largest detector input, height and width in pixels
+//! cpu_threads = 4          # cpu backend: threads a batch's items run on (default: the
+//!                          # cores, at most 4; each holds a copy of a session's buffers)
 //! cache_dir = "/var/cache/posed/engines"  # default: $POSED_CACHE_DIR, $XDG_CACHE_HOME/posed/engines
 //!
 //! [predict]                # `posed predict`; every key is also a flag, and flags win
@@ -161,8 +163,25 @@ pub struct EnginesConfig {
     /// Largest detector input, [height, width].
     #[serde(default = "default_max_image")]
     pub max_image: [usize; 2],
+    /// Threads the CPU backend runs a batch's items on; `None`: [`default_cpu_threads`].
+    pub cpu_threads: Option<usize>,
     /// Engine cache directory.
     pub cache_dir: Option<PathBuf>,
+}
+
+/// Most threads the CPU backend uses unless told: each holds a copy of a session's
+/// buffers (23 MiB for an EfficientNet-B3 refiner), and batches are a few objects.
+const DEFAULT_MAX_CPU_THREADS: usize = 4;
+
+/// Most threads `engines.cpu_threads` may ask for.
+const MAX_CPU_THREADS: usize = 64;
+
+/// The CPU backend's threads when the configuration does not say: the cores this process
+/// may use, at most [`DEFAULT_MAX_CPU_THREADS`].
+pub fn default_cpu_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(DEFAULT_MAX_CPU_THREADS)
 }
 
 fn default_workspace_mib() -> usize {
@@ -187,6 +206,7 @@ impl Default for EnginesConfig {
             workspace_mib: default_workspace_mib(),
             max_batch: default_max_batch(),
             max_image: default_max_image(),
+            cpu_threads: None,
             cache_dir: None,
         }
     }
@@ -199,6 +219,11 @@ impl EnginesConfig {
             max_batch: self.max_batch,
             max_image_hw: (self.max_image[0], self.max_image[1]),
         }
+    }
+
+    /// Threads the CPU backend runs a batch's items on.
+    pub fn cpu_threads(&self) -> usize {
+        self.cpu_threads.unwrap_or_else(default_cpu_threads)
     }
 
     /// The cache directory: the configured one or the default.
@@ -289,6 +314,14 @@ impl Config {
                 "predict.batch_size",
                 "expected at least 1, found 0".to_owned(),
             ));
+        }
+        if let Some(threads) = config.engines.cpu_threads {
+            if !(1..=MAX_CPU_THREADS).contains(&threads) {
+                return Err(error(
+                    "engines.cpu_threads",
+                    format!("expected 1 to {MAX_CPU_THREADS}, found {threads}"),
+                ));
+            }
         }
         if config.engines.workspace_mib == 0 {
             return Err(error(
@@ -385,6 +418,13 @@ mod tests {
         let config = parse("").expect("empty is valid");
         assert_eq!(config.engines, EnginesConfig::default());
         assert_eq!(config.engines.backend, BackendKind::Cpu);
+        let threads = config.engines.cpu_threads();
+        assert!(
+            (1..=DEFAULT_MAX_CPU_THREADS).contains(&threads),
+            "{threads}"
+        );
+        let config = parse("[engines]\ncpu_threads = 3").expect("valid");
+        assert_eq!(config.engines.cpu_threads(), 3);
     }
 
     #[test]
@@ -401,6 +441,17 @@ mod tests {
             "string",
         );
         check("[engines]\nmax_batch = 0", "engines.max_batch", "found 0");
+        check(
+            "[engines]\ncpu_threads = 0",
+            "engines.cpu_threads",
+            "found 0",
+        );
+        check(
+            "[engines]\ncpu_threads = 65",
+            "engines.cpu_threads",
+            "1 to 64",
+        );
+        check("[engines]\ncpu_threads = -2", "engines.cpu_threads", "");
         check(
             "[engines]\nbackend = \"onnxruntime\"",
             "engines.backend",
