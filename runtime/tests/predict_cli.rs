@@ -241,6 +241,9 @@ fn identity_refiner_returns_the_noisy_initial_poses_and_eval_reads_the_result() 
     assert!(report.contains("ADD-S"), "{report}");
 }
 
+/// The first three target images of ycbv-mini, in passes of up to 4 objects.
+const FIRST_THREE_IMAGES: [&str; 4] = ["--max-images", "3", "--batch-size", "4"];
+
 #[test]
 fn detections_file_with_coarse_and_refiner_writes_every_iteration() {
     let scratch = Scratch::new();
@@ -259,15 +262,11 @@ fn detections_file_with_coarse_and_refiner_writes_every_iteration() {
             &dataset,
             &detections,
             &[
-                "--max-images",
-                "3",
-                "--batch-size",
-                "4",
-                "--save-iterations",
-                path_str(&iterations),
-                "--out",
-                path_str(&out),
-            ],
+                &FIRST_THREE_IMAGES[..],
+                &["--save-iterations", path_str(&iterations)],
+                &["--out", path_str(&out)],
+            ]
+            .concat(),
             &cache,
         ),
         "predict",
@@ -320,6 +319,35 @@ fn detections_file_with_coarse_and_refiner_writes_every_iteration() {
         coarse[0].estimate.camera_from_object,
         refined[0].estimate.camera_from_object
     );
+
+    // The CPU backend's worker threads change nothing but speed: 3 threads and 1 give
+    // the same poses and scores, bit for bit.
+    let poses = |threads: &str| {
+        let out = scratch.file(&format!("out-{threads}-threads.csv"));
+        let output = predict_coarse_refiner(
+            &dataset,
+            &detections,
+            &[
+                &FIRST_THREE_IMAGES[..],
+                &["--cpu-threads", threads],
+                &["--out", path_str(&out)],
+            ]
+            .concat(),
+            &cache,
+        );
+        let summary = check_ok(&output, "predict");
+        assert!(
+            summary.contains(&format!("cpu backend on {threads} threads")),
+            "{summary}"
+        );
+        rows(&out)
+            .into_iter()
+            .map(|row| (row.estimate.camera_from_object, row.estimate.score))
+            .collect::<Vec<_>>()
+    };
+    let on_three = poses("3");
+    assert_eq!(on_three.len(), expected);
+    assert_eq!(on_three, poses("1"));
 }
 
 #[test]
@@ -384,6 +412,10 @@ fn bad_requests_are_clear_errors() {
     check_fails(
         &with(&["--refiner", &refiner]),
         &["no objects", "--detections"],
+    );
+    check_fails(
+        &with(&["--refiner", &refiner, "--cpu-threads", "0"]),
+        &["--cpu-threads", "0"],
     );
     check_fails(
         &with(&["--detector", &network("detector-tiny.onnx")]),

@@ -60,6 +60,10 @@ pub struct PredictArgs {
     /// Backend [default: engines.backend, else cpu].
     #[arg(long)]
     pub backend: Option<BackendKind>,
+    /// CPU backend: threads a batch's objects run on [default: engines.cpu_threads, else
+    /// the cores, at most 4].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub cpu_threads: Option<u16>,
     /// Where crops, renderings and pose updates run: `cpu`, or `cuda` (the first CUDA
     /// device; without a driver or device, a warning and the CPU) [default: cpu].
     #[arg(long, value_enum)]
@@ -139,6 +143,9 @@ pub fn request_from(args: &PredictArgs) -> anyhow::Result<PredictRequest> {
     let mut engines = config.engines.clone();
     if let Some(backend) = args.backend {
         engines.backend = backend;
+    }
+    if let Some(threads) = args.cpu_threads {
+        engines.cpu_threads = Some(usize::from(threads));
     }
     let default_coarse =
         usize::from(coarse.is_some() && !matches!(source, ObjectSource::InitPoses(_)));
@@ -229,7 +236,7 @@ pub fn summary(request: &PredictRequest, report: &PredictReport) -> String {
     let stages = &report.stages;
     let mut out = format!(
         "posed predict: {} images, {} objects, {} estimates ({} coarse + {} refiner \
-         iterations, batch {}, {} backend)\n",
+         iterations, batch {}, {} backend{})\n",
         report.images,
         report.objects,
         report.estimates,
@@ -237,6 +244,11 @@ pub fn summary(request: &PredictRequest, report: &PredictReport) -> String {
         request.pipeline.refiner_iterations,
         request.pipeline.batch_size,
         request.engines.backend,
+        if request.engines.backend == BackendKind::Cpu {
+            format!(" on {} threads", request.engines.cpu_threads())
+        } else {
+            String::new()
+        },
     );
     if report.filtered_out > 0 || report.unknown_objects > 0 || stages.invalid_objects > 0 {
         out += &format!(
