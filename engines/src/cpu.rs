@@ -74,6 +74,19 @@ impl CpuExecutor {
     }
 }
 
+/// The vector instructions the planned executor's kernels run on, on this CPU: "avx2+fma"
+/// or "neon" (register tiles, the depthwise kernel, fused multiply-adds), else
+/// "portable" (the compiler's vectorisation of plain loops).
+pub fn kernel_instructions() -> &'static str {
+    if !tile::available() {
+        "portable"
+    } else if cfg!(target_arch = "aarch64") {
+        "neon"
+    } else {
+        "avx2+fma"
+    }
+}
+
 /// The CPU backend. With an [`EngineCache`], loading keeps the decluttered graph as an
 /// NNEF archive (tract's own format) keyed like a TensorRT engine, so a later load skips
 /// ONNX parsing and analysis; the cache verifies, rebuilds and locks as for TensorRT.

@@ -18,9 +18,16 @@ use crate::{Error, Result};
 pub fn make_backend(config: &EnginesConfig) -> Result<Box<dyn Backend>> {
     let cache = EngineCache::open(config.cache_dir())?;
     match config.backend {
-        BackendKind::Cpu => Ok(Box::new(
-            CpuBackend::with_cache(cache).with_threads(config.cpu_threads()),
-        )),
+        BackendKind::Cpu => {
+            tracing::info!(
+                kernels = posed_engines::cpu::kernel_instructions(),
+                threads = config.cpu_threads(),
+                "CPU backend"
+            );
+            Ok(Box::new(
+                CpuBackend::with_cache(cache).with_threads(config.cpu_threads()),
+            ))
+        }
         BackendKind::TensorRt => Ok(Box::new(tensorrt::backend(config, cache, None)?)),
     }
 }
@@ -170,8 +177,10 @@ pub fn build_engine(
                 CpuBackend::with_cache(cache).load_with_outcome(network, options)?;
             let executor = match model.planned_refusal() {
                 None => format!(
-                    "planned executor, {} per session",
-                    mib(model.session_buffer_bytes())
+                    "planned executor ({} kernels), {} per session and thread, {} threads",
+                    posed_engines::cpu::kernel_instructions(),
+                    mib(model.session_buffer_bytes()),
+                    config.cpu_threads(),
                 ),
                 Some(why) => format!("tract's plan (allocates per run): {why}"),
             };
