@@ -767,6 +767,12 @@ pub(crate) fn conv(
         && cout_per_group == 1
         && plan.taps.len() <= depthwise::MAX_TAPS
         && tile::available();
+    // The pads are the same for every channel: zeroed once here, they stay zero, as each
+    // channel below writes only the values it copies from the input (for small planes,
+    // filling the pads for every channel took as long as the depthwise sums).
+    scratch[..cin_per_group * plane_len].fill(0.0);
+    let padded_rows = plane_len / padded_row;
+    let rows_inside = py.min(padded_rows)..(py + ih).min(padded_rows);
     for image in 0..geo.images {
         let x = &x[image * geo.in_channels * in_plane..][..geo.in_channels * in_plane];
         let image_out = image * geo.out_channels * out_plane;
@@ -774,20 +780,14 @@ pub(crate) fn conv(
             for ci in 0..cin_per_group {
                 let input = &x[(group * cin_per_group + ci) * in_plane..][..in_plane];
                 let plane = &mut scratch[ci * plane_len..][..plane_len];
-                for (y, row) in plane.chunks_exact_mut(padded_row).enumerate() {
-                    let iy = y as isize - py as isize;
-                    if iy < 0 || iy >= ih as isize {
-                        row.fill(0.0);
-                        continue;
-                    }
-                    let row_in = &input[iy as usize * iw..][..iw];
+                for y in rows_inside.clone() {
+                    let row = &mut plane[y * padded_row..][..padded_row];
+                    let row_in = &input[(y - py) * iw..][..iw];
                     for (phase, dst) in row.chunks_exact_mut(phase_len).enumerate() {
                         // Input column j * sx + phase - px for the phase's j-th value.
                         let offset = phase as isize - px as isize;
                         let begin = first_inside(offset, sx).min(phase_len);
                         let end = last_inside(offset, sx, iw).clamp(begin, phase_len);
-                        dst[..begin].fill(0.0);
-                        dst[end..].fill(0.0);
                         if begin == end {
                             continue;
                         }
