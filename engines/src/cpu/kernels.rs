@@ -247,31 +247,18 @@ impl Unary {
 
 /// `out = f(x)`, same length. With fused multiply-adds where the CPU has them
 /// ([`tile::available`], as the tiles decide: AVX2 + FMA on x86_64, always on aarch64),
-/// which makes SiLU 1.8x faster; the portable polynomials otherwise.
+/// which makes SiLU 1.8x faster; the portable polynomials otherwise. On x86_64 the fused
+/// form is one instruction only when inlined into code compiled for FMA, as it is in
+/// `PlannedGraph::run`'s AVX2 + FMA build (elsewhere `mul_add` is a call to the C
+/// library's `fmaf`: the same bits, slowly). A function of its own compiled for FMA
+/// would not be inlined into the tiles' stores, and a call per 16 values cost 4% of an
+/// EfficientNet-B3 run.
 #[inline(always)]
 pub(crate) fn unary(op: Unary, out: &mut [f32], x: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if tile::available() {
-        // SAFETY: `available` found AVX2 and FMA.
-        return unsafe { unary_avx2_fma(op, out, x) };
-    }
-    #[cfg(target_arch = "aarch64")]
     if tile::available() {
         return unary_with::<Fused>(op, out, x);
     }
     unary_with::<Separate>(op, out, x)
-}
-
-/// [`unary_with`] with fused multiply-adds, compiled for AVX2 and FMA (where `mul_add`
-/// is one instruction; elsewhere on x86_64 it is a call per value).
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn unary_avx2_fma(op: Unary, out: &mut [f32], x: &[f32]) {
-    unary_with::<Fused>(op, out, x)
 }
 
 #[inline(always)]
