@@ -748,90 +748,87 @@ impl Session for CpuSession {
             tensor: "(all)".to_owned(),
             reason: format!("{found} outputs from the model, the contract has {n_outputs}"),
         };
-        if let ItemState::Planned {
-            plan,
-            buffers,
-            jobs,
-            ..
-        } = &mut self.items[index]
-        {
-            if plan.output_count() != n_outputs {
-                return Err(count_error(plan.output_count()));
+        match &mut self.items[index] {
+            ItemState::Planned {
+                plan,
+                buffers,
+                jobs,
+                ..
+            } => {
+                if plan.output_count() != n_outputs {
+                    return Err(count_error(plan.output_count()));
+                }
+                let mut write =
+                    |b: usize, plan: &PlannedGraph, buffers: &[Vec<f32>], values: &[f32]| {
+                        let mut writer = ItemWriter::new(
+                            (&self.contract, self.max_detections),
+                            (batch, b),
+                            &mut detections,
+                        );
+                        for (i, out) in outputs.tensors_mut().iter_mut().enumerate() {
+                            let (data, dims) = plan
+                                .output(buffers, values, i)
+                                .ok_or_else(|| count_error(i))?;
+                            writer.write(i, dims, data, out)?;
+                        }
+                        Ok::<(), EngineError>(())
+                    };
+                // Waves of one item on this thread and one per worker; all of them on this
+                // thread once a worker is lost.
+                let lanes = if jobs.iter().all(Option::is_some) {
+                    1 + jobs.len()
+                } else {
+                    1
+                };
+                let mut first = 0;
+                while first < batch {
+                    let wave = first..(first + lanes).min(batch);
+                    let on_workers = || (wave.start + 1..wave.end).zip(self.workers.iter());
+                    for ((b, worker), job) in on_workers().zip(jobs.iter_mut()) {
+                        if let Some(mut job) = job.take() {
+                            job.input
+                                .copy_from_slice(&input[b * item_len..(b + 1) * item_len]);
+                            worker.start(job);
+                        }
+                    }
+                    let values = &input[wave.start * item_len..(wave.start + 1) * item_len];
+                    plan.run(buffers, values);
+                    let mut lost = false;
+                    for ((_, worker), job) in on_workers().zip(jobs.iter_mut()) {
+                        *job = worker.finish();
+                        lost |= job.is_none();
+                    }
+                    if lost {
+                        return Err(EngineError::Tract {
+                            path: self.path.clone(),
+                            stage: "running a batch item on a worker thread",
+                            reason: "the run panicked (a bug); later runs of this input size \
+                                     use the caller's thread only"
+                                .to_owned(),
+                        });
+                    }
+                    write(wave.start, plan, buffers, values)?;
+                    for (b, job) in (wave.start + 1..wave.end).zip(jobs.iter()) {
+                        if let Some(job) = job {
+                            write(b, &job.plan, &job.buffers, &job.input)?;
+                        }
+                    }
+                    first = wave.end;
+                }
             }
-            let mut write =
-                |b: usize, plan: &PlannedGraph, buffers: &[Vec<f32>], values: &[f32]| {
+            ItemState::Tract {
+                shape,
+                state,
+                input: tract_input,
+            } => {
+                for b in 0..batch {
+                    let values = &input[b * item_len..(b + 1) * item_len];
                     let mut writer = ItemWriter::new(
                         (&self.contract, self.max_detections),
                         (batch, b),
                         &mut detections,
                     );
-                    for (i, out) in outputs.tensors_mut().iter_mut().enumerate() {
-                        let (data, dims) = plan
-                            .output(buffers, values, i)
-                            .ok_or_else(|| count_error(i))?;
-                        writer.write(i, dims, data, out)?;
-                    }
-                    Ok::<(), EngineError>(())
-                };
-            // Waves of one item on this thread and one per worker; all of them on this
-            // thread once a worker is lost.
-            let lanes = if jobs.iter().all(Option::is_some) {
-                1 + jobs.len()
-            } else {
-                1
-            };
-            let mut first = 0;
-            while first < batch {
-                let wave = first..(first + lanes).min(batch);
-                let on_workers = || (wave.start + 1..wave.end).zip(self.workers.iter());
-                for ((b, worker), job) in on_workers().zip(jobs.iter_mut()) {
-                    if let Some(mut job) = job.take() {
-                        job.input
-                            .copy_from_slice(&input[b * item_len..(b + 1) * item_len]);
-                        worker.start(job);
-                    }
-                }
-                let values = &input[wave.start * item_len..(wave.start + 1) * item_len];
-                plan.run(buffers, values);
-                let mut lost = false;
-                for ((_, worker), job) in on_workers().zip(jobs.iter_mut()) {
-                    *job = worker.finish();
-                    lost |= job.is_none();
-                }
-                if lost {
-                    return Err(EngineError::Tract {
-                        path: self.path.clone(),
-                        stage: "running a batch item on a worker thread",
-                        reason: "the run panicked (a bug); later runs of this input size use the caller's thread only"
-                            .to_owned(),
-                    });
-                }
-                write(wave.start, plan, buffers, values)?;
-                for (b, job) in (wave.start + 1..wave.end).zip(jobs.iter()) {
-                    if let Some(job) = job {
-                        write(b, &job.plan, &job.buffers, &job.input)?;
-                    }
-                }
-                first = wave.end;
-            }
-            return Ok(());
-        }
-        for b in 0..batch {
-            let values = &input[b * item_len..(b + 1) * item_len];
-            let mut writer = ItemWriter::new(
-                (&self.contract, self.max_detections),
-                (batch, b),
-                &mut detections,
-            );
-            match &mut self.items[index] {
-                // Run above, on this thread and the workers.
-                ItemState::Planned { .. } => {}
-                ItemState::Tract {
-                    shape,
-                    state,
-                    input,
-                } => {
-                    let results = run_tract_item(&self.path, *shape, state, input, values)?;
+                    let results = run_tract_item(&self.path, *shape, state, tract_input, values)?;
                     if results.len() != n_outputs {
                         return Err(count_error(results.len()));
                     }

@@ -9,7 +9,7 @@
 //! each term is added with one rounding instead of two, so the results differ from the
 //! portable path in the last bits.
 
-use super::kernels::{GemmBias, Unary};
+use super::kernels::{store, GemmBias, Unary};
 
 /// Rows of a tile.
 pub(crate) const TILE_ROWS: usize = 6;
@@ -63,10 +63,10 @@ pub(crate) fn available() -> bool {
 
 /// Computes every row x `columns` (whose length is a multiple of 16), writing
 /// `activation(bias + sum)`: panels of columns, each in tiles of 6 rows, then one of the
-/// rows left. Does nothing
-/// where [`available`] is false; the caller computes what is left. Inlined, like the rest
-/// of the run, into each instruction-set variant of `PlannedGraph::run` (so that the
-/// activation applied as tiles are stored runs in AVX2 where the CPU has it).
+/// rows left. Does nothing where [`available`] is false; the caller computes what is
+/// left. Inlined, like the rest of the run, into each instruction-set variant of
+/// `PlannedGraph::run` (so that the activation applied as tiles are stored runs in AVX2
+/// and FMA where the CPU has them).
 #[inline(always)]
 pub(crate) fn product(
     product: &TileProduct<'_>,
@@ -157,10 +157,7 @@ fn rows_of<const R: usize>(
             for (row, &[_, c_r]) in acc.iter().zip(rows) {
                 let c = product.c_base + c_r + column;
                 let out = &mut out[c..c + TILE_COLUMNS];
-                match activation.filter(|_| last_block) {
-                    None => out.copy_from_slice(row),
-                    Some(op) => super::kernels::unary(op, out, row),
-                }
+                store(out, row, activation.filter(|_| last_block));
             }
         }
     }
