@@ -17,8 +17,9 @@
 //! better when every dimension is known (3x on the refiner-shaped test network), and a
 //! batch run as B single-item runs keeps the working set in cache. Eval-mode networks
 //! compute each batch item independently, so this changes nothing but speed. On the
-//! planned executor those item runs can go side by side on worker threads
-//! ([`CpuBackend::with_threads`], `workers.rs`), with the same bits.
+//! planned executor those item runs can go side by side on worker threads, and a single
+//! item's large steps split across them ([`CpuBackend::with_threads`], `workers.rs`),
+//! with the same bits.
 
 mod depthwise;
 mod kernels;
@@ -40,7 +41,7 @@ use crate::contract::{Contract, DimSpec, Role};
 use crate::tensor::{DType, OutputData, OutputTensor, Outputs, Shape};
 use crate::{EngineError, Network};
 use planned::{OutputView, PlannedGraph};
-use workers::{ItemJob, Worker};
+use workers::{ItemJob, Team, Worker};
 
 /// tract's version, as engine keys and `posed engines list` report it.
 pub const TRACT_VERSION: &str = "0.23.9";
@@ -118,10 +119,12 @@ impl CpuBackend {
         self
     }
 
-    /// The same backend running the items of a batch on `threads` threads (1, the
-    /// default, runs them one after the other on the caller's). Each session starts
-    /// `threads - 1` worker threads and holds a copy of its buffers per thread; results
-    /// are the same bit for bit. Only the planned executor uses them.
+    /// The same backend running on `threads` threads (1, the default, runs everything on
+    /// the caller's): a batch's items side by side, and a single item's large steps
+    /// split into parts. Each session starts `threads - 1` worker threads, each with a
+    /// scratch buffer and, for networks with batches of more than one item, a copy of
+    /// the session's buffers; results are the same bit for bit. Only the planned
+    /// executor uses them.
     pub fn with_threads(mut self, threads: usize) -> CpuBackend {
         self.threads = threads.max(1);
         self
@@ -431,9 +434,16 @@ impl CpuModel {
         let mut buffers = plan.new_buffers();
         let labels = plan.step_labels();
         let mut step_ns = vec![0u64; labels.len()];
-        plan.run(&mut buffers, item);
+        let path = self.shared.network.path();
+        let workers = spawn_workers(path, self.shared.settings.threads)?;
+        let mut scratches = vec![vec![0.0; plan.scratch_len()]; workers.len()];
+        let mut team = Team {
+            workers: &workers,
+            scratches: &mut scratches,
+        };
+        plan.run(&mut buffers, item, &mut team);
         for _ in 0..runs.max(1) {
-            plan.run_profiled(&mut buffers, item, &mut step_ns);
+            plan.run_timed(&mut buffers, item, &mut team, &mut step_ns);
         }
         Ok(Some(
             labels
@@ -483,28 +493,27 @@ impl Model for CpuModel {
             items: Vec::with_capacity(MAX_ITEM_SHAPES),
             workers: Vec::new(),
         };
-        // No more threads than a batch has items.
-        let items_per_run = if contract.is_batched() {
-            self.shared.options.max_batch
-        } else {
-            1
-        };
         if let Some(ItemPlan::Planned(_)) = self.load_time_plan() {
-            for index in 1..self.shared.settings.threads.min(items_per_run) {
-                let worker = Worker::spawn(format!("posed-cpu-{index}")).map_err(|source| {
-                    EngineError::Io {
-                        path: network.path().to_owned(),
-                        action: "starting a CPU worker thread",
-                        source,
-                    }
-                })?;
-                session.workers.push(worker);
-            }
+            session.workers = spawn_workers(network.path(), self.shared.settings.threads)?;
         }
         // Ready for the load-time shape, so the first run of it allocates no state.
         session.item_index(load_item_shape(&contract, &self.shared.options))?;
         Ok(Box::new(session))
     }
+}
+
+/// The `threads - 1` worker threads a session of the planned executor runs beside the
+/// caller's (at most [`planned::MAX_LANES`] threads in all).
+fn spawn_workers(path: &Path, threads: usize) -> Result<Vec<Worker>, EngineError> {
+    (1..threads.min(planned::MAX_LANES))
+        .map(|index| {
+            Worker::spawn(format!("posed-cpu-{index}")).map_err(|source| EngineError::Io {
+                path: path.to_owned(),
+                action: "starting a CPU worker thread",
+                source,
+            })
+        })
+        .collect()
 }
 
 /// One step of the planned executor and its time ([`CpuModel::profile`]).
@@ -518,13 +527,15 @@ pub struct StepProfile {
 
 /// What a session keeps per item shape.
 enum ItemState {
-    /// The planned executor's buffers, and a job with its own buffers per worker thread
-    /// (`None` once that worker's run panicked).
+    /// The planned executor's buffers; for a batch of more than one item, a job with its
+    /// own buffers per worker thread (`None` once that worker's run panicked); and a
+    /// scratch buffer per worker for the steps of one item it computes parts of.
     Planned {
         shape: Shape,
         plan: Arc<PlannedGraph>,
         buffers: Vec<Vec<f32>>,
         jobs: Vec<Option<ItemJob>>,
+        scratches: Vec<Vec<f32>>,
     },
     /// tract's state and the input tensor it reads.
     Tract {
@@ -576,12 +587,15 @@ impl CpuSession {
                         ),
                     });
                 }
+                let batched = self.contract.is_batched() && self.options.max_batch > 1;
+                let item_jobs = if batched { self.workers.len() } else { 0 };
                 ItemState::Planned {
                     shape,
                     buffers: plan.new_buffers(),
-                    jobs: (0..self.workers.len())
+                    jobs: (0..item_jobs)
                         .map(|_| Some(ItemJob::new(Arc::clone(&plan))))
                         .collect(),
+                    scratches: vec![vec![0.0; plan.scratch_len()]; self.workers.len()],
                     plan,
                 }
             }
@@ -753,6 +767,7 @@ impl Session for CpuSession {
                 plan,
                 buffers,
                 jobs,
+                scratches,
                 ..
             } => {
                 if plan.output_count() != n_outputs {
@@ -774,7 +789,8 @@ impl Session for CpuSession {
                         Ok::<(), EngineError>(())
                     };
                 // Waves of one item on this thread and one per worker; all of them on this
-                // thread once a worker is lost.
+                // thread once a worker is lost. A wave of one item splits its large steps
+                // across the threads instead.
                 let lanes = if jobs.iter().all(Option::is_some) {
                     1 + jobs.len()
                 } else {
@@ -792,7 +808,15 @@ impl Session for CpuSession {
                         }
                     }
                     let values = &input[wave.start * item_len..(wave.start + 1) * item_len];
-                    plan.run(buffers, values);
+                    if wave.len() == 1 {
+                        let mut team = Team {
+                            workers: &self.workers,
+                            scratches,
+                        };
+                        plan.run(buffers, values, &mut team);
+                    } else {
+                        plan.run(buffers, values, &mut Team::alone());
+                    }
                     let mut lost = false;
                     for ((_, worker), job) in on_workers().zip(jobs.iter_mut()) {
                         *job = worker.finish();

@@ -411,10 +411,144 @@ pub(crate) fn matmul(
     bias: Option<MatmulBias<'_>>,
     activation: Option<Unary>,
 ) {
+    matmul_columns(plan, out, (a, b), bias, activation, 0..plan.n);
+}
+
+/// Where a matrix product writes: runs of values at offsets of the step's output. A
+/// slice, or a part's handle on a [`SharedOut`].
+pub(crate) trait Out {
+    /// The `len` values from `start`. Panics past the end, like slicing.
+    fn run(&mut self, start: usize, len: usize) -> &mut [f32];
+}
+
+impl Out for [f32] {
+    #[inline(always)]
+    fn run(&mut self, start: usize, len: usize) -> &mut [f32] {
+        &mut self[start..start + len]
+    }
+}
+
+/// A step's output shared by the parts of a step split across threads where each part's
+/// values are interleaved with the others' (a product's columns: every row holds some of
+/// each part's; a convolution's output rows: every channel plane does). Each part writes
+/// through its own `&SharedOut`, and only the values no other part writes: its columns
+/// ([`matmul_columns`]) or its output rows ([`conv_rows`]).
+pub(crate) struct SharedOut<'a> {
+    values: *mut f32,
+    len: usize,
+    _borrow: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+impl<'a> SharedOut<'a> {
+    /// Shares `out`, which stays borrowed until every part is done.
+    pub(crate) fn new(out: &'a mut [f32]) -> SharedOut<'a> {
+        SharedOut {
+            values: out.as_mut_ptr(),
+            len: out.len(),
+            _borrow: std::marker::PhantomData,
+        }
+    }
+}
+
+// SAFETY: the parts that hold it on several threads write disjoint values (see `Out for
+// &SharedOut`), and `f32` is `Send`.
+unsafe impl Sync for SharedOut<'_> {}
+
+impl Out for &SharedOut<'_> {
+    #[inline(always)]
+    fn run(&mut self, start: usize, len: usize) -> &mut [f32] {
+        assert!(
+            start <= self.len && len <= self.len - start,
+            "values {start}..{} of an output of {}",
+            start.wrapping_add(len),
+            self.len
+        );
+        // SAFETY: in bounds (checked above) of the slice `new` borrowed mutably for 'a, so
+        // nothing else uses it. No two live slices overlap: a part's runs live only until
+        // its next (the `&mut self` borrow), and the parts' kernels write disjoint values:
+        // `matmul_columns` only its columns of each row, `conv_rows` only its output rows
+        // of each channel (the same `gemm_columns` and output-row offsets as the whole
+        // step, restricted to the part's range).
+        unsafe { std::slice::from_raw_parts_mut(self.values.add(start), len) }
+    }
+}
+
+impl MatmulPlan {
+    /// Whether the product can be computed in parts of its rows, each part writing only
+    /// its own window of the output: one batch entry, rows written in order, none
+    /// overlapping the next (a 1x1 convolution's product, a linear layer's).
+    pub(crate) fn rows_split_apart(&self) -> bool {
+        self.batch.len() == 1
+            && self
+                .rows
+                .windows(2)
+                .all(|pair| pair[1][1] >= pair[0][1] + self.n)
+    }
+
+    /// Where in the output row `row` (of a product with [`MatmulPlan::rows_split_apart`])
+    /// starts.
+    pub(crate) fn row_out_start(&self, row: usize) -> usize {
+        self.batch[0][2] + self.rows[row][1]
+    }
+
+    /// Multiply-adds of a run.
+    pub(crate) fn macs(&self) -> usize {
+        self.batch.len() * self.rows.len() * self.reduction.len() * self.n
+    }
+}
+
+/// Rows `rows` of a [`MatmulPlan`] with [`MatmulPlan::rows_split_apart`], into `out`: the
+/// output's values from index `out_start` on, as far as these rows write. The values are
+/// the same as [`matmul`]'s.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_rows(
+    plan: &MatmulPlan,
+    (out, out_start): (&mut [f32], usize),
+    a: &[f32],
+    b: &[f32],
+    bias: Option<MatmulBias<'_>>,
+    activation: Option<Unary>,
+    rows: std::ops::Range<usize>,
+) {
+    debug_assert!(plan.rows_split_apart());
+    let [a_batch, b_batch, c_batch] = plan.batch[0];
+    gemm(
+        Gemm {
+            rows: &plan.rows[rows.clone()],
+            reduction: &plan.reduction,
+            n: plan.n,
+            a_base: a_batch,
+            b_base: b_batch,
+            c_base: c_batch.wrapping_sub(out_start),
+        },
+        (out, a, b),
+        match bias {
+            None => GemmBias::None,
+            Some(MatmulBias::PerRow(bias)) => GemmBias::PerRow(&bias[rows]),
+            Some(MatmulBias::PerColumn(bias)) => GemmBias::PerColumn(bias),
+        },
+        activation,
+        &mut GemmWork::new(),
+    );
+}
+
+/// Columns `columns` of every row and batch entry of a [`MatmulPlan`], written through
+/// `out` (for a part of a step split by columns, its handle on the step's output). The
+/// values are the same as [`matmul`]'s.
+#[inline(always)]
+pub(crate) fn matmul_columns<O: Out + ?Sized>(
+    plan: &MatmulPlan,
+    out: &mut O,
+    (a, b): (&[f32], &[f32]),
+    bias: Option<MatmulBias<'_>>,
+    activation: Option<Unary>,
+    columns: std::ops::Range<usize>,
+) {
     let row_count = plan.rows.len();
     let mut work = GemmWork::new();
     for (batch_index, &[a_batch, b_batch, c_batch]) in plan.batch.iter().enumerate() {
-        gemm(
+        gemm_columns(
             Gemm {
                 rows: &plan.rows,
                 reduction: &plan.reduction,
@@ -423,7 +557,8 @@ pub(crate) fn matmul(
                 b_base: b_batch,
                 c_base: c_batch,
             },
-            (out, a, b),
+            columns.clone(),
+            (&mut *out, a, b),
             match bias {
                 None => GemmBias::None,
                 Some(MatmulBias::PerRow(bias)) => {
@@ -462,6 +597,9 @@ struct Gemm<'p> {
     n: usize,
     a_base: usize,
     b_base: usize,
+    /// Added to `c_r` with wrapping: where `out` is a window that starts past where the
+    /// rows' offsets count from (a part of a split step), this is "negative", and
+    /// `c_base + c_r` lands inside the window.
     c_base: usize,
 }
 
@@ -489,19 +627,36 @@ impl GemmWork {
 /// rows). Each output value is its bias, then the terms added in reduction order,
 /// whatever the blocking.
 #[inline(always)]
-fn gemm(
+fn gemm<O: Out + ?Sized>(
     gemm: Gemm<'_>,
-    (out, a, b): (&mut [f32], &[f32], &[f32]),
+    io: (&mut O, &[f32], &[f32]),
     bias: GemmBias<'_>,
     activation: Option<Unary>,
     work: &mut GemmWork,
 ) {
-    let tiled_columns = if tile::available() {
+    gemm_columns(gemm, 0..usize::MAX, io, bias, activation, work);
+}
+
+/// Columns `columns` (clamped to the product's) of a [`gemm`], with the same values as
+/// the whole product's: the columns run in tiles up to the same column, whatever the
+/// range. (A part of a step split by columns runs this with its range.)
+#[inline(always)]
+fn gemm_columns<O: Out + ?Sized>(
+    gemm: Gemm<'_>,
+    columns: std::ops::Range<usize>,
+    (out, a, b): (&mut O, &[f32], &[f32]),
+    bias: GemmBias<'_>,
+    activation: Option<Unary>,
+    work: &mut GemmWork,
+) {
+    let all_tiled = if tile::available() {
         gemm.n / tile::TILE_COLUMNS * tile::TILE_COLUMNS
     } else {
         0
     };
-    if tiled_columns > 0 {
+    let columns = columns.start.min(gemm.n)..columns.end.min(gemm.n);
+    let tiled = columns.start.min(all_tiled)..columns.end.min(all_tiled);
+    if !tiled.is_empty() {
         let product = tile::TileProduct {
             rows: gemm.rows,
             reduction: gemm.reduction,
@@ -510,17 +665,11 @@ fn gemm(
             c_base: gemm.c_base,
         };
         let io = (&mut *out, a, b);
-        tile::product(
-            &product,
-            io,
-            0..tiled_columns,
-            bias,
-            activation,
-            &mut work.packed,
-        );
+        tile::product(&product, io, tiled, bias, activation, &mut work.packed);
     }
-    if tiled_columns < gemm.n {
-        let (rows, columns) = (0..gemm.rows.len(), tiled_columns..gemm.n);
+    let blocked = columns.start.max(all_tiled)..columns.end;
+    if !blocked.is_empty() {
+        let (rows, columns) = (0..gemm.rows.len(), blocked);
         gemm_blocked(
             &gemm,
             rows,
@@ -536,11 +685,11 @@ fn gemm(
 /// Rows `rows` (indices into `gemm.rows`) x `columns` of a [`gemm`], in blocks of 4 rows x
 /// [`GEMM_COLUMNS`] columns with their sums in `acc`.
 #[inline(always)]
-fn gemm_blocked(
+fn gemm_blocked<O: Out + ?Sized>(
     gemm: &Gemm<'_>,
     rows: std::ops::Range<usize>,
     columns: std::ops::Range<usize>,
-    (out, a, b): (&mut [f32], &[f32], &[f32]),
+    (out, a, b): (&mut O, &[f32], &[f32]),
     bias: GemmBias<'_>,
     activation: Option<Unary>,
     acc: &mut [[f32; GEMM_COLUMNS]; 4],
@@ -589,11 +738,11 @@ struct GemmBlock<'p> {
 
 /// Computes one [`GemmBlock`] in `acc` and stores it.
 #[inline(always)]
-fn gemm_block<const R: usize>(
+fn gemm_block<const R: usize, O: Out + ?Sized>(
     gemm: &Gemm<'_>,
     block: GemmBlock<'_>,
     acc: &mut [[f32; GEMM_COLUMNS]; R],
-    (out, a, b): (&mut [f32], &[f32], &[f32]),
+    (out, a, b): (&mut O, &[f32], &[f32]),
     bias: GemmBias<'_>,
     activation: Option<Unary>,
 ) {
@@ -626,8 +775,8 @@ fn gemm_block<const R: usize>(
         }
     }
     for (row, &[_, c_r]) in acc.iter().zip(block.rows) {
-        let c = gemm.c_base + c_r + block.columns.start;
-        store(&mut out[c..c + len], &row[..len], activation);
+        let c = gemm.c_base.wrapping_add(c_r) + block.columns.start;
+        store(out.run(c, len), &row[..len], activation);
     }
 }
 
@@ -738,98 +887,242 @@ pub(crate) fn conv(
     scratch: &mut [f32],
 ) {
     let geo = &plan.geometry;
+    let in_len = geo.in_channels * geo.in_hw[0] * geo.in_hw[1];
+    let out_len = geo.out_channels * plan.out_plane();
+    let cout_per_group = geo.out_channels / geo.group;
+    zero_scratch(plan, scratch);
+    for image in 0..geo.images {
+        let x = &x[image * in_len..][..in_len];
+        let out = &mut out[image * out_len..][..out_len];
+        for group in 0..geo.group {
+            fill_scratch(plan, x, group, scratch);
+            let channels = group * cout_per_group..(group + 1) * cout_per_group;
+            let layer = ConvLayer {
+                plan,
+                weights,
+                bias,
+                activation,
+            };
+            conv_channels(&layer, (&mut *out, 0), scratch, channels);
+        }
+    }
+}
+
+/// How a convolution of one image can be split across threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConvSplit {
+    /// One group: parts of the output rows, every channel of them, all reading the
+    /// scratch the caller filled ([`conv_fill`], then [`conv_rows`]).
+    OutputRows,
+    /// Several groups (a depthwise convolution's are one channel each): parts of the
+    /// groups, each writing its own run of output planes and filling a scratch of its
+    /// own ([`conv_groups`]).
+    Groups,
+}
+
+impl ConvPlan {
+    /// How the convolution can be split; `None` over several images.
+    pub(crate) fn split(&self) -> Option<ConvSplit> {
+        match (self.geometry.images, self.geometry.group) {
+            (1, 1) => Some(ConvSplit::OutputRows),
+            (1, _) => Some(ConvSplit::Groups),
+            _ => None,
+        }
+    }
+
+    /// Values of one output channel's plane.
+    pub(crate) fn out_plane(&self) -> usize {
+        self.geometry.out_hw[0] * self.geometry.out_hw[1]
+    }
+
+    /// Multiply-adds of a run.
+    pub(crate) fn macs(&self) -> usize {
+        self.geometry.images * self.rows.len() * self.taps.len() * self.out_plane()
+    }
+}
+
+/// A convolution's constants: what every part of it reads.
+#[derive(Clone, Copy)]
+pub(crate) struct ConvLayer<'a> {
+    pub(crate) plan: &'a ConvPlan,
+    pub(crate) weights: &'a [f32],
+    pub(crate) bias: Option<&'a [f32]>,
+    pub(crate) activation: Option<Unary>,
+}
+
+/// Zeroes the pads of a convolution's scratch. They are the same for every channel:
+/// zeroed once per run, they stay zero, as [`fill_scratch`] writes only the values it
+/// copies from the input (for small planes, filling the pads for every channel took as
+/// long as the depthwise sums).
+#[inline(always)]
+fn zero_scratch(plan: &ConvPlan, scratch: &mut [f32]) {
+    let geo = &plan.geometry;
+    scratch[..geo.in_channels / geo.group * geo.phased_plane_len()].fill(0.0);
+}
+
+/// For [`ConvSplit::OutputRows`]: the scratch every part reads, filled from image `x`.
+#[inline(always)]
+pub(crate) fn conv_fill(plan: &ConvPlan, x: &[f32], scratch: &mut [f32]) {
+    zero_scratch(plan, scratch);
+    fill_scratch(plan, x, 0, scratch);
+}
+
+/// For [`ConvSplit::Groups`]: groups `groups` of image `x`, filling `scratch` (this part's
+/// own) for each; `out` holds the output from index `out_start` on, as far as these
+/// groups write.
+#[inline(always)]
+pub(crate) fn conv_groups(
+    layer: &ConvLayer<'_>,
+    out: (&mut [f32], usize),
+    x: &[f32],
+    scratch: &mut [f32],
+    groups: std::ops::Range<usize>,
+) {
+    let geo = &layer.plan.geometry;
+    let cout_per_group = geo.out_channels / geo.group;
+    let (out, out_start) = out;
+    zero_scratch(layer.plan, scratch);
+    for group in groups {
+        fill_scratch(layer.plan, x, group, scratch);
+        let channels = group * cout_per_group..(group + 1) * cout_per_group;
+        conv_channels(layer, (&mut *out, out_start), scratch, channels);
+    }
+}
+
+/// Copies group `group`'s input channels of image `x` into the scratch (the values
+/// inside the pads; [`zero_scratch`] zeroed the pads).
+#[inline(always)]
+fn fill_scratch(plan: &ConvPlan, x: &[f32], group: usize, scratch: &mut [f32]) {
+    let geo = &plan.geometry;
     let [ih, iw] = geo.in_hw;
-    let [oh, ow] = geo.out_hw;
-    let [sy, sx] = geo.stride;
+    let sx = geo.stride[1];
     let [py, px] = geo.pad_before;
     let phase_len = geo.phase_len();
     let padded_row = sx * phase_len;
     let plane_len = geo.phased_plane_len();
     let cin_per_group = geo.in_channels / geo.group;
-    let cout_per_group = geo.out_channels / geo.group;
     let in_plane = ih * iw;
-    let out_plane = oh * ow;
-    let mut work = GemmWork::new();
-    let depthwise = cin_per_group == 1
-        && cout_per_group == 1
-        && plan.taps.len() <= depthwise::MAX_TAPS
-        && tile::available();
-    // The pads are the same for every channel: zeroed once here, they stay zero, as each
-    // channel below writes only the values it copies from the input (for small planes,
-    // filling the pads for every channel took as long as the depthwise sums).
-    scratch[..cin_per_group * plane_len].fill(0.0);
     let padded_rows = plane_len / padded_row;
     let rows_inside = py.min(padded_rows)..(py + ih).min(padded_rows);
-    for image in 0..geo.images {
-        let x = &x[image * geo.in_channels * in_plane..][..geo.in_channels * in_plane];
-        let image_out = image * geo.out_channels * out_plane;
-        for group in 0..geo.group {
-            for ci in 0..cin_per_group {
-                let input = &x[(group * cin_per_group + ci) * in_plane..][..in_plane];
-                let plane = &mut scratch[ci * plane_len..][..plane_len];
-                for y in rows_inside.clone() {
-                    let row = &mut plane[y * padded_row..][..padded_row];
-                    let row_in = &input[(y - py) * iw..][..iw];
-                    for (phase, dst) in row.chunks_exact_mut(phase_len).enumerate() {
-                        // Input column j * sx + phase - px for the phase's j-th value.
-                        let offset = phase as isize - px as isize;
-                        let begin = first_inside(offset, sx).min(phase_len);
-                        let end = last_inside(offset, sx, iw).clamp(begin, phase_len);
-                        if begin == end {
-                            continue;
-                        }
-                        let ix0 = ((begin * sx) as isize + offset) as usize;
-                        let dst = &mut dst[begin..end];
-                        match sx {
-                            1 => dst.copy_from_slice(&row_in[ix0..ix0 + dst.len()]),
-                            2 => gather_every::<2>(dst, &row_in[ix0..]),
-                            _ => {
-                                for (d, &v) in dst.iter_mut().zip(row_in[ix0..].iter().step_by(sx))
-                                {
-                                    *d = v;
-                                }
-                            }
+    for ci in 0..cin_per_group {
+        let input = &x[(group * cin_per_group + ci) * in_plane..][..in_plane];
+        let plane = &mut scratch[ci * plane_len..][..plane_len];
+        for y in rows_inside.clone() {
+            let row = &mut plane[y * padded_row..][..padded_row];
+            let row_in = &input[(y - py) * iw..][..iw];
+            for (phase, dst) in row.chunks_exact_mut(phase_len).enumerate() {
+                // Input column j * sx + phase - px for the phase's j-th value.
+                let offset = phase as isize - px as isize;
+                let begin = first_inside(offset, sx).min(phase_len);
+                let end = last_inside(offset, sx, iw).clamp(begin, phase_len);
+                if begin == end {
+                    continue;
+                }
+                let ix0 = ((begin * sx) as isize + offset) as usize;
+                let dst = &mut dst[begin..end];
+                match sx {
+                    1 => dst.copy_from_slice(&row_in[ix0..ix0 + dst.len()]),
+                    2 => gather_every::<2>(dst, &row_in[ix0..]),
+                    _ => {
+                        for (d, &v) in dst.iter_mut().zip(row_in[ix0..].iter().step_by(sx)) {
+                            *d = v;
                         }
                     }
                 }
             }
-            let first_co = group * cout_per_group;
-            if depthwise {
-                let [weights_at, plane_at] = plan.rows[first_co];
-                let mut tap_weights = [0f32; depthwise::MAX_TAPS];
-                let tap_weights = &mut tap_weights[..plan.taps.len()];
-                for (w, &[w_k, _]) in tap_weights.iter_mut().zip(&plan.taps) {
-                    *w = weights[weights_at + w_k];
-                }
-                let channel = depthwise::DepthwiseChannel::new(
-                    (&plan.taps, tap_weights),
-                    sy * padded_row,
-                    ow,
-                    bias.map_or(0.0, |bias| bias[first_co]),
-                );
-                let out = &mut out[image_out + plane_at..][..out_plane];
-                depthwise::channel(&channel, out, scratch, activation);
-                continue;
-            }
-            for oy in 0..oh {
-                gemm(
-                    Gemm {
-                        rows: &plan.rows[first_co..first_co + cout_per_group],
-                        reduction: &plan.taps,
-                        n: ow,
-                        a_base: 0,
-                        b_base: oy * sy * padded_row,
-                        c_base: image_out + oy * ow,
-                    },
-                    (out, weights, scratch),
-                    bias.map_or(GemmBias::None, |bias| {
-                        GemmBias::PerRow(&bias[first_co..][..cout_per_group])
-                    }),
-                    activation,
-                    &mut work,
-                );
-            }
         }
+    }
+}
+
+/// Output channels `channels` (all of one group, whose input the scratch holds) of one
+/// image, into `out`: the image's output from index `out_start` on, as far as these
+/// channels write.
+#[inline(always)]
+pub(crate) fn conv_channels(
+    layer: &ConvLayer<'_>,
+    (out, out_start): (&mut [f32], usize),
+    scratch: &[f32],
+    channels: std::ops::Range<usize>,
+) {
+    let plan = layer.plan;
+    let geo = &plan.geometry;
+    let [oh, ow] = geo.out_hw;
+    let sy = geo.stride[0];
+    let padded_row = geo.stride[1] * geo.phase_len();
+    let out_plane = oh * ow;
+    let depthwise = geo.in_channels == geo.group
+        && geo.out_channels == geo.group
+        && plan.taps.len() <= depthwise::MAX_TAPS
+        && tile::available();
+    if depthwise {
+        for co in channels {
+            let [weights_at, plane_at] = plan.rows[co];
+            let mut tap_weights = [0f32; depthwise::MAX_TAPS];
+            let tap_weights = &mut tap_weights[..plan.taps.len()];
+            for (w, &[w_k, _]) in tap_weights.iter_mut().zip(&plan.taps) {
+                *w = layer.weights[weights_at + w_k];
+            }
+            let channel = depthwise::DepthwiseChannel::new(
+                (&plan.taps, tap_weights),
+                sy * padded_row,
+                ow,
+                layer.bias.map_or(0.0, |bias| bias[co]),
+            );
+            let out = &mut out[plane_at - out_start..][..out_plane];
+            depthwise::channel(&channel, out, scratch, layer.activation);
+        }
+        return;
+    }
+    conv_products(layer, (out, out_start), scratch, channels, 0..oh);
+}
+
+/// For [`ConvSplit::OutputRows`]: output rows `rows` of every channel of one image,
+/// written through `out` (a part's handle on the step's output), from the scratch
+/// [`conv_fill`] filled. The values are the same as [`conv`]'s.
+#[inline(always)]
+pub(crate) fn conv_rows(
+    layer: &ConvLayer<'_>,
+    mut out: &SharedOut<'_>,
+    scratch: &[f32],
+    rows: std::ops::Range<usize>,
+) {
+    let channels = 0..layer.plan.geometry.out_channels;
+    conv_products(layer, (&mut out, 0), scratch, channels, rows);
+}
+
+/// Output rows `rows` of channels `channels` (all of one group, whose input the
+/// scratch holds) as matrix products, one per output row.
+#[inline(always)]
+fn conv_products<O: Out + ?Sized>(
+    layer: &ConvLayer<'_>,
+    (out, out_start): (&mut O, usize),
+    scratch: &[f32],
+    channels: std::ops::Range<usize>,
+    rows: std::ops::Range<usize>,
+) {
+    let plan = layer.plan;
+    let geo = &plan.geometry;
+    let ow = geo.out_hw[1];
+    let sy = geo.stride[0];
+    let padded_row = geo.stride[1] * geo.phase_len();
+    let mut work = GemmWork::new();
+    for oy in rows {
+        gemm(
+            Gemm {
+                rows: &plan.rows[channels.clone()],
+                reduction: &plan.taps,
+                n: ow,
+                a_base: 0,
+                b_base: oy * sy * padded_row,
+                c_base: (oy * ow).wrapping_sub(out_start),
+            },
+            (&mut *out, layer.weights, scratch),
+            layer.bias.map_or(GemmBias::None, |bias| {
+                GemmBias::PerRow(&bias[channels.clone()])
+            }),
+            layer.activation,
+            &mut work,
+        );
     }
 }
 

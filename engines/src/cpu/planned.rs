@@ -27,7 +27,12 @@ use tract_onnx::tract_core::ops::konst::Const;
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer};
 use tract_onnx::tract_core::ops::source::TypedSource;
 
-use super::kernels::{self, ConvGeometry, ConvPlan, MatmulBias, MatmulPlan, StridedWalk, Unary};
+use super::kernels::{
+    self, ConvGeometry, ConvLayer, ConvPlan, ConvSplit, MatmulBias, MatmulPlan, SharedOut,
+    StridedWalk, Unary,
+};
+use super::tile::{TILE_COLUMNS, TILE_ROWS};
+use super::workers::{run_parts, Team, Worker};
 
 /// Why a graph cannot be planned: the node, its op, and what is missing.
 #[derive(Debug, Clone, PartialEq)]
@@ -199,10 +204,128 @@ pub(crate) enum OutputView<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct PlannedGraph {
     steps: Vec<PlannedStep>,
+    /// Per step, how it splits across a [`Team`]'s threads (`None`: it runs whole on the
+    /// caller's).
+    splits: Vec<Option<Split>>,
     consts: Vec<Vec<f32>>,
     slot_lens: Vec<usize>,
+    /// The convolutions' scratch slot, if there is a convolution.
+    scratch_slot: Option<usize>,
     input_len: usize,
     outputs: Vec<PlannedOutput>,
+}
+
+/// How a step splits across threads: parts of its `units` (a matrix product's rows or
+/// columns, a convolution's output rows or groups).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Split {
+    kind: SplitKind,
+    units: usize,
+    /// Each part but the last has a multiple of this many units (a tile's rows or
+    /// columns)...
+    align: usize,
+    /// ... always (a tile's columns), or only where every part gets several (rows: any
+    /// row can start a tile).
+    strict: bool,
+    /// Multiply-adds of the whole step...
+    macs: usize,
+    /// ... and of the smallest part worth a thread ([`MIN_PART_MACS`]).
+    min_part_macs: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum SplitKind {
+    /// Each part writes its own window of the output ([`MatmulPlan::rows_split_apart`]).
+    MatmulRows,
+    /// Each part writes its columns of every row, through a [`SharedOut`].
+    MatmulColumns,
+    Conv(ConvSplit),
+}
+
+/// Multiply-adds of the smallest part worth handing to another thread. A hand-off costs
+/// about 8 us on the 2-core VM this was tuned on (`workers`' `hand_off_time`), and the
+/// next step then reads what the other core wrote; 1 M multiply-adds take about 30 us in
+/// the tiles. (On a B3-sized refiner, 1 M measured best of 0.25, 0.5, 1, 4 and 16 M.)
+const MIN_PART_MACS: usize = 1 << 20;
+
+/// Most parts a step is split into (the most threads `engines.cpu_threads` allows).
+pub(crate) const MAX_LANES: usize = 64;
+
+/// One part of a split step: its units, the window of the output it writes (starting at
+/// index `out_start` of the step's output) and, for a convolution split by groups, the
+/// scratch it fills.
+struct Part<'a> {
+    units: std::ops::Range<usize>,
+    out: &'a mut [f32],
+    out_start: usize,
+    scratch: &'a mut [f32],
+}
+
+impl Split {
+    /// How `step` splits, when it is large enough for parts of `min_part_macs`.
+    fn of(step: &Step, min_part_macs: usize) -> Option<Split> {
+        let split = |kind, units, align, strict, macs| Split {
+            kind,
+            units,
+            align,
+            strict,
+            macs,
+            min_part_macs,
+        };
+        let split = match step {
+            // Columns where there are enough of them: each part then reads only its
+            // columns of the input (the few-row products of a network's 1x1 projections
+            // are bound by reading it); rows otherwise.
+            Step::Matmul { plan, .. }
+                if plan.n >= 16 * TILE_COLUMNS || !plan.rows_split_apart() =>
+            {
+                let kind = SplitKind::MatmulColumns;
+                split(kind, plan.n, TILE_COLUMNS, true, plan.macs())
+            }
+            Step::Matmul { plan, .. } => {
+                let kind = SplitKind::MatmulRows;
+                split(kind, plan.rows.len(), TILE_ROWS, false, plan.macs())
+            }
+            Step::Conv { conv, .. } => {
+                let kind = conv.split()?;
+                let units = match kind {
+                    ConvSplit::OutputRows => conv.geometry.out_hw[0],
+                    ConvSplit::Groups => conv.geometry.group,
+                };
+                split(SplitKind::Conv(kind), units, 1, false, conv.macs())
+            }
+            _ => return None,
+        };
+        (split.macs >= 2 * min_part_macs && split.units > split.align).then_some(split)
+    }
+
+    /// Where each of `parts` parts starts, in units, and `units` last: as even as the
+    /// alignment allows, none empty. Fewer than `parts` parts when there are too few
+    /// units.
+    fn bounds(&self, parts: usize) -> heapless::Vec<usize, { MAX_LANES + 1 }> {
+        let parts = parts
+            .min(self.macs / self.min_part_macs.max(1))
+            .clamp(1, MAX_LANES);
+        // Whole tiles per part where every part gets several; otherwise, where parts may
+        // start mid-tile, an even split (32 rows in 4 parts: 8 each, not 6, 12, 6 and 8).
+        let align = if self.strict || self.units >= 4 * parts * self.align {
+            self.align
+        } else {
+            1
+        };
+        let blocks = self.units.div_ceil(align);
+        let parts = parts.min(blocks);
+        let mut bounds = heapless::Vec::new();
+        for part in 0..parts {
+            // Whole blocks, spread evenly; the last block may be short.
+            let start = (part * blocks / parts * align).min(self.units);
+            if bounds.last() != Some(&start) {
+                let _ = bounds.push(start);
+            }
+        }
+        let _ = bounds.push(self.units);
+        bounds
+    }
 }
 
 /// What the planner knows of a value.
@@ -229,91 +352,104 @@ impl PlannedGraph {
         self.slot_lens.iter().map(|&len| vec![0.0; len]).collect()
     }
 
+    /// Values of the convolutions' scratch buffer (0 without a convolution): what each
+    /// worker of a [`Team`] needs of its own.
+    pub(crate) fn scratch_len(&self) -> usize {
+        self.scratch_slot.map_or(0, |slot| self.slot_lens[slot])
+    }
+
+    /// The same graph with every step that can be split split, however small: for tests
+    /// of the split kernels on small networks.
+    #[cfg(test)]
+    fn splitting_every_step(mut self) -> PlannedGraph {
+        for (split, planned) in self.splits.iter_mut().zip(&self.steps) {
+            *split = Split::of(&planned.step, 1);
+        }
+        self
+    }
+
     /// Bytes of buffers a session holds.
     pub(crate) fn buffer_bytes(&self) -> usize {
         self.slot_lens.iter().sum::<usize>() * std::mem::size_of::<f32>()
     }
 
-    /// Runs the graph on `input` (of [`PlannedGraph::input_len`] values) in `buffers`.
-    /// Allocates nothing. On x86_64 CPUs with AVX2 and FMA the kernels run compiled for
-    /// them (twice the lanes of the SSE2 baseline). The results are the same bit for bit:
-    /// the same operations in the same order, no contraction into fused multiply-adds
-    /// by the compiler; the kernels that use them (tiles, depthwise, activations) choose
-    /// them from what the CPU has, whichever build runs.
-    pub(crate) fn run(&self, buffers: &mut [Vec<f32>], input: &[f32]) {
+    /// Runs the graph on `input` (of [`PlannedGraph::input_len`] values) in `buffers`,
+    /// splitting its large steps across `team`'s threads. Allocates nothing. On x86_64
+    /// CPUs with AVX2 and FMA the kernels run compiled for them (twice the lanes of the
+    /// SSE2 baseline). The results are the same bit for bit, whatever the build and the
+    /// team: the same operations in the same order, no contraction into fused
+    /// multiply-adds by the compiler; the kernels that use them (tiles, depthwise,
+    /// activations) choose them from what the CPU has, whichever build runs.
+    pub(crate) fn run(&self, buffers: &mut [Vec<f32>], input: &[f32], team: &mut Team<'_>) {
+        self.run_timed(buffers, input, team, &mut []);
+    }
+
+    /// [`PlannedGraph::run`] with the time of each step, in `step_ns` (one per step, in
+    /// order, added to; none taken when it is empty): what `posed engines profile` and
+    /// the benches print.
+    pub(crate) fn run_timed(
+        &self,
+        buffers: &mut [Vec<f32>],
+        input: &[f32],
+        team: &mut Team<'_>,
+        step_ns: &mut [u64],
+    ) {
         #[cfg(target_arch = "x86_64")]
         {
             if has_avx2_and_fma() {
                 // SAFETY: the CPU supports AVX2 and FMA, the features the function enables.
-                return unsafe { self.run_avx2_fma(buffers, input) };
+                return unsafe { self.run_avx2_fma(buffers, input, team, step_ns) };
             }
         }
-        self.run_steps(buffers, input);
+        self.run_steps(buffers, input, team, step_ns);
     }
 
-    /// [`PlannedGraph::run_steps`] compiled for AVX2 and FMA.
+    /// [`PlannedGraph::run_steps`] compiled for AVX2 and FMA. (The closures that run a
+    /// split step's parts, on whichever thread, inherit the features.)
     ///
     /// # Safety
     /// The CPU must support AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn run_avx2_fma(&self, buffers: &mut [Vec<f32>], input: &[f32]) {
-        self.run_steps(buffers, input);
+    unsafe fn run_avx2_fma(
+        &self,
+        buffers: &mut [Vec<f32>],
+        input: &[f32],
+        team: &mut Team<'_>,
+        step_ns: &mut [u64],
+    ) {
+        self.run_steps(buffers, input, team, step_ns);
     }
 
     /// The steps in order; inlined into each instruction-set variant of [`PlannedGraph::run`]
     /// with every kernel.
     #[inline(always)]
-    fn run_steps(&self, buffers: &mut [Vec<f32>], input: &[f32]) {
-        for planned in &self.steps {
-            self.run_step(planned, buffers, input);
-        }
-    }
-
-    /// [`PlannedGraph::run`] with the time of each step, in `step_ns` (one per step, in
-    /// order, added to): what `posed engines profile` and the benches print.
-    pub(crate) fn run_profiled(
+    fn run_steps(
         &self,
         buffers: &mut [Vec<f32>],
         input: &[f32],
+        team: &mut Team<'_>,
         step_ns: &mut [u64],
     ) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if has_avx2_and_fma() {
-                // SAFETY: the CPU supports AVX2 and FMA, the features the function enables.
-                return unsafe { self.run_profiled_avx2_fma(buffers, input, step_ns) };
+        for (index, planned) in self.steps.iter().enumerate() {
+            let started = (!step_ns.is_empty()).then(std::time::Instant::now);
+            let split = self.splits[index].filter(|_| team.lanes() > 1);
+            self.run_step(planned, split, buffers, input, team);
+            if let (Some(started), Some(ns)) = (started, step_ns.get_mut(index)) {
+                *ns += started.elapsed().as_nanos() as u64;
             }
         }
-        self.run_steps_profiled(buffers, input, step_ns);
     }
 
-    /// [`PlannedGraph::run_steps_profiled`] compiled for AVX2 and FMA.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn run_profiled_avx2_fma(
+    #[inline(always)]
+    fn run_step(
         &self,
+        planned: &PlannedStep,
+        split: Option<Split>,
         buffers: &mut [Vec<f32>],
         input: &[f32],
-        step_ns: &mut [u64],
+        team: &mut Team<'_>,
     ) {
-        self.run_steps_profiled(buffers, input, step_ns);
-    }
-
-    #[inline(always)]
-    fn run_steps_profiled(&self, buffers: &mut [Vec<f32>], input: &[f32], step_ns: &mut [u64]) {
-        for (planned, ns) in self.steps.iter().zip(step_ns) {
-            let started = std::time::Instant::now();
-            self.run_step(planned, buffers, input);
-            *ns += started.elapsed().as_nanos() as u64;
-        }
-    }
-
-    #[inline(always)]
-    fn run_step(&self, planned: &PlannedStep, buffers: &mut [Vec<f32>], input: &[f32]) {
         // Take the output buffer out so the step can read the others; `take` leaves an
         // empty Vec, which does not allocate.
         let mut out_buffer = std::mem::take(&mut buffers[planned.out_slot]);
@@ -326,6 +462,26 @@ impl PlannedGraph {
         let mut scratch_values =
             scratch.map_or_else(Vec::new, |slot| std::mem::take(&mut buffers[slot]));
         let read = |operand: Operand| self.operand(buffers, input, operand);
+        if let Some(split) = split {
+            self.run_split(planned, split, (out, &mut scratch_values), read, team);
+        } else {
+            Self::run_whole(planned, out, &mut scratch_values, read, &self.consts);
+        }
+        buffers[planned.out_slot] = out_buffer;
+        if let Some(slot) = scratch {
+            buffers[slot] = scratch_values;
+        }
+    }
+
+    /// A step on this thread.
+    #[inline(always)]
+    fn run_whole<'a>(
+        planned: &PlannedStep,
+        out: &mut [f32],
+        scratch_values: &mut [f32],
+        read: impl Fn(Operand) -> &'a [f32],
+        consts: &'a [Vec<f32>],
+    ) {
         match &planned.step {
             Step::Conv {
                 x,
@@ -338,10 +494,10 @@ impl PlannedGraph {
                 conv,
                 out,
                 read(*x),
-                &self.consts[*weights],
-                bias.map(|b| &self.consts[b][..]),
+                &consts[*weights],
+                bias.map(|b| &consts[b][..]),
                 *activation,
-                &mut scratch_values,
+                scratch_values,
             ),
             Step::Matmul {
                 a,
@@ -354,10 +510,7 @@ impl PlannedGraph {
                 out,
                 read(*a),
                 read(*b),
-                bias.map(|bias| match bias {
-                    PlannedBias::PerRow(c) => MatmulBias::PerRow(&self.consts[c]),
-                    PlannedBias::PerColumn(c) => MatmulBias::PerColumn(&self.consts[c]),
-                }),
+                matmul_bias(*bias, consts),
                 *activation,
             ),
             Step::Binary { op, a, b, walk } => {
@@ -402,9 +555,99 @@ impl PlannedGraph {
                 }
             }
         }
-        buffers[planned.out_slot] = out_buffer;
-        if let Some(slot) = scratch {
-            buffers[slot] = scratch_values;
+    }
+
+    /// A step split into parts across the team's threads: each part writes its own
+    /// window of `out`, or its own values of it through a [`SharedOut`].
+    #[inline(always)]
+    fn run_split<'a>(
+        &'a self,
+        planned: &PlannedStep,
+        split: Split,
+        (out, scratch_values): (&mut [f32], &mut [f32]),
+        read: impl Fn(Operand) -> &'a [f32],
+        team: &mut Team<'_>,
+    ) {
+        let bounds = split.bounds(team.lanes());
+        let workers = team.workers;
+        let mut ranges: heapless::Vec<std::ops::Range<usize>, MAX_LANES> =
+            bounds.windows(2).map(|pair| pair[0]..pair[1]).collect();
+        match (&planned.step, split.kind) {
+            (
+                Step::Matmul {
+                    a,
+                    b,
+                    plan,
+                    bias,
+                    activation,
+                },
+                kind,
+            ) => {
+                let (a, b) = (read(*a), read(*b));
+                let bias = matmul_bias(*bias, &self.consts);
+                let activation = *activation;
+                if kind == SplitKind::MatmulRows {
+                    let window_start = |row: usize| plan.row_out_start(row);
+                    let mut parts = split_output(&bounds, window_start, out, Default::default);
+                    let kernel = MatmulRowsKernel {
+                        plan,
+                        operands: (a, b),
+                        bias,
+                        activation,
+                    };
+                    run_kernel_parts(workers, &mut parts, &kernel);
+                } else {
+                    let kernel = MatmulColumnsKernel {
+                        plan,
+                        out: SharedOut::new(out),
+                        operands: (a, b),
+                        bias,
+                        activation,
+                    };
+                    run_kernel_parts(workers, &mut ranges, &kernel);
+                }
+            }
+            (
+                Step::Conv {
+                    x,
+                    weights,
+                    bias,
+                    conv,
+                    activation,
+                    ..
+                },
+                kind,
+            ) => {
+                let layer = ConvLayer {
+                    plan: conv,
+                    weights: &self.consts[*weights],
+                    bias: bias.map(|b| &self.consts[b][..]),
+                    activation: *activation,
+                };
+                let x = read(*x);
+                let geometry = &conv.geometry;
+                if kind == SplitKind::Conv(ConvSplit::Groups) {
+                    let group_len = geometry.out_channels / geometry.group * conv.out_plane();
+                    let window_start = |group: usize| group * group_len;
+                    // The caller's scratch, then each worker's.
+                    let mut scratches = std::iter::once(scratch_values)
+                        .chain(team.scratches.iter_mut().map(|scratch| &mut scratch[..]));
+                    let next_scratch = || scratches.next().unwrap_or_default();
+                    let mut parts = split_output(&bounds, window_start, out, next_scratch);
+                    run_kernel_parts(workers, &mut parts, &ConvGroupsKernel { layer, x });
+                } else {
+                    // The caller fills the scratch every part reads.
+                    kernels::conv_fill(conv, x, scratch_values);
+                    let kernel = ConvRowsKernel {
+                        layer,
+                        out: SharedOut::new(out),
+                        scratch: scratch_values,
+                    };
+                    run_kernel_parts(workers, &mut ranges, &kernel);
+                }
+            }
+            // `Split::of` splits nothing else.
+            _ => Self::run_whole(planned, out, scratch_values, read, &self.consts),
         }
     }
 
@@ -502,6 +745,174 @@ impl PlannedGraph {
             })
             .collect()
     }
+}
+
+/// What each part of a split step runs.
+trait PartKernel: Sync {
+    /// What a part is: the units it computes, and the window of the output it writes
+    /// where it has one.
+    type Part: Send;
+
+    /// Computes `part`; implementations are `#[inline(always)]`, so that each build of
+    /// [`run_part_best`] holds its own copy of the kernels.
+    fn run(&self, part: &mut Self::Part);
+}
+
+/// [`MatmulPlan`] rows, each part into its window.
+struct MatmulRowsKernel<'a> {
+    plan: &'a MatmulPlan,
+    operands: (&'a [f32], &'a [f32]),
+    bias: Option<MatmulBias<'a>>,
+    activation: Option<Unary>,
+}
+
+impl<'a> PartKernel for MatmulRowsKernel<'a> {
+    type Part = Part<'a>;
+
+    #[inline(always)]
+    fn run(&self, part: &mut Part<'a>) {
+        let out = (&mut *part.out, part.out_start);
+        let ((a, b), rows) = (self.operands, part.units.clone());
+        kernels::matmul_rows(self.plan, out, a, b, self.bias, self.activation, rows);
+    }
+}
+
+/// [`MatmulPlan`] columns.
+struct MatmulColumnsKernel<'a> {
+    plan: &'a MatmulPlan,
+    out: SharedOut<'a>,
+    operands: (&'a [f32], &'a [f32]),
+    bias: Option<MatmulBias<'a>>,
+    activation: Option<Unary>,
+}
+
+impl PartKernel for MatmulColumnsKernel<'_> {
+    type Part = std::ops::Range<usize>;
+
+    #[inline(always)]
+    fn run(&self, columns: &mut std::ops::Range<usize>) {
+        let (plan, mut out, operands) = (self.plan, &self.out, self.operands);
+        let columns = columns.clone();
+        kernels::matmul_columns(
+            plan,
+            &mut out,
+            operands,
+            self.bias,
+            self.activation,
+            columns,
+        );
+    }
+}
+
+/// A convolution's groups, each part into its window, filling its own scratch.
+struct ConvGroupsKernel<'a> {
+    layer: ConvLayer<'a>,
+    x: &'a [f32],
+}
+
+impl<'a> PartKernel for ConvGroupsKernel<'a> {
+    type Part = Part<'a>;
+
+    #[inline(always)]
+    fn run(&self, part: &mut Part<'a>) {
+        let out = (&mut *part.out, part.out_start);
+        let groups = part.units.clone();
+        kernels::conv_groups(&self.layer, out, self.x, part.scratch, groups);
+    }
+}
+
+/// A convolution's output rows, every part reading the scratch the caller filled.
+struct ConvRowsKernel<'a> {
+    layer: ConvLayer<'a>,
+    out: SharedOut<'a>,
+    scratch: &'a [f32],
+}
+
+impl PartKernel for ConvRowsKernel<'_> {
+    type Part = std::ops::Range<usize>;
+
+    #[inline(always)]
+    fn run(&self, rows: &mut std::ops::Range<usize>) {
+        kernels::conv_rows(&self.layer, &self.out, self.scratch, rows.clone());
+    }
+}
+
+/// Runs `kernel` on every part, across `workers` and this thread.
+#[inline(always)]
+fn run_kernel_parts<K: PartKernel>(workers: &[Worker], parts: &mut [K::Part], kernel: &K) {
+    run_parts(workers, parts, &|part: &mut K::Part| {
+        run_part_best(kernel, part)
+    });
+}
+
+/// Runs one part in the build of the kernels this CPU runs best, like
+/// [`PlannedGraph::run`]. (The closure [`run_parts`] calls is a function of its own,
+/// which does not inherit the features of the build that made it: without this, the
+/// activations' fused multiply-adds became calls to a software `fmaf`.)
+fn run_part_best<K: PartKernel>(kernel: &K, part: &mut K::Part) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx2_and_fma() {
+            // SAFETY: the CPU supports AVX2 and FMA, the features the function enables.
+            return unsafe { run_part_avx2_fma(kernel, part) };
+        }
+    }
+    kernel.run(part);
+}
+
+/// [`PartKernel::run`] compiled for AVX2 and FMA.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_part_avx2_fma<K: PartKernel>(kernel: &K, part: &mut K::Part) {
+    kernel.run(part);
+}
+
+/// A matmul step's bias, read from the constants.
+#[inline(always)]
+fn matmul_bias(bias: Option<PlannedBias>, consts: &[Vec<f32>]) -> Option<MatmulBias<'_>> {
+    bias.map(|bias| match bias {
+        PlannedBias::PerRow(c) => MatmulBias::PerRow(&consts[c]),
+        PlannedBias::PerColumn(c) => MatmulBias::PerColumn(&consts[c]),
+    })
+}
+
+/// Cuts `out` into one window per part of `bounds` (the units where parts start, then
+/// the end): part `i` writes from `window_start(bounds[i])` (from 0 for the first) up to
+/// where the next starts (to the end for the last). `next_scratch` gives each part its
+/// scratch.
+#[inline(always)]
+fn split_output<'p>(
+    bounds: &[usize],
+    window_start: impl Fn(usize) -> usize,
+    out: &'p mut [f32],
+    mut next_scratch: impl FnMut() -> &'p mut [f32],
+) -> heapless::Vec<Part<'p>, MAX_LANES> {
+    let mut parts = heapless::Vec::new();
+    let mut rest = out;
+    let mut rest_start = 0;
+    for (index, units) in bounds.windows(2).enumerate() {
+        let end = if index + 2 < bounds.len() {
+            window_start(units[1])
+        } else {
+            rest_start + rest.len()
+        };
+        let (window, after) = std::mem::take(&mut rest).split_at_mut(end - rest_start);
+        let part = Part {
+            units: units[0]..units[1],
+            out: window,
+            out_start: rest_start,
+            scratch: next_scratch(),
+        };
+        if parts.push(part).is_err() {
+            unreachable!("`Split::bounds` makes at most {MAX_LANES} parts");
+        }
+        rest = after;
+        rest_start = end;
+    }
+    parts
 }
 
 /// `name+Silu`, or `name` without an activation.
@@ -786,9 +1197,15 @@ impl<'m> Planner<'m> {
             }
         }
         Ok(PlannedGraph {
+            splits: self
+                .steps
+                .iter()
+                .map(|planned| Split::of(&planned.step, MIN_PART_MACS))
+                .collect(),
             steps: self.steps,
             consts: self.consts,
             slot_lens: self.slot_lens,
+            scratch_slot: self.scratch_slot,
             input_len,
             outputs: planned_outputs,
         })
@@ -1799,7 +2216,7 @@ mod tests {
             .map(|i| ((i * 37) % 101) as f32 / 101.0)
             .collect();
         let mut buffers = plan.new_buffers();
-        plan.run(&mut buffers, &input);
+        plan.run(&mut buffers, &input, &mut Team::alone());
         let Some((OutputView::F32(planned), _)) = plan.output(&buffers, &input, 0) else {
             panic!("f32 output");
         };
@@ -2165,9 +2582,9 @@ mod tests {
             .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
             .collect();
         let mut dispatched = plan.new_buffers();
-        plan.run(&mut dispatched, &input);
+        plan.run(&mut dispatched, &input, &mut Team::alone());
         let mut baseline = plan.new_buffers();
-        plan.run_steps(&mut baseline, &input);
+        plan.run_steps(&mut baseline, &input, &mut Team::alone(), &mut []);
         let bits = |buffers: &[Vec<f32>]| -> Vec<u32> {
             let Some((OutputView::F32(values), _)) = plan.output(buffers, &input, 0) else {
                 panic!("f32 output");
@@ -2175,6 +2592,138 @@ mod tests {
             values.iter().map(|v| v.to_bits()).collect()
         };
         assert_eq!(bits(&dispatched), bits(&baseline));
+    }
+
+    /// Runs `plan` with every step that can be split split, on 2 to 4 threads, with and
+    /// without the register tiles, and checks the outputs' bits against one thread's.
+    /// Returns the kinds of split it ran.
+    fn assert_split_bits_match(plan: PlannedGraph, name: &str) -> Vec<SplitKind> {
+        let plan = plan.splitting_every_step();
+        let input: Vec<f32> = (0..plan.input_len())
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.25)
+            .collect();
+        let outputs = |buffers: &[Vec<f32>]| -> Vec<Vec<u32>> {
+            (0..plan.output_count())
+                .filter_map(|index| match plan.output(buffers, &input, index) {
+                    Some((OutputView::F32(values), _)) => {
+                        Some(values.iter().map(|v| v.to_bits()).collect())
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        for tiles in [true, false] {
+            super::super::tile::OFF_IN_TESTS.with(|off| off.set(!tiles));
+            let mut alone = plan.new_buffers();
+            plan.run(&mut alone, &input, &mut Team::alone());
+            for threads in 2..=4 {
+                let workers: Vec<_> = (1..threads)
+                    .map(|i| super::super::workers::Worker::spawn(format!("test-{i}")))
+                    .collect::<Result<_, _>>()
+                    .expect("spawns");
+                let mut scratches = vec![vec![0.0; plan.scratch_len()]; workers.len()];
+                let mut team = Team {
+                    workers: &workers,
+                    scratches: &mut scratches,
+                };
+                let mut split = plan.new_buffers();
+                plan.run(&mut split, &input, &mut team);
+                assert_eq!(
+                    outputs(&split),
+                    outputs(&alone),
+                    "{name}, {threads} threads, tiles {tiles}"
+                );
+            }
+        }
+        super::super::tile::OFF_IN_TESTS.with(|off| off.set(false));
+        plan.splits
+            .iter()
+            .flatten()
+            .map(|split| split.kind)
+            .collect()
+    }
+
+    /// A step split across threads writes the same bits as on one thread: every kind of
+    /// split (a matmul's rows, a convolution's output channels, a grouped or depthwise
+    /// convolution's groups), on the test networks and on grouped convolutions.
+    #[test]
+    fn split_steps_give_the_bits_of_one_thread() {
+        use tract_onnx::tract_core::ops::cnn::PaddingSpec;
+        use tract_onnx::tract_core::ops::nn::DataFormat;
+        let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/networks");
+        let mut kinds = Vec::new();
+        for name in ["refiner-tiny", "detector-tiny", "coarse-tiny"] {
+            let network = crate::Network::open(&data.join(format!("{name}.onnx"))).expect(name);
+            let item =
+                super::super::load_item_shape(&network.contract(), &crate::ModelOptions::default());
+            let model = super::super::decluttered_from_onnx(&network, item).expect("declutters");
+            let plan = PlannedGraph::plan(&model).expect("plans");
+            kinds.extend(assert_split_bits_match(plan, name));
+        }
+        // A product with few columns (split by rows), and one with many, not a whole number
+        // of tiles (split by columns).
+        for (n, expected) in [(40, SplitKind::MatmulRows), (301, SplitKind::MatmulColumns)] {
+            let mut model = TypedModel::default();
+            let x = model.add_source("x", f32::fact([8, n])).unwrap();
+            let y = wire_einsum(&mut model, "mk,kn->mn", [50, 8], x);
+            model.select_output_outlets(&[y]).unwrap();
+            let plan = PlannedGraph::plan(&model).expect("plans");
+            let ran = assert_split_bits_match(plan, &format!("matmul 50x8x{n}"));
+            assert_eq!(ran, [expected]);
+            kinds.extend(ran);
+        }
+        // Depthwise (8 groups of one channel), and 2 groups of 4 -> 3 channels.
+        for (channels, group) in [((8, 8), 8), ((8, 6), 2)] {
+            let mut model = TypedModel::default();
+            let x = model.add_source("x", f32::fact([1, 8, 19, 37])).unwrap();
+            let padding = PaddingSpec::SameUpper;
+            let y = wire_conv(&mut model, x, DataFormat::NCHW, channels, group, padding);
+            model.select_output_outlets(&[y]).unwrap();
+            let plan = PlannedGraph::plan(&model).expect("plans");
+            kinds.extend(assert_split_bits_match(plan, &format!("{group} groups")));
+        }
+        for kind in [
+            SplitKind::MatmulRows,
+            SplitKind::MatmulColumns,
+            SplitKind::Conv(ConvSplit::OutputRows),
+            SplitKind::Conv(ConvSplit::Groups),
+        ] {
+            assert!(kinds.contains(&kind), "no {kind:?} split was run");
+        }
+    }
+
+    #[test]
+    fn split_bounds_are_even_aligned_and_never_empty() {
+        let split = |units, macs| Split {
+            kind: SplitKind::MatmulRows,
+            units,
+            align: TILE_ROWS,
+            strict: false,
+            macs,
+            min_part_macs: MIN_PART_MACS,
+        };
+        let big = 64 * MIN_PART_MACS;
+        // Few rows: an even split, not whole tiles.
+        assert_eq!(&split(32, big).bounds(4)[..], &[0, 8, 16, 24, 32]);
+        // Many rows: whole tiles of 6 but the last part's.
+        assert_eq!(&split(1152, big).bounds(4)[..], &[0, 288, 576, 864, 1152]);
+        assert_eq!(&split(100, big).bounds(2)[..], &[0, 48, 100]);
+        // Fewer units than threads, and steps too small for more parts.
+        assert_eq!(&split(3, big).bounds(8)[..], &[0, 1, 2, 3]);
+        assert_eq!(
+            &split(600, 3 * MIN_PART_MACS).bounds(8)[..],
+            &[0, 198, 396, 600]
+        );
+        assert_eq!(&split(600, big).bounds(1)[..], &[0, 600]);
+        // Columns: whole tiles of 16 in every part but the last, however few.
+        let columns = Split {
+            kind: SplitKind::MatmulColumns,
+            align: TILE_COLUMNS,
+            strict: true,
+            ..split(300, big)
+        };
+        assert_eq!(&columns.bounds(2)[..], &[0, 144, 300]);
+        assert_eq!(&columns.bounds(4)[..], &[0, 64, 144, 224, 300]);
     }
 
     #[test]

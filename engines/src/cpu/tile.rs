@@ -9,7 +9,7 @@
 //! each term is added with one rounding instead of two, so the results differ from the
 //! portable path in the last bits.
 
-use super::kernels::{store, GemmBias, Unary};
+use super::kernels::{store, GemmBias, Out, Unary};
 
 /// Rows of a tile.
 pub(crate) const TILE_ROWS: usize = 6;
@@ -31,6 +31,7 @@ pub(crate) struct TileProduct<'p> {
     pub(crate) reduction: &'p [[usize; 2]],
     pub(crate) a_base: usize,
     pub(crate) b_base: usize,
+    /// Added to a row's output offset with wrapping, as in `kernels::Gemm`.
     pub(crate) c_base: usize,
 }
 
@@ -68,9 +69,9 @@ pub(crate) fn available() -> bool {
 /// `PlannedGraph::run` (so that the activation applied as tiles are stored runs in AVX2
 /// and FMA where the CPU has them).
 #[inline(always)]
-pub(crate) fn product(
+pub(crate) fn product<O: Out + ?Sized>(
     product: &TileProduct<'_>,
-    (out, a, b): (&mut [f32], &[f32], &[f32]),
+    (out, a, b): (&mut O, &[f32], &[f32]),
     columns: std::ops::Range<usize>,
     bias: GemmBias<'_>,
     activation: Option<Unary>,
@@ -89,7 +90,7 @@ pub(crate) fn product(
         let ranges = |first: usize| (first, panel_columns.clone());
         for (index, rows) in (&mut tiles).enumerate() {
             let first = ranges(index * TILE_ROWS);
-            rows_of::<TILE_ROWS>(
+            rows_of::<TILE_ROWS, O>(
                 product,
                 rows,
                 first,
@@ -103,11 +104,11 @@ pub(crate) fn product(
         let first = ranges(product.rows.len() - rest.len());
         let io = (&mut *out, a, b);
         match rest.len() {
-            1 => rows_of::<1>(product, rest, first, io, bias, activation, packed),
-            2 => rows_of::<2>(product, rest, first, io, bias, activation, packed),
-            3 => rows_of::<3>(product, rest, first, io, bias, activation, packed),
-            4 => rows_of::<4>(product, rest, first, io, bias, activation, packed),
-            5 => rows_of::<5>(product, rest, first, io, bias, activation, packed),
+            1 => rows_of::<1, O>(product, rest, first, io, bias, activation, packed),
+            2 => rows_of::<2, O>(product, rest, first, io, bias, activation, packed),
+            3 => rows_of::<3, O>(product, rest, first, io, bias, activation, packed),
+            4 => rows_of::<4, O>(product, rest, first, io, bias, activation, packed),
+            5 => rows_of::<5, O>(product, rest, first, io, bias, activation, packed),
             _ => {}
         }
     }
@@ -119,11 +120,11 @@ pub(crate) fn product(
 /// `out`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn rows_of<const R: usize>(
+fn rows_of<const R: usize, O: Out + ?Sized>(
     product: &TileProduct<'_>,
     rows: &[[usize; 2]],
     (first, columns): (usize, std::ops::Range<usize>),
-    (out, a, b): (&mut [f32], &[f32], &[f32]),
+    (out, a, b): (&mut O, &[f32], &[f32]),
     bias: GemmBias<'_>,
     activation: Option<Unary>,
     packed: &mut [f32; PACKED_LEN],
@@ -141,8 +142,8 @@ fn rows_of<const R: usize>(
             let mut acc = [[0f32; TILE_COLUMNS]; R];
             for (r, (row, &[_, c_r])) in acc.iter_mut().zip(rows).enumerate() {
                 if block_index > 0 {
-                    let c = product.c_base + c_r + column;
-                    row.copy_from_slice(&out[c..c + TILE_COLUMNS]);
+                    let c = product.c_base.wrapping_add(c_r) + column;
+                    row.copy_from_slice(out.run(c, TILE_COLUMNS));
                     continue;
                 }
                 match bias {
@@ -155,9 +156,12 @@ fn rows_of<const R: usize>(
             }
             accumulate::<R>(&mut acc, packed, block, b, product.b_base + column);
             for (row, &[_, c_r]) in acc.iter().zip(rows) {
-                let c = product.c_base + c_r + column;
-                let out = &mut out[c..c + TILE_COLUMNS];
-                store(out, row, activation.filter(|_| last_block));
+                let c = product.c_base.wrapping_add(c_r) + column;
+                store(
+                    out.run(c, TILE_COLUMNS),
+                    row,
+                    activation.filter(|_| last_block),
+                );
             }
         }
     }

@@ -1,13 +1,21 @@
-//! Worker threads that run the items of a batch side by side on the planned executor.
-//! A network's items are independent (eval mode), and a session runs them one at a time
-//! anyway ([`super`]'s module docs): with `threads` threads, a batch of B items takes
-//! about `ceil(B / threads)` item times instead of B, and gives the same bits.
+//! Worker threads that share a session's runs on the planned executor, two ways:
+//!
+//! - **Items side by side.** A network's items are independent (eval mode), and a session
+//!   runs them one at a time anyway ([`super`]'s module docs): with `threads` threads, a
+//!   batch of B items takes about `ceil(B / threads)` item times instead of B. A job
+//!   ([`ItemJob`]) moves to the worker and back: the plan, the item's values and the
+//!   worker's own buffers for that plan.
+//! - **One item's large steps split** ([`run_parts`]): a convolution's output channels or
+//!   a matrix product's rows in one part per thread, each part written into its own
+//!   window of the step's output. The caller runs the first part and waits for the rest
+//!   before the next step. This is what a single crop, or a detector's one image, gets.
+//!
+//! Either way the results are the same bits as on one thread: every output value is
+//! computed by the same operations in the same order, only on another thread.
 //!
 //! Each worker is a thread that lives as long as its session, with a one-job slot guarded
 //! by a mutex and a condition variable (on Linux both are futexes: waiting and waking
-//! allocate nothing). A job ([`ItemJob`]) moves to the worker and back: the plan, the
-//! item's values and the worker's own buffers for that plan, so a warm run allocates
-//! nothing on any thread.
+//! allocate nothing), so a warm run allocates nothing on any thread.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -34,13 +42,62 @@ impl ItemJob {
     }
 }
 
+/// One part of a split step, type-erased: `call(f, part)` runs the closure `f` points to
+/// on the part `part` points to. Both live on the stack of [`run_parts`]' caller, which
+/// does not return (or unwind) before the worker has finished with them.
+#[derive(Clone, Copy)]
+struct PartCall {
+    call: unsafe fn(*const (), *mut ()),
+    f: *const (),
+    part: *mut (),
+    /// A test's choice of the portable kernels on the caller's thread, for the worker's.
+    #[cfg(test)]
+    tiles_off: bool,
+}
+
+// SAFETY: a `PartCall` is made only by `run_parts` from a closure that is `Sync` and a part
+// that is `Send`, so calling it from another thread is what those bounds allow; the
+// pointers stay valid until `run_parts` has collected the call back (see there).
+unsafe impl Send for PartCall {}
+
+impl PartCall {
+    fn new<T: Send, F: Fn(&mut T) + Sync>(f: &F, part: &mut T) -> PartCall {
+        PartCall {
+            call: call_part::<T, F>,
+            f: (f as *const F).cast(),
+            part: (part as *mut T).cast(),
+            #[cfg(test)]
+            tiles_off: super::tile::OFF_IN_TESTS.with(std::cell::Cell::get),
+        }
+    }
+}
+
+/// Runs `(*f)(&mut *part)`.
+///
+/// # Safety
+/// `f` and `part` must point to a live `F` and `T` ([`PartCall::new`]'s arguments), and
+/// nothing else may use the part meanwhile.
+unsafe fn call_part<T, F: Fn(&mut T)>(f: *const (), part: *mut ()) {
+    // SAFETY: the caller's contract: `f` points to a live `F`, shared (it is `Sync`).
+    let f = unsafe { &*f.cast::<F>() };
+    // SAFETY: the caller's contract: `part` points to a live `T` no one else uses.
+    let part = unsafe { &mut *part.cast::<T>() };
+    f(part);
+}
+
+/// What a worker runs.
+enum Job {
+    Item(ItemJob),
+    Part(PartCall),
+}
+
 /// What a worker's slot holds.
 enum Slot {
     Idle,
-    Queued(ItemJob),
+    Queued(Job),
     Running,
-    Done(ItemJob),
-    /// The run panicked (a bug in a kernel); the job is gone.
+    Done(Job),
+    /// A run panicked (a bug in a kernel); the job is gone, and the worker takes no more.
     Failed,
     Shutdown,
 }
@@ -77,6 +134,19 @@ impl Worker {
     /// collects it with [`Worker::finish`] before starting another. A worker that failed
     /// drops the job, and `finish` says so.
     pub(crate) fn start(&self, job: ItemJob) {
+        self.queue(Job::Item(job));
+    }
+
+    /// Waits for the job started last and takes it back, run; `None` when its run
+    /// panicked (the job, and this worker's use, are over).
+    pub(crate) fn finish(&self) -> Option<ItemJob> {
+        match self.collect() {
+            Some(Job::Item(job)) => Some(job),
+            Some(Job::Part(_)) | None => None,
+        }
+    }
+
+    fn queue(&self, job: Job) {
         let mut slot = lock(&self.shared.slot);
         if !matches!(*slot, Slot::Failed) {
             *slot = Slot::Queued(job);
@@ -85,9 +155,9 @@ impl Worker {
         self.shared.changed.notify_all();
     }
 
-    /// Waits for the job started last and takes it back, run; `None` when its run
-    /// panicked (the job, and this worker's use, are over).
-    pub(crate) fn finish(&self) -> Option<ItemJob> {
+    /// Waits for the job queued last and takes it back; `None` when its run panicked or
+    /// the worker had failed before.
+    fn collect(&self) -> Option<Job> {
         let mut slot = lock(&self.shared.slot);
         loop {
             match std::mem::replace(&mut *slot, Slot::Idle) {
@@ -120,6 +190,62 @@ impl Drop for Worker {
     }
 }
 
+/// Runs `f` on every part: the first on this thread, the others one per worker (at most
+/// `1 + workers.len()` parts). Returns once every part has run. A part whose worker
+/// failed (now or before) runs on this thread instead, so a lost worker costs speed,
+/// not results. Allocates nothing.
+pub(crate) fn run_parts<T: Send, F: Fn(&mut T) + Sync>(workers: &[Worker], parts: &mut [T], f: &F) {
+    let Some((mine, theirs)) = parts.split_first_mut() else {
+        return;
+    };
+    assert!(
+        theirs.len() <= workers.len(),
+        "{} parts for {} threads",
+        theirs.len() + 1,
+        workers.len() + 1
+    );
+    // From here until every started part is collected, the workers hold pointers to `f`
+    // and to their parts. The guard collects them however this function is left, a panic
+    // in `f` on this thread included, so the pointers never outlive what they point to.
+    let mut pending = Pending {
+        workers: &workers[..theirs.len()],
+        collected: 0,
+    };
+    for (worker, part) in workers.iter().zip(theirs.iter_mut()) {
+        worker.queue(Job::Part(PartCall::new(f, part)));
+    }
+    f(mine);
+    for part in theirs.iter_mut() {
+        let ran = pending.collect_next();
+        if !ran {
+            f(part);
+        }
+    }
+}
+
+/// The workers of a [`run_parts`] whose parts are not collected yet.
+struct Pending<'w> {
+    workers: &'w [Worker],
+    collected: usize,
+}
+
+impl Pending<'_> {
+    /// Waits for the next worker's part; whether it ran to the end.
+    fn collect_next(&mut self) -> bool {
+        let worker = &self.workers[self.collected];
+        self.collected += 1;
+        matches!(worker.collect(), Some(Job::Part(_)))
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        while self.collected < self.workers.len() {
+            self.collect_next();
+        }
+    }
+}
+
 /// Marks the slot failed if the worker thread ends other than by shutting down, so that
 /// the session's `finish` does not wait for it forever.
 struct ExitGuard<'s>(&'s Shared);
@@ -143,8 +269,18 @@ fn work(shared: &Shared) {
         match std::mem::replace(&mut *slot, Slot::Running) {
             Slot::Queued(mut job) => {
                 drop(slot);
-                let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    job.plan.run(&mut job.buffers, &job.input);
+                let ran = std::panic::catch_unwind(AssertUnwindSafe(|| match &mut job {
+                    Job::Item(item) => {
+                        item.plan
+                            .run(&mut item.buffers, &item.input, &mut Team::alone())
+                    }
+                    Job::Part(call) => {
+                        #[cfg(test)]
+                        super::tile::OFF_IN_TESTS.with(|off| off.set(call.tiles_off));
+                        // SAFETY: `run_parts` made the call from a live closure and part,
+                        // and waits for this job to come back before either goes away.
+                        unsafe { (call.call)(call.f, call.part) }
+                    }
                 }));
                 slot = lock(&shared.slot);
                 if !matches!(*slot, Slot::Shutdown) {
@@ -167,8 +303,135 @@ fn work(shared: &Shared) {
     }
 }
 
+/// The threads one item's run may split its large steps across: the caller's and these
+/// workers', each worker with a scratch buffer of its own (the size of the plan's) for
+/// the convolutions whose groups it computes.
+pub(crate) struct Team<'a> {
+    pub(crate) workers: &'a [Worker],
+    pub(crate) scratches: &'a mut [Vec<f32>],
+}
+
+impl Team<'_> {
+    /// The caller's thread only.
+    pub(crate) fn alone() -> Team<'static> {
+        Team {
+            workers: &[],
+            scratches: &mut [],
+        }
+    }
+
+    /// Threads a step may be split across, the caller's included.
+    pub(crate) fn lanes(&self) -> usize {
+        1 + self.workers.len().min(self.scratches.len())
+    }
+}
+
 /// Locks a slot; a panic while it was held (there is none: runs happen unlocked) leaves
 /// a value that is still whole.
 fn lock(slot: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
     slot.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn workers(count: usize) -> Vec<Worker> {
+        (0..count)
+            .map(|i| Worker::spawn(format!("parts-test-{i}")))
+            .collect::<Result<_, _>>()
+            .expect("spawns")
+    }
+
+    fn on_a_worker() -> bool {
+        std::thread::current()
+            .name()
+            .is_some_and(|name| name.starts_with("parts-test-"))
+    }
+
+    #[test]
+    fn every_part_runs_once_on_its_own_thread() {
+        let workers = workers(3);
+        for count in 0..=4 {
+            let mut parts: Vec<(usize, Option<String>)> = (0..count).map(|i| (i, None)).collect();
+            run_parts(&workers, &mut parts, &|part: &mut (
+                usize,
+                Option<String>,
+            )| {
+                part.1 = std::thread::current().name().map(str::to_owned);
+            });
+            let names: Vec<_> = parts.iter().map(|(_, name)| name.clone()).collect();
+            for (index, name) in names.iter().enumerate() {
+                let name = name.as_deref().expect("ran");
+                assert_eq!(
+                    name.starts_with("parts-test-"),
+                    index > 0,
+                    "part {index}: {name}"
+                );
+            }
+            let mut unique = names.clone();
+            unique.dedup();
+            assert_eq!(unique.len(), names.len());
+        }
+    }
+
+    /// How long handing parts out and collecting them takes (`--ignored --nocapture`).
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn hand_off_time() {
+        for threads in [2, 4] {
+            let workers = workers(threads - 1);
+            let mut parts = vec![0u64; threads];
+            let runs = 2000;
+            let started = std::time::Instant::now();
+            for _ in 0..runs {
+                run_parts(&workers, &mut parts, &|part: &mut u64| *part += 1);
+            }
+            let per_run = started.elapsed() / runs;
+            eprintln!("{threads} threads: {per_run:?} per split step of empty parts");
+        }
+    }
+
+    /// A part that panics on its worker runs again on the caller's thread, and the worker
+    /// is not used again: its later parts run on the caller's thread too.
+    #[test]
+    fn a_part_whose_worker_panics_runs_on_the_callers_thread() {
+        let workers = workers(2);
+        for _ in 0..2 {
+            let mut parts = [0usize, 1, 2];
+            let ran = AtomicUsize::new(0);
+            run_parts(&workers, &mut parts, &|part: &mut usize| {
+                if *part == 1 && on_a_worker() {
+                    panic!("a kernel bug");
+                }
+                *part += 10;
+                ran.fetch_add(1, Ordering::Relaxed);
+            });
+            assert_eq!(parts, [10, 11, 12]);
+            assert_eq!(ran.load(Ordering::Relaxed), 3);
+        }
+    }
+
+    /// A panic in the caller's own part returns only once every worker is done with its
+    /// part (the parts live on the caller's stack).
+    #[test]
+    fn a_panic_on_the_callers_thread_waits_for_the_workers() {
+        let workers = workers(3);
+        let finished = AtomicUsize::new(0);
+        let mut parts = [0u64, 1, 2, 3];
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            run_parts(&workers, &mut parts, &|part: &mut u64| {
+                if !on_a_worker() {
+                    panic!("the caller's part fails");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20 * *part));
+                *part += 100;
+                finished.fetch_add(1, Ordering::SeqCst);
+            });
+        }));
+        assert!(result.is_err());
+        assert_eq!(finished.load(Ordering::SeqCst), 3);
+        assert_eq!(parts, [0, 101, 102, 103]);
+    }
 }

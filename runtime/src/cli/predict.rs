@@ -60,8 +60,9 @@ pub struct PredictArgs {
     /// Backend [default: engines.backend, else cpu].
     #[arg(long)]
     pub backend: Option<BackendKind>,
-    /// CPU backend: threads a batch's objects run on [default: engines.cpu_threads, else
-    /// the cores, at most 4].
+    /// CPU backend: threads a network runs on (a batch's objects side by side, or one
+    /// object's large steps split) [default: engines.cpu_threads, else the cores, at
+    /// most 4].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub cpu_threads: Option<u16>,
     /// Where crops, renderings and pose updates run: `cpu`, or `cuda` (the first CUDA

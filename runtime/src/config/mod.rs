@@ -15,8 +15,9 @@
 //! workspace_mib = 1024     # TensorRT builder workspace limit
 //! max_batch = 16           # objects per coarse / refiner pass, images per detector pass
 //! max_image = [480, 640]   # largest detector input, height and width in pixels
-//! cpu_threads = 4          # cpu backend: threads a batch's items run on (default: the
-//!                          # cores, at most 4; each holds a copy of a session's buffers)
+//! cpu_threads = 4          # cpu backend: threads a network runs on, a batch's items side
+//!                          # by side, one item's large steps split (default: the cores,
+//!                          # at most 4; each holds a copy of a batched session's buffers)
 //! cache_dir = "/var/cache/posed/engines"  # default: $POSED_CACHE_DIR, $XDG_CACHE_HOME/posed/engines
 //!
 //! [predict]                # `posed predict`; every key is also a flag, and flags win
@@ -163,7 +164,8 @@ pub struct EnginesConfig {
     /// Largest detector input, [height, width].
     #[serde(default = "default_max_image")]
     pub max_image: [usize; 2],
-    /// Threads the CPU backend runs a batch's items on; `None`: [`default_cpu_threads`].
+    /// Threads the CPU backend runs a network on (a batch's items side by side, one
+    /// item's large steps split); `None`: [`default_cpu_threads`].
     pub cpu_threads: Option<usize>,
     /// Engine cache directory.
     pub cache_dir: Option<PathBuf>,
