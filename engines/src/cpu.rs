@@ -408,7 +408,8 @@ impl CpuModel {
     /// Times each step of the planned executor on one item of the load-time input shape
     /// (`item`: its values), averaged over `runs` runs after one to warm up. `None` when
     /// the graph runs on tract's plan. For finding where a network's time goes
-    /// (`cpu_network --profile` in the benches); allocates its own buffers.
+    /// (`posed engines profile`, `cpu_network --profile` in the benches; see
+    /// [`profile_summary`]); allocates its own buffers and runs on the model's threads.
     ///
     /// # Errors
     /// `item` does not hold one item's values.
@@ -465,6 +466,81 @@ impl CpuModel {
             _ => 0,
         }
     }
+
+    /// Bytes a session of the planned executor holds for the load-time input shape per
+    /// worker thread: a scratch buffer for the parts of split steps, and, where a batch
+    /// has more than one item, a copy of the session's buffers (0 on tract's plan).
+    pub fn worker_buffer_bytes(&self) -> usize {
+        let Some(ItemPlan::Planned(plan)) = self.load_time_plan() else {
+            return 0;
+        };
+        let scratch = plan.scratch_len() * std::mem::size_of::<f32>();
+        let contract = self.shared.network.contract();
+        if contract.is_batched() && self.shared.options.max_batch > 1 {
+            scratch + plan.buffer_bytes()
+        } else {
+            scratch
+        }
+    }
+
+    /// Threads a session runs on, the caller's included ([`CpuBackend::with_threads`]).
+    pub fn threads(&self) -> usize {
+        self.shared.settings.threads.clamp(1, planned::MAX_LANES)
+    }
+
+    /// The input shape of one item of the largest input the model was loaded for (what
+    /// [`CpuModel::profile`] times): `[1, 6, 240, 320]` for a pose network, `[1, 3, H, W]`
+    /// for a detector.
+    pub fn load_item_shape(&self) -> Shape {
+        load_item_shape(&self.shared.network.contract(), &self.shared.options)
+    }
+}
+
+/// A readable summary of [`CpuModel::profile`]'s steps: the total, the time per kind of
+/// step (a convolution by its kernel, depthwise and grouped ones apart; matmul, Mul...)
+/// largest first, then the `slowest` slowest steps.
+pub fn profile_summary(steps: &[StepProfile], slowest: usize) -> String {
+    use std::collections::BTreeMap;
+    use std::fmt::Write;
+    let total: u64 = steps.iter().map(|s| s.ns_per_run).sum();
+    let mut by_kind: BTreeMap<String, (u64, usize)> = BTreeMap::new();
+    for step in steps {
+        // "conv 3x3/1 x144 144->144 60x80+Silu" -> "conv 3x3/1 grouped", "conv 3x3/2".
+        let mut words = step.label.split(' ');
+        let kind = match (words.next(), words.next(), words.next()) {
+            (Some("conv"), Some(kernel), Some(groups)) if groups != "x1" => {
+                format!("conv {kernel} grouped")
+            }
+            (Some("conv"), Some(kernel), _) => format!("conv {kernel}"),
+            (Some(first), _, _) => first.split('+').next().unwrap_or(first).to_owned(),
+            _ => String::new(),
+        };
+        let entry = by_kind.entry(kind).or_default();
+        entry.0 += step.ns_per_run;
+        entry.1 += 1;
+    }
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let mut text = String::new();
+    let _ = writeln!(text, "{} steps, {:.2} ms per item", steps.len(), ms(total));
+    let mut kinds: Vec<_> = by_kind.into_iter().collect();
+    kinds.sort_by_key(|(_, (ns, _))| std::cmp::Reverse(*ns));
+    for (kind, (ns, count)) in kinds {
+        let share = 100.0 * ns as f64 / total.max(1) as f64;
+        let _ = writeln!(
+            text,
+            "  {:>8.2} ms {share:>5.1}%  {count:>3} x {kind}",
+            ms(ns)
+        );
+    }
+    let mut by_time: Vec<_> = steps.iter().collect();
+    by_time.sort_by_key(|step| std::cmp::Reverse(step.ns_per_run));
+    if slowest > 0 {
+        let _ = writeln!(text, "slowest steps:");
+    }
+    for step in by_time.iter().take(slowest) {
+        let _ = writeln!(text, "  {:>8.3} ms  {}", ms(step.ns_per_run), step.label);
+    }
+    text
 }
 
 impl Model for CpuModel {

@@ -32,6 +32,41 @@ pub fn make_backend(config: &EnginesConfig) -> Result<Box<dyn Backend>> {
     }
 }
 
+/// What [`profile_network`] found.
+#[derive(Debug, Clone)]
+pub struct NetworkProfile {
+    /// The input of the item timed (the largest the configuration allows).
+    pub item_shape: posed_engines::Shape,
+    /// Threads the run had, the caller's included.
+    pub threads: usize,
+    /// Each step of the planned executor and its mean time; `None` on tract's plan...
+    pub steps: Option<Vec<posed_engines::cpu::StepProfile>>,
+    /// ... and why the planned executor refused the graph.
+    pub refusal: Option<String>,
+}
+
+/// Times each step of `network` on the CPU backend, with `config`'s threads and cache,
+/// over `runs` runs of one item of a fixed input (values in [0, 1)).
+pub fn profile_network(
+    config: &EnginesConfig,
+    network: Network,
+    runs: usize,
+) -> Result<NetworkProfile> {
+    let cache = EngineCache::open(config.cache_dir())?;
+    let backend = CpuBackend::with_cache(cache).with_threads(config.cpu_threads());
+    let (model, _) = backend.load_with_outcome(network, config.model_options())?;
+    let item_shape = model.load_item_shape();
+    let item: Vec<f32> = (0..item_shape.volume())
+        .map(|i| (i * 7919 % 1000) as f32 / 1000.0)
+        .collect();
+    Ok(NetworkProfile {
+        steps: model.profile(&item, runs)?,
+        refusal: model.planned_refusal(),
+        threads: model.threads(),
+        item_shape,
+    })
+}
+
 /// Receives one line per build progress event.
 pub type ProgressLine = Box<dyn Fn(String) + Send + Sync>;
 
@@ -173,14 +208,17 @@ pub fn build_engine(
     let cache = EngineCache::open(config.cache_dir())?;
     let (outcome, cpu_executor) = match config.backend {
         BackendKind::Cpu => {
+            let backend = CpuBackend::with_cache(cache).with_threads(config.cpu_threads());
             let (model, outcome): (CpuModel, CacheOutcome) =
-                CpuBackend::with_cache(cache).load_with_outcome(network, options)?;
+                backend.load_with_outcome(network, options)?;
             let executor = match model.planned_refusal() {
                 None => format!(
-                    "planned executor ({} kernels), {} per session and thread, {} threads",
+                    "planned executor ({} kernels), {} threads, {} per session and {} more \
+                     per thread after the first",
                     posed_engines::cpu::kernel_instructions(),
+                    model.threads(),
                     mib(model.session_buffer_bytes()),
-                    config.cpu_threads(),
+                    mib(model.worker_buffer_bytes()),
                 ),
                 Some(why) => format!("tract's plan (allocates per run): {why}"),
             };

@@ -1,4 +1,4 @@
-//! `posed engines check / build / list / run` as a binary, on the test networks in
+//! `posed engines check / build / list / run / profile` as a binary, on the test networks in
 //! data/networks: a build, a cached rebuild, a damaged cache entry, listing, one batch
 //! against onnxruntime's golden output, and the errors for bad input.
 
@@ -258,4 +258,56 @@ fn bad_input_is_named() {
         "{}",
         stderr(&output)
     );
+}
+
+/// `posed engines profile`: every network of the configuration, each step timed on the
+/// configured threads, the slowest listed; and its bad arguments named.
+#[test]
+fn profile_times_every_step_of_every_network() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path());
+    let config_arg = config.to_str().expect("utf-8 path");
+    let output = engines(&[
+        "profile",
+        "--config",
+        config_arg,
+        "--runs",
+        "1",
+        "--steps",
+        "3",
+        "--cpu-threads",
+        "2",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    for (role, shape, steps) in [
+        ("detector", "[1, 3, 240, 320]", 11),
+        ("coarse", "[1, 6, 240, 320]", 22),
+        ("refiner", "[1, 6, 240, 320]", 22),
+    ] {
+        let header = format!("one item of {shape}, 1 runs on 2 thread(s)");
+        let section = text
+            .split("\n\n")
+            .find(|section| section.starts_with(role))
+            .unwrap_or_else(|| panic!("no {role} section in\n{text}"));
+        assert!(section.contains(&header), "{section}");
+        assert!(section.contains(&format!("{steps} steps, ")), "{section}");
+        let slowest = section.split("slowest steps:\n").nth(1).expect("slowest");
+        assert_eq!(slowest.lines().count(), 3, "{section}");
+    }
+
+    let fails_naming = |args: &[&str], expected: &str| {
+        let output = engines(args);
+        let message = stderr(&output);
+        assert!(
+            !output.status.success() && message.contains(expected),
+            "{message}"
+        );
+    };
+    let zero_threads = ["profile", "--config", config_arg, "--cpu-threads", "0"];
+    fails_naming(&zero_threads, "--cpu-threads");
+    let empty = dir.path().join("empty.toml");
+    std::fs::write(&empty, "[engines]\nbackend = \"cpu\"\n").expect("write");
+    let no_networks = ["profile", "--config", empty.to_str().expect("utf-8")];
+    fails_naming(&no_networks, "empty.toml: [networks] names no network");
 }

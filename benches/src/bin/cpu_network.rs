@@ -12,7 +12,6 @@
 //! slowest steps and the time per kind of step (`POSED_PROFILE_STEPS` of them, 15 by
 //! default). Compare with `benches/onnxruntime_compare.py NETWORK.onnx`.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -127,47 +126,14 @@ fn print_profile(model: &CpuModel, item: &[f32]) -> anyhow::Result<()> {
         );
         return Ok(());
     };
-    let total: u64 = steps.iter().map(|s| s.ns_per_run).sum();
-    let mut by_kind: BTreeMap<String, (u64, usize)> = BTreeMap::new();
-    for step in &steps {
-        // "conv 3x3/1 x144 144->144 60x80+Silu" -> "conv 3x3/1 depthwise", "conv 1x1/1".
-        let mut words = step.label.split(' ');
-        let kind = match (words.next(), words.next(), words.next()) {
-            (Some("conv"), Some(kernel), Some(groups)) if groups != "x1" => {
-                format!("conv {kernel} grouped")
-            }
-            (Some("conv"), Some(kernel), _) => format!("conv {kernel}"),
-            (Some(first), _, _) => first.split('+').next().unwrap_or(first).to_owned(),
-            _ => String::new(),
-        };
-        let entry = by_kind.entry(kind).or_default();
-        entry.0 += step.ns_per_run;
-        entry.1 += 1;
-    }
-    println!(
-        "profile: {} steps, {:.2} ms per item",
-        steps.len(),
-        total as f64 / 1e6
-    );
-    let mut kinds: Vec<_> = by_kind.into_iter().collect();
-    kinds.sort_by_key(|(_, (ns, _))| std::cmp::Reverse(*ns));
-    for (kind, (ns, count)) in kinds {
-        println!(
-            "  {:>7.2} ms {:>5.1}%  {count:>3} x {kind}",
-            ns as f64 / 1e6,
-            100.0 * ns as f64 / total as f64
-        );
-    }
-    let mut slowest: Vec<_> = steps.iter().collect();
-    slowest.sort_by_key(|step| std::cmp::Reverse(step.ns_per_run));
-    println!("slowest steps:");
     let shown = std::env::var("POSED_PROFILE_STEPS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(15);
-    for step in slowest.iter().take(shown) {
-        println!("  {:>7.3} ms  {}", step.ns_per_run as f64 / 1e6, step.label);
-    }
+    print!(
+        "profile: {}",
+        posed_engines::cpu::profile_summary(&steps, shown)
+    );
     Ok(())
 }
 

@@ -386,7 +386,7 @@ impl PlannedGraph {
 
     /// [`PlannedGraph::run`] with the time of each step, in `step_ns` (one per step, in
     /// order, added to; none taken when it is empty): what `posed engines profile` and
-    /// the benches print.
+    /// the benches print. A split step's time is its slowest part's, hand-offs included.
     pub(crate) fn run_timed(
         &self,
         buffers: &mut [Vec<f32>],

@@ -91,6 +91,26 @@ pub enum EnginesCommand {
     /// Run one batch (a float32 .npy, the model's input) through a backend and write the
     /// first output as .npy, for debugging and comparing backends with other runtimes.
     Run(EnginesRunArgs),
+    /// Time each step of every network of a configuration file on the CPU backend: where
+    /// a network's time goes on this machine, with the configuration's threads.
+    Profile(EnginesProfileArgs),
+}
+
+/// Arguments of `posed engines profile`.
+#[derive(Debug, clap::Args)]
+pub struct EnginesProfileArgs {
+    /// Configuration file ([networks] and [engines]).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Timed runs per network, after one to warm up.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub runs: u32,
+    /// How many of the slowest steps to list.
+    #[arg(long, default_value_t = 15)]
+    pub steps: usize,
+    /// Threads [default: engines.cpu_threads, else the cores, at most 4].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub cpu_threads: Option<u16>,
 }
 
 /// Arguments of `posed engines check`.
@@ -552,6 +572,49 @@ fn run_engines(command: EnginesCommand) -> anyhow::Result<()> {
             let now = std::time::SystemTime::now();
             for entry in &entries {
                 println!("  {}", engines::describe_entry(entry, now));
+            }
+            Ok(())
+        }
+        EnginesCommand::Profile(args) => {
+            let mut config = Config::load(&args.config)?;
+            if let Some(threads) = args.cpu_threads {
+                config.engines.cpu_threads = Some(usize::from(threads));
+            }
+            let networks = config.networks.by_role();
+            anyhow::ensure!(
+                !networks.is_empty(),
+                "{}: [networks] names no network (detector, coarse or refiner)",
+                args.config.display()
+            );
+            if config.engines.backend != posed_engines::BackendKind::Cpu {
+                eprintln!(
+                    "posed engines profile: times the CPU backend (the configuration's {} \
+                     has profilers of its own)",
+                    config.engines.backend
+                );
+            }
+            for (role, path) in networks {
+                let network = posed_engines::Network::open(path)?;
+                let runs = args.runs as usize;
+                let profile = engines::profile_network(&config.engines, network, runs)?;
+                println!(
+                    "{role} {}: one item of {:?}, {} runs on {} thread(s), {} kernels",
+                    path.display(),
+                    profile.item_shape.dims(),
+                    runs,
+                    profile.threads,
+                    posed_engines::cpu::kernel_instructions()
+                );
+                match &profile.steps {
+                    Some(steps) => {
+                        let summary = posed_engines::cpu::profile_summary(steps, args.steps);
+                        println!("{summary}");
+                    }
+                    None => println!(
+                        "  runs on tract's plan, which has no per-step times: {}\n",
+                        profile.refusal.as_deref().unwrap_or("as configured")
+                    ),
+                }
             }
             Ok(())
         }
