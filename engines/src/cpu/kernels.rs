@@ -441,7 +441,13 @@ pub(crate) struct SharedOut<'a> {
 
 impl<'a> SharedOut<'a> {
     /// Shares `out`, which stays borrowed until every part is done.
-    pub(crate) fn new(out: &'a mut [f32]) -> SharedOut<'a> {
+    ///
+    /// # Safety
+    /// Whatever writes through the result, on however many threads, must write values
+    /// no other writer writes or reads while it holds them: the parts of one split step,
+    /// over disjoint ranges ([`matmul_columns`]' columns, [`conv_rows`]' output rows),
+    /// each asking for one run at a time.
+    pub(crate) unsafe fn new(out: &'a mut [f32]) -> SharedOut<'a> {
         SharedOut {
             values: out.as_mut_ptr(),
             len: out.len(),
@@ -450,8 +456,8 @@ impl<'a> SharedOut<'a> {
     }
 }
 
-// SAFETY: the parts that hold it on several threads write disjoint values (see `Out for
-// &SharedOut`), and `f32` is `Send`.
+// SAFETY: the threads that share it write disjoint values (`SharedOut::new`'s contract),
+// and `f32` is `Send`.
 unsafe impl Sync for SharedOut<'_> {}
 
 impl Out for &SharedOut<'_> {
@@ -464,11 +470,11 @@ impl Out for &SharedOut<'_> {
             self.len
         );
         // SAFETY: in bounds (checked above) of the slice `new` borrowed mutably for 'a, so
-        // nothing else uses it. No two live slices overlap: a part's runs live only until
-        // its next (the `&mut self` borrow), and the parts' kernels write disjoint values:
-        // `matmul_columns` only its columns of each row, `conv_rows` only its output rows
-        // of each channel (the same `gemm_columns` and output-row offsets as the whole
-        // step, restricted to the part's range).
+        // nothing but the writers through this share uses it, and by `new`'s contract no
+        // two of them use the same values at once: the parts of a split step each ask for
+        // one run at a time, of their own columns of every row (`matmul_columns`, through
+        // `gemm_columns`, whose tiles cover whole runs of 16 inside the range) or their own
+        // output rows of every channel (`conv_rows`).
         unsafe { std::slice::from_raw_parts_mut(self.values.add(start), len) }
     }
 }
@@ -824,6 +830,12 @@ impl ConvGeometry {
         self.padded_hw()[1].div_ceil(self.stride[1])
     }
 
+    /// Whether each group has one input and one output channel (a depthwise
+    /// convolution, or a single-channel one).
+    fn one_channel_per_group(&self) -> bool {
+        self.in_channels == self.group && self.out_channels == self.group
+    }
+
     /// Values of one input channel, padded and split into phases.
     fn phased_plane_len(&self) -> usize {
         self.padded_hw()[0] * self.stride[1] * self.phase_len()
@@ -921,12 +933,17 @@ pub(crate) enum ConvSplit {
 }
 
 impl ConvPlan {
-    /// How the convolution can be split; `None` over several images.
+    /// How the convolution can be split; `None` over several images. One with a channel
+    /// per group (however many groups) splits by groups, as [`conv_channels`] sums it
+    /// with the depthwise kernel, which splitting by output rows would not.
     pub(crate) fn split(&self) -> Option<ConvSplit> {
-        match (self.geometry.images, self.geometry.group) {
-            (1, 1) => Some(ConvSplit::OutputRows),
-            (1, _) => Some(ConvSplit::Groups),
-            _ => None,
+        if self.geometry.images != 1 {
+            return None;
+        }
+        if self.geometry.group == 1 && !self.geometry.one_channel_per_group() {
+            Some(ConvSplit::OutputRows)
+        } else {
+            Some(ConvSplit::Groups)
         }
     }
 
@@ -1050,10 +1067,8 @@ pub(crate) fn conv_channels(
     let sy = geo.stride[0];
     let padded_row = geo.stride[1] * geo.phase_len();
     let out_plane = oh * ow;
-    let depthwise = geo.in_channels == geo.group
-        && geo.out_channels == geo.group
-        && plan.taps.len() <= depthwise::MAX_TAPS
-        && tile::available();
+    let depthwise =
+        geo.one_channel_per_group() && plan.taps.len() <= depthwise::MAX_TAPS && tile::available();
     if depthwise {
         for co in channels {
             let [weights_at, plane_at] = plan.rows[co];

@@ -599,7 +599,9 @@ impl PlannedGraph {
                 } else {
                     let kernel = MatmulColumnsKernel {
                         plan,
-                        out: SharedOut::new(out),
+                        // SAFETY: the parts' column ranges (`bounds`) are disjoint, and
+                        // each writes only its own columns.
+                        out: unsafe { SharedOut::new(out) },
                         operands: (a, b),
                         bias,
                         activation,
@@ -640,7 +642,9 @@ impl PlannedGraph {
                     kernels::conv_fill(conv, x, scratch_values);
                     let kernel = ConvRowsKernel {
                         layer,
-                        out: SharedOut::new(out),
+                        // SAFETY: the parts' output-row ranges (`bounds`) are disjoint, and
+                        // each writes only its own rows.
+                        out: unsafe { SharedOut::new(out) },
                         scratch: scratch_values,
                     };
                     run_kernel_parts(workers, &mut ranges, &kernel);
@@ -2323,7 +2327,9 @@ mod tests {
         use tract_onnx::tract_core::ops::cnn::PoolSpec;
         let (cin, cout) = channels;
         let weights: Vec<f32> = (0..cout * (cin / group) * 9)
-            .map(|i| ((i * 7) % 5) as f32 - 2.0)
+            // Not small integers: products that round, so that a fused multiply-add and a
+            // multiply then add give different bits (which the split tests must see).
+            .map(|i| ((i * 7) % 5) as f32 * 0.371 - 0.7)
             .collect();
         let weights = tract_ndarray::Array4::from_shape_vec((cout, cin / group, 3, 3), weights)
             .expect("shape")
@@ -2644,8 +2650,8 @@ mod tests {
     }
 
     /// A step split across threads writes the same bits as on one thread: every kind of
-    /// split (a matmul's rows, a convolution's output channels, a grouped or depthwise
-    /// convolution's groups), on the test networks and on grouped convolutions.
+    /// split (a matmul's rows or columns, a convolution's output rows, a grouped or
+    /// depthwise convolution's groups), on the test networks, products and convolutions.
     #[test]
     fn split_steps_give_the_bits_of_one_thread() {
         use tract_onnx::tract_core::ops::cnn::PaddingSpec;
@@ -2672,10 +2678,13 @@ mod tests {
             assert_eq!(ran, [expected]);
             kinds.extend(ran);
         }
-        // Depthwise (8 groups of one channel), and 2 groups of 4 -> 3 channels.
-        for (channels, group) in [((8, 8), 8), ((8, 6), 2)] {
+        // Depthwise (8 groups of one channel), 2 groups of 4 -> 3 channels, and a single
+        // channel (which the depthwise kernel sums: split by groups, so not at all).
+        for (channels, group) in [((8, 8), 8), ((8, 6), 2), ((1, 1), 1)] {
             let mut model = TypedModel::default();
-            let x = model.add_source("x", f32::fact([1, 8, 19, 37])).unwrap();
+            let x = model
+                .add_source("x", f32::fact([1, channels.0, 19, 37]))
+                .unwrap();
             let padding = PaddingSpec::SameUpper;
             let y = wire_conv(&mut model, x, DataFormat::NCHW, channels, group, padding);
             model.select_output_outlets(&[y]).unwrap();

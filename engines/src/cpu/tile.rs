@@ -77,7 +77,13 @@ pub(crate) fn product<O: Out + ?Sized>(
     activation: Option<Unary>,
     packed: &mut [f32; PACKED_LEN],
 ) {
-    debug_assert_eq!(columns.len() % TILE_COLUMNS, 0);
+    // Not just a debug check: a part of a step split by columns relies on it to write
+    // only its own columns.
+    assert_eq!(
+        columns.len() % TILE_COLUMNS,
+        0,
+        "tiles over a partial run of columns"
+    );
     if !available() {
         return;
     }

@@ -5,10 +5,11 @@
 //!   batch of B items takes about `ceil(B / threads)` item times instead of B. A job
 //!   ([`ItemJob`]) moves to the worker and back: the plan, the item's values and the
 //!   worker's own buffers for that plan.
-//! - **One item's large steps split** ([`run_parts`]): a convolution's output channels or
-//!   a matrix product's rows in one part per thread, each part written into its own
-//!   window of the step's output. The caller runs the first part and waits for the rest
-//!   before the next step. This is what a single crop, or a detector's one image, gets.
+//! - **One item's large steps split** ([`run_parts`]): a matrix product's columns (or
+//!   rows), a convolution's output rows (or groups), one part per thread, each part
+//!   writing values no other part writes (`planned.rs`' `Split`). The caller runs the
+//!   first part and waits for the rest before the next step. This is what a single crop,
+//!   or a detector's one image, gets.
 //!
 //! Either way the results are the same bits as on one thread: every output value is
 //! computed by the same operations in the same order, only on another thread.
@@ -57,7 +58,8 @@ struct PartCall {
 
 // SAFETY: a `PartCall` is made only by `run_parts` from a closure that is `Sync` and a part
 // that is `Send`, so calling it from another thread is what those bounds allow; the
-// pointers stay valid until `run_parts` has collected the call back (see there).
+// pointers stay valid, and the part used by the worker alone, until `run_parts` has
+// collected the call back (see there).
 unsafe impl Send for PartCall {}
 
 impl PartCall {
@@ -207,18 +209,26 @@ pub(crate) fn run_parts<T: Send, F: Fn(&mut T) + Sync>(workers: &[Worker], parts
     // From here until every started part is collected, the workers hold pointers to `f`
     // and to their parts. The guard collects them however this function is left, a panic
     // in `f` on this thread included, so the pointers never outlive what they point to.
+    // Meanwhile this thread makes no reference to a part a worker holds: it reaches the
+    // parts through `theirs_at` only, part `i` once to hand it out and again only once
+    // worker `i` has given it back.
+    let count = theirs.len();
+    let theirs_at = theirs.as_mut_ptr();
     let mut pending = Pending {
-        workers: &workers[..theirs.len()],
+        workers: &workers[..count],
         collected: 0,
     };
-    for (worker, part) in workers.iter().zip(theirs.iter_mut()) {
+    for (i, worker) in workers[..count].iter().enumerate() {
+        // SAFETY: `i < count`, inside `theirs`; no other reference to part `i` is live.
+        let part = unsafe { &mut *theirs_at.add(i) };
         worker.queue(Job::Part(PartCall::new(f, part)));
     }
     f(mine);
-    for part in theirs.iter_mut() {
+    for i in 0..count {
         let ran = pending.collect_next();
         if !ran {
-            f(part);
+            // SAFETY: `i < count`, and worker `i` is done with part `i` (just collected).
+            f(unsafe { &mut *theirs_at.add(i) });
         }
     }
 }
