@@ -469,15 +469,17 @@ impl CpuModel {
 
     /// Bytes a session of the planned executor holds for the load-time input shape per
     /// worker thread: a scratch buffer for the parts of split steps, and, where a batch
-    /// has more than one item, a copy of the session's buffers (0 on tract's plan).
+    /// has more than one item, a copy of the session's buffers and an item's input (0 on
+    /// tract's plan).
     pub fn worker_buffer_bytes(&self) -> usize {
         let Some(ItemPlan::Planned(plan)) = self.load_time_plan() else {
             return 0;
         };
-        let scratch = plan.scratch_len() * std::mem::size_of::<f32>();
+        let float = std::mem::size_of::<f32>();
+        let scratch = plan.scratch_len() * float;
         let contract = self.shared.network.contract();
         if contract.is_batched() && self.shared.options.max_batch > 1 {
-            scratch + plan.buffer_bytes()
+            scratch + plan.buffer_bytes() + plan.input_len() * float
         } else {
             scratch
         }
