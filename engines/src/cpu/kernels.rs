@@ -1055,7 +1055,7 @@ fn fill_scratch(plan: &ConvPlan, x: &[f32], group: usize, scratch: &mut [f32]) {
 /// image, into `out`: the image's output from index `out_start` on, as far as these
 /// channels write.
 #[inline(always)]
-pub(crate) fn conv_channels(
+fn conv_channels(
     layer: &ConvLayer<'_>,
     (out, out_start): (&mut [f32], usize),
     scratch: &[f32],
