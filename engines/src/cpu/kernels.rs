@@ -901,22 +901,17 @@ pub(crate) fn conv(
     let geo = &plan.geometry;
     let in_len = geo.in_channels * geo.in_hw[0] * geo.in_hw[1];
     let out_len = geo.out_channels * plan.out_plane();
-    let cout_per_group = geo.out_channels / geo.group;
+    let layer = ConvLayer {
+        plan,
+        weights,
+        bias,
+        activation,
+    };
     zero_scratch(plan, scratch);
     for image in 0..geo.images {
         let x = &x[image * in_len..][..in_len];
         let out = &mut out[image * out_len..][..out_len];
-        for group in 0..geo.group {
-            fill_scratch(plan, x, group, scratch);
-            let channels = group * cout_per_group..(group + 1) * cout_per_group;
-            let layer = ConvLayer {
-                plan,
-                weights,
-                bias,
-                activation,
-            };
-            conv_channels(&layer, (&mut *out, 0), scratch, channels);
-        }
+        filled_groups(&layer, (out, 0), x, scratch, 0..geo.group);
     }
 }
 
@@ -995,10 +990,22 @@ pub(crate) fn conv_groups(
     scratch: &mut [f32],
     groups: std::ops::Range<usize>,
 ) {
+    zero_scratch(layer.plan, scratch);
+    filled_groups(layer, out, x, scratch, groups);
+}
+
+/// Groups `groups` of image `x` into `out` (as [`conv_groups`]), each filling the
+/// scratch, whose pads [`zero_scratch`] zeroed.
+#[inline(always)]
+fn filled_groups(
+    layer: &ConvLayer<'_>,
+    (out, out_start): (&mut [f32], usize),
+    x: &[f32],
+    scratch: &mut [f32],
+    groups: std::ops::Range<usize>,
+) {
     let geo = &layer.plan.geometry;
     let cout_per_group = geo.out_channels / geo.group;
-    let (out, out_start) = out;
-    zero_scratch(layer.plan, scratch);
     for group in groups {
         fill_scratch(layer.plan, x, group, scratch);
         let channels = group * cout_per_group..(group + 1) * cout_per_group;
