@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod engines;
 mod error;
 pub mod eval;
+pub mod multiview;
 pub mod overlay;
 pub mod pipeline;
 pub mod predict;

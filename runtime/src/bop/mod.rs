@@ -5,7 +5,7 @@
 //! the file, the entry (scene / image / object id, CSV line, PLY element) and what was
 //! expected.
 
-mod atomic;
+pub(crate) mod atomic;
 pub mod dataset;
 pub mod detections;
 pub mod images;

@@ -1,10 +1,12 @@
 //! The `posed` command line. `main.rs` only calls [`main`].
 
 mod dataset;
+mod multiview;
 mod predict;
 mod run;
 
 pub use dataset::DatasetCommand;
+pub use multiview::MultiviewArgs;
 pub use predict::{request_from, summary, PredictArgs};
 pub use run::{CameraCommand, ConfigCommand, RunArgs, WatchArgs};
 
@@ -65,6 +67,10 @@ pub enum Command {
     /// poses (with seeded noise).
     #[command(subcommand)]
     Dataset(DatasetCommand),
+    /// Multi-view CosyPose: match single-view candidates (a results CSV) across the views
+    /// of each scene, estimate the cameras, adjust objects and cameras together, and write
+    /// every object in every view as a results CSV (`posed eval` reads it).
+    Multiview(MultiviewArgs),
     /// The daemon: frames from a camera or an image sequence through the pipeline, poses
     /// out over a Unix socket (`posed run --demo` runs on the bundled data).
     Run(RunArgs),
@@ -299,6 +305,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Engines(command) => run_engines(command),
         Command::Predict(args) => predict::run_predict(&args),
         Command::Dataset(command) => dataset::run_dataset(command),
+        Command::Multiview(args) => multiview::run_multiview(&args),
         Command::Run(args) => run::run_run(&args),
         Command::Watch(args) => run::run_watch(&args),
         Command::Config(command) => run::run_config(&command),
