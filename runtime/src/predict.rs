@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 
 use posed_engines::{Backend, ModelOptions, Network, Role, Session};
 
-use crate::bop::dataset::{BopDataset, ImageFile};
+use crate::bop::dataset::BopDataset;
 use crate::bop::detections::read_detections;
-use crate::bop::images::read_rgb;
 use crate::bop::results::{read_results, write_results, Estimate};
 use crate::bop::targets::read_targets;
 use crate::config::EnginesConfig;
@@ -186,13 +185,7 @@ pub fn predict(
                 path: dataset.root.clone(),
                 detail: format!("scene {scene_id} has no camera for image {im_id}"),
             })?;
-        let path = dataset
-            .image_file(scene_id, im_id, ImageFile::Rgb)
-            .ok_or_else(|| Error::Dataset {
-                path: dataset.root.clone(),
-                detail: format!("scene {scene_id} has no image {im_id}"),
-            })?;
-        let rgb = read_rgb(&path)?;
+        let rgb = dataset.read_rgb(scene_id, im_id)?;
         report.read += read_start.elapsed();
 
         let frame_start = Instant::now();

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use super::images::{read_rgb, RgbImage, MAX_IMAGE_SIDE};
 use super::json::read_json;
 use super::models::ModelSet;
 use super::scene::{
@@ -79,7 +80,18 @@ impl BopDataset {
     /// Loads models, `camera.json` and every scene of `split` (e.g. `"test"`).
     pub fn load(root: &Path, split: &str) -> Result<Self> {
         let models = ModelSet::load(&root.join("models"))?;
-        let camera: DatasetCamera = read_json(&root.join("camera.json"))?;
+        let camera_path = root.join("camera.json");
+        let camera: DatasetCamera = read_json(&camera_path)?;
+        for (field, value) in [("width", camera.width), ("height", camera.height)] {
+            if !(1..=MAX_IMAGE_SIDE).contains(&value) {
+                return Err(Error::Json {
+                    path: camera_path,
+                    detail: format!(
+                        "{field}: expected 1 to {MAX_IMAGE_SIDE} pixels, found {value}"
+                    ),
+                });
+            }
+        }
         let split_dir = root.join(split);
         let entries = std::fs::read_dir(&split_dir).map_err(|source| Error::Io {
             path: split_dir.clone(),
@@ -152,6 +164,30 @@ impl BopDataset {
             ImageFile::Mask { gt_idx } => mask("mask", gt_idx),
             ImageFile::MaskVisib { gt_idx } => mask("mask_visib", gt_idx),
         }
+    }
+
+    /// Reads the RGB image of `im_id` in `scene_id`, checking that it has the size of
+    /// `camera.json` (its intrinsics are for that size).
+    pub fn read_rgb(&self, scene_id: u32, im_id: u32) -> Result<RgbImage> {
+        let path = self
+            .image_file(scene_id, im_id, ImageFile::Rgb)
+            .ok_or_else(|| Error::Dataset {
+                path: self.root.clone(),
+                detail: format!("scene {scene_id} has no image {im_id}"),
+            })?;
+        let rgb = read_rgb(&path)?;
+        let expected = (self.camera.width, self.camera.height);
+        if (rgb.width, rgb.height) != expected {
+            return Err(Error::Image {
+                path,
+                reason: format!(
+                    "it is {} x {}; the dataset's camera.json says {} x {}, the size its \
+                     intrinsics are for",
+                    rgb.width, rgb.height, expected.0, expected.1
+                ),
+            });
+        }
+        Ok(rgb)
     }
 
     /// Number of annotated object instances over all scenes.

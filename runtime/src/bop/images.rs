@@ -224,10 +224,34 @@ fn decoder<'a>(
             ))
         }
     }
-    reader
+    let decoder = reader
         .into_decoder()
-        .map_err(|err| image_error(path, decode_reason(&err)))
+        .map_err(|err| image_error(path, decode_reason(&err)))?;
+    // A header can declare any size in a few bytes; not every decoder checks the limits
+    // before allocating, so check here, before anything is decoded.
+    let (width, height) = decoder.dimensions();
+    if width > MAX_IMAGE_SIDE
+        || height > MAX_IMAGE_SIDE
+        || decoder.total_bytes() > MAX_DECODED_BYTES
+    {
+        return Err(image_error(
+            path,
+            format!(
+                "the image is {width} x {height} ({} bytes decoded); posed reads images of at \
+                 most {MAX_IMAGE_SIDE} pixels a side and {MAX_DECODED_BYTES} bytes",
+                decoder.total_bytes()
+            ),
+        ));
+    }
+    Ok(decoder)
 }
+
+/// The largest image side posed decodes: far above any camera's, far below what a forged
+/// header can ask for.
+pub(crate) const MAX_IMAGE_SIDE: u32 = 16_384;
+/// The most bytes an image may decode to (an RGB 16384 x 8192 image, or 16-bit 16384 x
+/// 16384 depth).
+const MAX_DECODED_BYTES: u64 = 1 << 29;
 
 fn decode_reason(err: &image::ImageError) -> String {
     match err {
@@ -416,6 +440,55 @@ mod tests {
             Err(Error::Image { reason, .. }) => reason,
             other => panic!("expected an image error, found {other:?}"),
         }
+    }
+
+    /// A PNG of a header and no pixel data, declaring `width` x `height`, 8-bit RGB.
+    fn png_header_only(width: u32, height: u32) -> Vec<u8> {
+        fn crc32(bytes: &[u8]) -> u32 {
+            let mut crc = !0u32;
+            for &byte in bytes {
+                crc ^= u32::from(byte);
+                for _ in 0..8 {
+                    crc = if crc & 1 == 1 {
+                        (crc >> 1) ^ 0xedb8_8320
+                    } else {
+                        crc >> 1
+                    };
+                }
+            }
+            !crc
+        }
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut chunk = b"IHDR".to_vec();
+        chunk.extend(width.to_be_bytes());
+        chunk.extend(height.to_be_bytes());
+        chunk.extend([8, 2, 0, 0, 0]);
+        png.extend(13u32.to_be_bytes());
+        png.extend(&chunk);
+        png.extend(crc32(&chunk).to_be_bytes());
+        // The start of a zlib stream: a decoder reads up to here before any pixel.
+        let idat = b"IDAT\x78\x9c";
+        png.extend(2u32.to_be_bytes());
+        png.extend(idat);
+        png.extend(crc32(idat).to_be_bytes());
+        png.extend(0u32.to_be_bytes());
+        png.extend(b"IEND");
+        png.extend(crc32(b"IEND").to_be_bytes());
+        png
+    }
+
+    #[test]
+    fn a_header_declaring_a_huge_image_is_refused_before_decoding() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("huge.png");
+        std::fs::write(&path, png_header_only(100_000, 100_000)).expect("write");
+        let why = reason(read_rgb(&path));
+        assert!(why.contains("100000 x 100000"), "{why}");
+        assert!(why.contains("at most 16384 pixels a side"), "{why}");
+        // Within the side limit but over the bytes limit.
+        std::fs::write(&path, png_header_only(16_000, 16_000)).expect("write");
+        let why = reason(read_rgb(&path));
+        assert!(why.contains("bytes decoded"), "{why}");
     }
 
     #[test]

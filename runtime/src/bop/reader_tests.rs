@@ -189,3 +189,51 @@ fn results_round_trip_exactly() {
         Err(Error::Write { .. })
     ));
 }
+
+/// A dataset that shares ycbv-mini's models and scene 1's annotations, with its own
+/// `camera.json` and RGB images.
+fn dataset_with(camera_json: &str, rgb: Option<(u32, u32)>) -> tempfile::TempDir {
+    let mini = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/ycbv-mini");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let link = |from: PathBuf, to: PathBuf| std::os::unix::fs::symlink(from, to).expect("link");
+    link(mini.join("models"), dir.path().join("models"));
+    std::fs::write(dir.path().join("camera.json"), camera_json).expect("write");
+    let scene = dir.path().join("test/000001");
+    std::fs::create_dir_all(scene.join("rgb")).expect("mkdir");
+    for file in ["scene_camera.json", "scene_gt.json", "scene_gt_info.json"] {
+        link(mini.join("test/000001").join(file), scene.join(file));
+    }
+    if let Some((width, height)) = rgb {
+        let image = super::images::RgbImage {
+            width,
+            height,
+            pixels: vec![[9, 9, 9]; (width * height) as usize],
+        };
+        super::images::write_rgb_png(&scene.join("rgb/000000.png"), &image).expect("png");
+    }
+    dir
+}
+
+#[test]
+fn camera_json_sizes_and_rgb_sizes_are_checked() {
+    use super::dataset::BopDataset;
+    let bad = dataset_with(
+        r#"{"width": 0, "height": 480, "fx": 1, "fy": 1, "cx": 0, "cy": 0}"#,
+        None,
+    );
+    assert_error(
+        BopDataset::load(bad.path(), "test"),
+        "camera.json",
+        &["width: expected 1 to 16384 pixels, found 0"],
+    );
+    let small = dataset_with(
+        r#"{"width": 640, "height": 480, "fx": 1, "fy": 1, "cx": 0, "cy": 0}"#,
+        Some((320, 240)),
+    );
+    let dataset = BopDataset::load(small.path(), "test").expect("loads");
+    assert_error(
+        dataset.read_rgb(1, 0),
+        "000000.png",
+        &["it is 320 x 240", "camera.json says 640 x 480"],
+    );
+}

@@ -20,7 +20,7 @@ use clap::{Parser, Subcommand};
 
 use crate::bop::dataset::BopDataset;
 use crate::bop::dataset::ImageFile;
-use crate::bop::images::{read_rgb, write_depth_png_u16, write_gray_png_u8, write_rgb_png};
+use crate::bop::images::{write_depth_png_u16, write_gray_png_u8, write_rgb_png};
 use crate::bop::results::{read_results, write_results};
 use crate::bop::targets::read_targets;
 use crate::config::Config;
@@ -416,7 +416,7 @@ fn run_render(args: &RenderArgs) -> anyhow::Result<()> {
     let rgb_path = dataset
         .image_file(args.scene, args.image, ImageFile::Rgb)
         .with_context(|| format!("scene {} has no image {}", args.scene, args.image))?;
-    let rgb = read_rgb(&rgb_path)?;
+    let rgb = dataset.read_rgb(args.scene, args.image)?;
     let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let mut renderer = ObjectRenderer::new(&dataset.models, threads)?;
     let render = renderer.render_scene(

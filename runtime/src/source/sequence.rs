@@ -84,6 +84,21 @@ impl SequenceSource {
                 });
             };
             let rgb = read_rgb(&entry.path)?;
+            // Frames are allocated once for the sequence's size: one size for all, as a
+            // camera's.
+            if let Some(first) = images.first() {
+                let first: &SequenceImage = first;
+                if (rgb.width as usize, rgb.height as usize) != (first.width, first.height) {
+                    return Err(Error::Invalid {
+                        what: format!("image {}", entry.path.display()),
+                        reason: format!(
+                            "it is {} x {}, the sequence's first image {} x {}: every image \
+                             of a sequence must have the same size",
+                            rgb.width, rgb.height, first.width, first.height
+                        ),
+                    });
+                }
+            }
             total_bytes += rgb.pixels.len() * 3;
             if total_bytes > MAX_PRELOAD_BYTES {
                 return Err(Error::Invalid {
@@ -109,8 +124,8 @@ impl SequenceSource {
         })?;
         let info = SourceInfo {
             name,
-            width: images.iter().map(|i| i.width).max().unwrap_or(0),
-            height: images.iter().map(|i| i.height).max().unwrap_or(0),
+            width: first.width,
+            height: first.height,
             intrinsics: first.intrinsics,
             format: "PNG/JPEG".to_owned(),
         };
@@ -489,6 +504,28 @@ mod tests {
             .expect_err("broken png")
             .to_string();
         assert!(message.contains("broken.png"), "{message}");
+
+        // Images of two sizes: frames are sized once, so the second is refused by name.
+        let mixed = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, width: u32, height: u32| {
+            let image = crate::bop::images::RgbImage {
+                width,
+                height,
+                pixels: vec![[0, 0, 0]; (width * height) as usize],
+            };
+            crate::bop::images::write_rgb_png(&mixed.path().join(name), &image).expect("write");
+        };
+        write("a.png", 8, 6);
+        write("b.png", 6, 8);
+        let mut config = sequence(Some(mixed.path().to_owned()), None);
+        config.intrinsics = Some([500.0, 0.0, 4.0, 0.0, 500.0, 3.0, 0.0, 0.0, 1.0]);
+        let message = SequenceSource::open(&config)
+            .expect_err("mixed sizes")
+            .to_string();
+        assert!(
+            message.contains("b.png") && message.contains("6 x 8") && message.contains("8 x 6"),
+            "{message}"
+        );
 
         // A frame buffer too small for the images is an error, not a reallocation.
         let mut source = SequenceSource::open(&sequence(Some(ycbv_test()), None)).expect("open");
