@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use posed_engines::{Backend, ModelOptions, Network, Role, Session};
 
+use crate::bop::atomic::check_writable;
 use crate::bop::dataset::BopDataset;
 use crate::bop::detections::read_detections;
 use crate::bop::results::{read_results, write_results, Estimate};
@@ -109,6 +110,16 @@ pub fn predict(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<PredictReport> {
     let started = Instant::now();
+    // Outputs are written at the end: find out now, not after the last image, that they
+    // cannot be.
+    check_writable(&request.out)?;
+    if let Some(dir) = &request.save_iterations {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Write {
+            path: dir.clone(),
+            source,
+        })?;
+        check_writable(&dir.join("refiner-1.csv"))?;
+    }
     let dataset = BopDataset::load(&request.dataset, &request.split)?;
     let mut images = image_list(&dataset, request.all_images)?;
     if let Some(max) = request.max_images {
@@ -212,11 +223,11 @@ pub fn predict(
             }
             Source::Given { by_image, poses } => {
                 objects.extend_from_slice(by_image.get(&(scene_id, im_id)).map_or(&[][..], |v| v));
-                if !*poses {
-                    let before = objects.len();
-                    request.filter.apply(&mut objects);
-                    report.filtered_out += before - objects.len();
-                }
+                // Initial poses are filtered too when asked (by default the filter keeps
+                // everything): a flag that silently did nothing would mislead.
+                let before = objects.len();
+                request.filter.apply(&mut objects);
+                report.filtered_out += before - objects.len();
                 !*poses
             }
         };
@@ -381,6 +392,18 @@ fn load_init_poses(
                 detail: format!(
                     "obj_id {} is not an object of the dataset's models",
                     e.obj_id
+                ),
+            });
+        }
+        // The crop projects the object: it must be in front of the camera.
+        let z_m = e.camera_from_object.translation_m.z;
+        if z_m <= 0.0 {
+            return Err(Error::Csv {
+                path: path.to_path_buf(),
+                line: row.line,
+                detail: format!(
+                    "the initial pose is at z = {} mm, not in front of the camera",
+                    z_m * 1e3
                 ),
             });
         }

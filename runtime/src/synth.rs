@@ -159,7 +159,7 @@ impl Default for DetectionNoise {
 impl DetectionNoise {
     fn check(&self, dataset: &BopDataset) -> Result<()> {
         let what = "make_detections";
-        check_option(dataset, what, "box_noise", self.box_noise, NON_NEGATIVE)?;
+        check_option(dataset, what, "box_noise", self.box_noise, BOX_NOISE)?;
         check_option(
             dataset,
             what,
@@ -210,7 +210,7 @@ impl PoseNoise {
             what,
             "translation_mm",
             self.translation_mm,
-            NON_NEGATIVE,
+            SHIFT_MM,
         )?;
         check_option(
             dataset,
@@ -227,7 +227,12 @@ impl PoseNoise {
 type Accepted = (fn(f64) -> bool, &'static str);
 
 const FINITE: Accepted = (f64::is_finite, "a finite number");
-const NON_NEGATIVE: Accepted = (|v| v.is_finite() && v >= 0.0, "a finite number >= 0");
+// Bounded so that the boxes and poses written stay finite (JSON has no infinity).
+const BOX_NOISE: Accepted = (
+    |v| (0.0..=10.0).contains(&v),
+    "a fraction of the box side in [0, 10]",
+);
+const SHIFT_MM: Accepted = (|v| (0.0..=1e6).contains(&v), "a distance in [0, 1e6] mm");
 const FRACTION: Accepted = (|v| (0.0..=1.0).contains(&v), "a fraction in [0, 1]");
 const HALF_TURN: Accepted = (|v| (0.0..=180.0).contains(&v), "an angle in [0, 180]");
 
@@ -805,14 +810,14 @@ mod tests {
                     box_noise: -0.1,
                     ..d
                 }),
-                "box_noise: expected a finite number >= 0, found -0.1",
+                "box_noise: expected a fraction of the box side in [0, 10], found -0.1",
             ),
             (
                 detections(DetectionNoise {
-                    box_noise: f64::NAN,
+                    box_noise: 10.5,
                     ..d
                 }),
-                "box_noise: expected a finite number >= 0, found NaN",
+                "box_noise: expected a fraction of the box side in [0, 10], found 10.5",
             ),
             (
                 detections(DetectionNoise {
@@ -847,7 +852,7 @@ mod tests {
                     translation_mm: -1.0,
                     ..p
                 }),
-                "translation_mm: expected a finite number >= 0, found -1",
+                "translation_mm: expected a distance in [0, 1e6] mm, found -1",
             ),
             (
                 poses(PoseNoise {

@@ -369,6 +369,35 @@ fn bad_rows_are_reported_with_their_line() {
 }
 
 #[test]
+fn targets_that_match_no_ground_truth_are_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dataset = dataset();
+    let estimates = ground_truth_estimates(&dataset);
+    let good = options(&[]);
+    let with_target = |change: &dyn Fn(&mut posed::bop::targets::Target)| {
+        let mut changed = good.clone();
+        change(&mut changed.bop_targets.0[2]);
+        eval(dir.path(), &estimates, &changed)
+            .expect_err("a bad target")
+            .to_string()
+    };
+    let message = with_target(&|t| t.im_id = 77);
+    assert!(
+        message.contains("test_targets_bop19.json")
+            && message.contains("target 2 (scene 1, image 77"),
+        "{message}"
+    );
+    assert!(message.contains("not in the dataset's split"), "{message}");
+    let message = with_target(&|t| t.obj_id = 3000);
+    assert!(message.contains("annotates 0 instance(s)"), "{message}");
+    let message = with_target(&|t| t.inst_count = 1_000_000_000);
+    assert!(message.contains("inst_count 1000000000"), "{message}");
+    let first = good.bop_targets.0[0];
+    let message = with_target(&move |t| *t = first);
+    assert!(message.contains("listed a second time"), "{message}");
+}
+
+#[test]
 fn cli_prints_the_json_keys_and_the_table() {
     let results = dataset_dir().join("../results/ycbv-mini-synthetic.csv");
     let output = posed()

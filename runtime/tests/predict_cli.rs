@@ -490,6 +490,38 @@ fn bad_requests_are_clear_errors() {
         &["unknown.json", "score"],
     );
     assert!(!out.exists(), "nothing is written when the run fails");
+
+    // Outputs that cannot be written are found before any image is processed.
+    let with_out = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["predict", "--dataset", path_str(&dataset), "--quiet"];
+        args.extend([
+            "--refiner",
+            refiner.as_str(),
+            "--init-poses",
+            path_str(&init),
+        ]);
+        args.extend(["--out", path_str(out)]);
+        args.extend_from_slice(extra);
+        run(&args, &cache)
+    };
+    let nowhere = scratch.file("no/such/folder/out.csv");
+    check_fails(
+        &with_out(&nowhere, &[]),
+        &["no/such/folder/out.csv", "cannot write"],
+    );
+    check_fails(
+        &with_out(&out, &["--save-iterations", path_str(&init)]),
+        &["init.csv", "cannot write"],
+    );
+
+    // The label filter applies to initial poses too.
+    let only_one = scratch.file("only-one.csv");
+    check_ok(
+        &with_out(&only_one, &["--labels", "1"]),
+        "predict --labels 1 --init-poses",
+    );
+    let kept = rows(&only_one);
+    assert!(!kept.is_empty() && kept.iter().all(|r| r.estimate.obj_id == 1));
 }
 
 /// `--device cuda` runs crops, renders and updates on the CUDA device and must give the

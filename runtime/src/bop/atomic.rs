@@ -47,3 +47,48 @@ fn temporary_path(path: &Path) -> PathBuf {
     ));
     path.with_file_name(name)
 }
+
+/// Checks, before hours of work, that [`write_atomically`] will be able to write `path`:
+/// it is not a folder, and a file can be created beside it (the probe is removed). The
+/// file itself is left as it is.
+pub(crate) fn check_writable(path: &Path) -> Result<()> {
+    let error = |source| Error::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if path.is_dir() {
+        return Err(error(std::io::Error::new(
+            std::io::ErrorKind::IsADirectory,
+            "it is a folder, not a file",
+        )));
+    }
+    let probe = temporary_path(path);
+    std::fs::File::create(&probe).map_err(error)?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writability_is_checked_without_touching_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("results.csv");
+        check_writable(&file).expect("a new file in a folder");
+        assert!(!file.exists());
+        std::fs::write(&file, "old").expect("write");
+        check_writable(&file).expect("an existing file");
+        assert_eq!(std::fs::read_to_string(&file).expect("read"), "old");
+        assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 1);
+
+        let missing = dir.path().join("no/such/folder/results.csv");
+        let message = check_writable(&missing).expect_err("no folder").to_string();
+        assert!(message.contains("no/such/folder/results.csv"), "{message}");
+        let message = check_writable(dir.path())
+            .expect_err("a folder")
+            .to_string();
+        assert!(message.contains("a folder, not a file"), "{message}");
+    }
+}

@@ -71,6 +71,12 @@ pub fn read_models_info(path: &Path) -> Result<BTreeMap<u32, ModelInfo>> {
         .collect()
 }
 
+/// The most symmetries an object may declare. BOP's objects have at most one continuous
+/// symmetry and a few dozen discrete ones.
+const MAX_CONTINUOUS_SYMMETRIES: usize = 3;
+/// See [`MAX_CONTINUOUS_SYMMETRIES`].
+const MAX_DISCRETE_SYMMETRIES: usize = 256;
+
 fn convert_model_info(path: &Path, obj_id: u32, entry: ModelInfoFile) -> Result<ModelInfo> {
     let scalars = [
         entry.diameter,
@@ -87,6 +93,34 @@ fn convert_model_info(path: &Path, obj_id: u32, entry: ModelInfoFile) -> Result<
             format!(
                 "object {obj_id}: expected a positive finite diameter and finite min/size values, found diameter {}",
                 entry.diameter
+            ),
+        ));
+    }
+    if [entry.size_x, entry.size_y, entry.size_z]
+        .iter()
+        .any(|&v| v < 0.0)
+    {
+        return Err(invalid(
+            path,
+            format!(
+                "object {obj_id}: expected box sizes of 0 or more, found size_x {}, size_y {}, size_z {}",
+                entry.size_x, entry.size_y, entry.size_z
+            ),
+        ));
+    }
+    // Every metric composes each discrete symmetry with every sample of the continuous
+    // ones (315 per axis for BOP19): a few bytes of JSON must not ask for gigabytes.
+    let (n_discrete, n_continuous) = (
+        entry.symmetries_discrete.len(),
+        entry.symmetries_continuous.len(),
+    );
+    if n_continuous > MAX_CONTINUOUS_SYMMETRIES || n_discrete > MAX_DISCRETE_SYMMETRIES {
+        return Err(invalid(
+            path,
+            format!(
+                "object {obj_id}: {n_discrete} discrete and {n_continuous} continuous symmetries; \
+                 posed takes at most {MAX_DISCRETE_SYMMETRIES} discrete and \
+                 {MAX_CONTINUOUS_SYMMETRIES} continuous ones"
             ),
         ));
     }

@@ -37,7 +37,19 @@ fn assert_error<T: std::fmt::Debug>(result: crate::Result<T>, name: &str, fragme
 
 #[test]
 fn models_info_errors() {
-    let cases: [(&str, &[&str]); 6] = [
+    let cases: [(&str, &[&str]); 8] = [
+        (
+            "models_info_negative_size.json",
+            &["object 1", "box sizes of 0 or more", "size_y -20"],
+        ),
+        (
+            "models_info_many_symmetries.json",
+            &[
+                "object 2",
+                "4 continuous symmetries",
+                "at most 256 discrete and 3 continuous",
+            ],
+        ),
         (
             "models_info_wrong_type.json",
             &["`1.diameter`", "expected f64"],
@@ -82,6 +94,12 @@ fn scene_file_errors() {
         read_scene_gt(&fixture(&format!("json/{name}"))),
         name,
         &["image 4, instance 0 (obj_id 2), cam_R_m2c", "det R"],
+    );
+    let name = "scene_gt_behind_camera.json";
+    assert_error(
+        read_scene_gt(&fixture(&format!("json/{name}"))),
+        name,
+        &["image 0, instance 1 (obj_id 3), cam_t_m2c", "z = -800 mm"],
     );
     let name = "scene_gt_missing_obj_id.json";
     assert_error(

@@ -127,6 +127,14 @@ pub fn read_scene_gt(path: &Path) -> Result<BTreeMap<u32, Vec<GtInstance>>> {
                 .ok_or_else(|| invalid(path, format!("{context}: pose values are not finite")))?;
             check_rotation(&pose)
                 .map_err(|why| invalid(path, format!("{context}, cam_R_m2c: {why}")))?;
+            // Annotated objects are in front of the camera (the BOP toolkit projects them).
+            let z_mm = instance.cam_t_m2c[2];
+            if z_mm <= 0.0 {
+                return Err(invalid(
+                    path,
+                    format!("{context}, cam_t_m2c: the object is at z = {z_mm} mm, not in front of the camera"),
+                ));
+            }
             converted.push(GtInstance {
                 obj_id: instance.obj_id,
                 camera_from_object: pose,

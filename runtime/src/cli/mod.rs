@@ -290,10 +290,28 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("posed: error: {err:#}");
+            eprintln!("posed: error: {}", error_chain(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes joined by ": ", each cause left out when the message before
+/// it already ends with it (the library's messages include their source's, so `{:#}`
+/// would print "No such file or directory: No such file or directory").
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if message.ends_with(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
 }
 
 /// Runs a parsed command line.
@@ -670,5 +688,24 @@ fn run_engines(command: EnginesCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_chains_do_not_repeat_a_cause_the_message_already_ends_with() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let err = anyhow::Error::new(crate::Error::Io {
+            path: "a.json".into(),
+            source: io,
+        })
+        .context("loading the dataset");
+        assert_eq!(
+            error_chain(&err),
+            "loading the dataset: a.json: cannot read: no such file"
+        );
     }
 }

@@ -231,6 +231,40 @@ pub fn evaluate(
     Ok(report)
 }
 
+/// Every target must name an image of the split and an object annotated there at least
+/// `inst_count` times, once: a target that matches nothing would silently change the
+/// recall's denominator.
+fn validate_targets(dataset: &BopDataset, path: &Path, targets: &[Target]) -> Result<()> {
+    let mut seen = BTreeSet::new();
+    for (index, t) in targets.iter().enumerate() {
+        let entry = format!(
+            "target {index} (scene {}, image {}, object {})",
+            t.scene_id, t.im_id, t.obj_id
+        );
+        let error = |detail: String| Error::Dataset {
+            path: path.to_path_buf(),
+            detail: format!("{entry}: {detail}"),
+        };
+        let Some(image) = dataset.image(t.scene_id, t.im_id) else {
+            return Err(error(format!(
+                "the image is not in the dataset's split ({})",
+                dataset.root.display()
+            )));
+        };
+        let annotated = image.gt.iter().filter(|g| g.obj_id == t.obj_id).count();
+        if t.inst_count == 0 || t.inst_count as usize > annotated {
+            return Err(error(format!(
+                "inst_count {} but the image annotates {annotated} instance(s) of the object",
+                t.inst_count
+            )));
+        }
+        if !seen.insert((t.scene_id, t.im_id, t.obj_id)) {
+            return Err(error("listed a second time".to_owned()));
+        }
+    }
+    Ok(())
+}
+
 fn validate_rows(
     dataset: &BopDataset,
     results_path: &Path,
@@ -249,6 +283,9 @@ fn validate_rows(
                 detail: format!("--symmetric-as-asymmetric names obj_id {obj_id}, which the dataset does not have"),
             });
         }
+    }
+    if let (targets, TargetSource::File(path)) = &options.bop_targets {
+        validate_targets(dataset, path, targets)?;
     }
     for row in rows {
         let e = &row.estimate;

@@ -164,21 +164,39 @@ impl Detector {
             }
             .into());
         }
-        let mut unknown = 0;
-        for ((bbox, &score), &category) in boxes.chunks_exact(4).zip(scores).zip(labels) {
-            let obj_id = usize::try_from(category - self.first_category_id)
-                .ok()
-                .and_then(|i| self.obj_id_of_category.get(i).copied().flatten());
-            let bbox = [bbox[0], bbox[1], bbox[2], bbox[3]].map(f64::from);
-            match obj_id {
-                Some(obj_id) if bbox.iter().all(|v| v.is_finite()) && score.is_finite() => {
-                    out.push(ObjectEstimate::from_box(obj_id, f64::from(score), bbox));
-                }
-                _ => unknown += 1,
-            }
-        }
-        Ok(unknown)
+        Ok(append_detections(
+            self.first_category_id,
+            &self.obj_id_of_category,
+            (boxes, scores, labels),
+            out,
+        ))
     }
+}
+
+/// Appends the detections whose category names a BOP object (and whose box and score are
+/// finite) to `out`; returns how many were left out.
+fn append_detections(
+    first_category_id: i64,
+    obj_id_of_category: &[Option<u32>],
+    (boxes, scores, labels): (&[f32], &[f32], &[i64]),
+    out: &mut Vec<ObjectEstimate>,
+) -> usize {
+    let mut unknown = 0;
+    for ((bbox, &score), &category) in boxes.chunks_exact(4).zip(scores).zip(labels) {
+        // checked: both come from files (the network's output, the sidecar).
+        let obj_id = category
+            .checked_sub(first_category_id)
+            .and_then(|index| usize::try_from(index).ok())
+            .and_then(|i| obj_id_of_category.get(i).copied().flatten());
+        let bbox = [bbox[0], bbox[1], bbox[2], bbox[3]].map(f64::from);
+        match obj_id {
+            Some(obj_id) if bbox.iter().all(|v| v.is_finite()) && score.is_finite() => {
+                out.push(ObjectEstimate::from_box(obj_id, f64::from(score), bbox));
+            }
+            _ => unknown += 1,
+        }
+    }
+    unknown
 }
 
 #[cfg(test)]
@@ -189,6 +207,39 @@ mod tests {
 
     fn object(obj_id: u32, score: f64) -> ObjectEstimate {
         ObjectEstimate::from_pose(obj_id, score, Pose::identity())
+    }
+
+    #[test]
+    fn categories_far_from_the_first_are_unknown_not_a_panic() {
+        let boxes = [
+            1.0,
+            2.0,
+            30.0,
+            40.0,
+            1.0,
+            2.0,
+            30.0,
+            40.0,
+            1.0,
+            2.0,
+            3.0,
+            f32::NAN,
+        ];
+        let labels = [i64::MAX, 1, 1];
+        let mut out = Vec::new();
+        // A sidecar's first_category_id of i64::MIN: category - first overflows.
+        let unknown = append_detections(
+            i64::MIN,
+            &[Some(5)],
+            (&boxes, &[0.9, 0.8, 0.7], &labels),
+            &mut out,
+        );
+        assert_eq!((unknown, out.len()), (3, 0));
+        let unknown =
+            append_detections(1, &[Some(5)], (&boxes, &[0.9, 0.8, 0.7], &labels), &mut out);
+        // Category 1 is object 5; the box with a NaN is left out.
+        assert_eq!((unknown, out.len()), (2, 1));
+        assert_eq!(out[0].obj_id, 5);
     }
 
     #[test]
