@@ -163,7 +163,11 @@ pub fn predict(
             Source::Detector(Detector::new(session, network.sidecar())?)
         }
         ObjectSource::Detections(path) => Source::Given {
-            by_image: load_detections(path, &pipeline)?,
+            by_image: load_detections(
+                path,
+                &pipeline,
+                (dataset.camera.width, dataset.camera.height),
+            )?,
             poses: false,
         },
         ObjectSource::InitPoses(path) => {
@@ -354,6 +358,7 @@ fn image_list(dataset: &BopDataset, all_images: bool) -> Result<Vec<ImageKey>> {
 fn load_detections(
     path: &Path,
     pipeline: &SingleViewPipeline,
+    image_size: (u32, u32),
 ) -> Result<BTreeMap<ImageKey, Vec<ObjectEstimate>>> {
     let mut by_image: BTreeMap<ImageKey, Vec<ObjectEstimate>> = BTreeMap::new();
     for (index, detection) in read_detections(path)?.into_iter().enumerate() {
@@ -363,6 +368,19 @@ fn load_detections(
                 detail: format!(
                     "entry {index}: category_id {} is not an object of the dataset's models",
                     detection.obj_id
+                ),
+            });
+        }
+        // The initial pose and the crop come from the box: one with no area, or none of
+        // it in the image, gives no pose to refine.
+        let [x1, y1, x2, y2] = detection.bbox_xyxy();
+        let (width, height) = (f64::from(image_size.0), f64::from(image_size.1));
+        if !(x2 > x1 && y2 > y1 && x1 < width && y1 < height && x2 > 0.0 && y2 > 0.0) {
+            return Err(Error::Json {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "entry {index}: bbox {:?} has no area inside the {width} x {height} image",
+                    detection.bbox_xywh
                 ),
             });
         }

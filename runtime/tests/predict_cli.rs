@@ -479,6 +479,21 @@ fn bad_requests_are_clear_errors() {
         &["unknown.json", "entry 0", "category_id 42"],
     );
 
+    // A box with no area in the image.
+    std::fs::write(
+        &detections,
+        r#"[{"scene_id": 1, "image_id": 0, "category_id": 1, "score": 0.9, "bbox": [5000, 5000, 100, 100], "time": 0.1}]"#,
+    )
+    .expect("write fixture");
+    check_fails(
+        &with(&["--refiner", &refiner, "--detections", path_str(&detections)]),
+        &[
+            "unknown.json",
+            "entry 0",
+            "no area inside the 640 x 480 image",
+        ],
+    );
+
     // A malformed one: the field is named.
     std::fs::write(
         &detections,

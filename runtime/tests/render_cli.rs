@@ -282,6 +282,18 @@ fn bad_input_is_named() {
         "{message}"
     );
     assert!(!out.exists(), "nothing is written on error");
+
+    // An output that cannot be written is found before the others are written.
+    let nowhere = dir.path().join("no/such/folder/mask.png");
+    let output = render(
+        SCENE,
+        IMAGE,
+        &["--out", path_arg(&out), "--mask-out", path_arg(&nowhere)],
+    );
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains("no/such/folder/mask.png"), "{message}");
+    assert!(!out.exists(), "the overlay is not written either");
 }
 
 #[test]

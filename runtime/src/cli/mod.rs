@@ -18,6 +18,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use crate::bop::atomic::check_writable;
 use crate::bop::dataset::BopDataset;
 use crate::bop::dataset::ImageFile;
 use crate::bop::images::{write_depth_png_u16, write_gray_png_u8, write_rgb_png};
@@ -415,6 +416,21 @@ fn run_synth(args: &SynthArgs) -> anyhow::Result<()> {
 }
 
 fn run_render(args: &RenderArgs) -> anyhow::Result<()> {
+    // All or nothing: an output that cannot be written must not leave the others written.
+    let outputs = [
+        Some(&args.out),
+        args.depth_out.as_ref(),
+        args.mask_out.as_ref(),
+    ];
+    for path in outputs.into_iter().flatten() {
+        check_writable(path)?;
+    }
+    if let Some(score) = args.min_score {
+        anyhow::ensure!(
+            score.is_finite(),
+            "--min-score: expected a finite number, found {score}"
+        );
+    }
     let dataset = load_dataset(&args.dataset, &args.split)?;
     let image = find_image(&dataset, &args.split, args.scene, args.image)?;
     let objects = match &args.results {

@@ -46,6 +46,12 @@ use posed_kernels::cuda::{CudaDevice, GpuColor, MappedHostBuffer};
 /// Buffers asked of the driver: one being converted, one being filled, two in hand so that
 /// a slow frame does not make the driver drop the next.
 const BUFFER_COUNT: u32 = 4;
+/// The most buffers posed takes from a driver that grants more than asked.
+const MAX_DRIVER_BUFFERS: u32 = 32;
+/// The largest image side posed takes from a driver (8K cameras are 7680 wide).
+const MAX_DRIVER_SIDE: u32 = 8192;
+/// The largest camera buffer posed allocates (an 8192 x 8192 RGB24 frame is 192 MiB).
+const MAX_DRIVER_BUFFER_BYTES: usize = 256 << 20;
 
 /// How long [`V4l2Source::capture`] waits for a frame before it reports the camera lost: an
 /// unplugged camera must show as an error, not a hang (the slowest frame rate a camera is
@@ -1311,6 +1317,16 @@ impl Camera {
                 ),
             ));
         }
+        // The driver may grant more than asked; more than a few dozen is not a camera.
+        if request.count > MAX_DRIVER_BUFFERS {
+            return Err(camera_error(
+                device,
+                format!(
+                    "the driver granted {} buffers; posed takes at most {MAX_DRIVER_BUFFERS}",
+                    request.count
+                ),
+            ));
+        }
         let mut slots = Vec::with_capacity(request.count as usize);
         for index in 0..request.count {
             slots.push(if request.memory == sys::MEMORY_MMAP {
@@ -1513,7 +1529,21 @@ fn negotiate(device: &Path, fd: BorrowedFd<'_>, config: &SourceConfig) -> Result
     // SAFETY: VIDIOC_S_FMT takes a `v4l2_format`, which `sys::Format` is.
     unsafe { sys::ioctl(fd, sys::VIDIOC_S_FMT, &mut format) }
         .map_err(|e| ioctl_error(device, &format!("VIDIOC_S_FMT {fourcc}"), &e))?;
-    let pix = format.pix();
+    let mut negotiated = check_driver_format(device, config, fourcc, decode, &format.pix())?;
+    negotiated.fps = set_frame_rate(device, fd, config.fps);
+    Ok(negotiated)
+}
+
+/// What the driver set with VIDIOC_S_FMT, checked before it sizes any buffer: the format
+/// asked for, a size no camera exceeds, even sizes where the chroma is shared, a buffer
+/// size that fits.
+fn check_driver_format(
+    device: &Path,
+    config: &SourceConfig,
+    fourcc: Fourcc,
+    decode: Decode,
+    pix: &sys::PixFormat,
+) -> Result<Negotiated> {
     if pix.pixelformat != fourcc.0 {
         return Err(camera_error(
             device,
@@ -1528,6 +1558,17 @@ fn negotiate(device: &Path, fd: BorrowedFd<'_>, config: &SourceConfig) -> Result
             device,
             format!(
                 "the driver set an empty image size {}x{}",
+                pix.width, pix.height
+            ),
+        ));
+    }
+    // The driver's numbers size every frame buffer: refuse what no camera delivers.
+    if pix.width > MAX_DRIVER_SIDE || pix.height > MAX_DRIVER_SIDE {
+        return Err(camera_error(
+            device,
+            format!(
+                "the driver set {}x{}; posed takes camera images of at most {MAX_DRIVER_SIDE} \
+                 pixels a side",
                 pix.width, pix.height
             ),
         ));
@@ -1574,13 +1615,24 @@ fn negotiate(device: &Path, fd: BorrowedFd<'_>, config: &SourceConfig) -> Result
         fps: 0.0,
     };
     negotiated.size_bytes = negotiated.size_bytes.max(negotiated.padded_frame_bytes());
+    // A V4L2 buffer's length is 32 bits, and posed allocates these: bound what a driver's
+    // stride and image size can ask for.
+    if negotiated.size_bytes > MAX_DRIVER_BUFFER_BYTES {
+        return Err(camera_error(
+            device,
+            format!(
+                "the driver asks for {}-byte buffers ({fourcc} {width}x{height}, {} bytes per \
+                 line); posed takes at most {MAX_DRIVER_BUFFER_BYTES}",
+                negotiated.size_bytes, negotiated.stride_bytes
+            ),
+        ));
+    }
     if negotiated.size_bytes == 0 {
         return Err(camera_error(
             device,
             format!("the driver gives no buffer size for {fourcc} {width}x{height}"),
         ));
     }
-    negotiated.fps = set_frame_rate(device, fd, config.fps);
     Ok(negotiated)
 }
 
@@ -1624,6 +1676,48 @@ fn set_frame_rate(device: &Path, fd: BorrowedFd<'_>, fps: u32) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn driver_formats_that_would_size_huge_buffers_are_refused() {
+        let device = Path::new("/dev/video9");
+        let config = SourceConfig {
+            width: 640,
+            height: 480,
+            ..SourceConfig::default()
+        };
+        let pix = |width: u32, height: u32, bytesperline: u32, sizeimage: u32| sys::PixFormat {
+            width,
+            height,
+            pixelformat: Fourcc::YUYV.0,
+            bytesperline,
+            sizeimage,
+            ..Default::default()
+        };
+        let check = |p: &sys::PixFormat| {
+            check_driver_format(device, &config, Fourcc::YUYV, Decode::Yuyv, p)
+        };
+        let ok = check(&pix(640, 480, 1280, 614_400)).expect("a plain YUYV frame");
+        assert_eq!((ok.width, ok.height, ok.size_bytes), (640, 480, 614_400));
+        let message = check(&pix(100_000, 480, 0, 0))
+            .expect_err("too wide")
+            .to_string();
+        assert!(
+            message.contains("/dev/video9") && message.contains("at most 8192"),
+            "{message}"
+        );
+        // A stride of 4 GB per line.
+        let message = check(&pix(640, 480, u32::MAX, 0))
+            .expect_err("huge stride")
+            .to_string();
+        assert!(
+            message.contains("byte buffers") && message.contains("at most"),
+            "{message}"
+        );
+        let message = check(&pix(641, 480, 0, 0))
+            .expect_err("odd YUYV")
+            .to_string();
+        assert!(message.contains("even size"), "{message}");
+    }
 
     fn offered(list: &[(&[u8; 4], bool)]) -> Vec<OfferedFormat> {
         list.iter()
