@@ -706,7 +706,12 @@ impl SingleViewPipeline {
             let pose = &object.camera_from_object;
             let crop = crop_box(&image.intrinsics, pose, points, image.width, image.height)
                 .and_then(|crop| Ok((crop, k_crop(&image.intrinsics, &crop)?)));
-            let Ok((crop, k_crop)) = crop else {
+            // RoIAlign samples in f32: a box beyond f32's range (a pose far off the image)
+            // is as invalid as one that is not finite, as the CUDA path judges it.
+            let crop = crop
+                .ok()
+                .filter(|(crop, _)| crop.iter().all(|&v| (v as f32).is_finite()));
+            let Some((crop, k_crop)) = crop else {
                 object.valid = false;
                 self.timings.invalid_objects += 1;
                 continue;

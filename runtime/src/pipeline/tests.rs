@@ -211,6 +211,22 @@ fn degenerate_answers_invalidate_objects() {
     assert_eq!(pipeline.take_timings().invalid_objects, objects.len());
 }
 
+/// A pose so far off the image that its crop box overflows f32 (RoIAlign's type)
+/// invalidates that object only, as on the CUDA path.
+#[test]
+fn a_crop_beyond_f32_invalidates_the_object_not_the_frame() {
+    let scene = scene();
+    let mut pipeline = scene.pipeline(Box::new(ConstantPoseNetwork::identity(8)), 1, 8);
+    let mut objects = scene.objects.clone();
+    objects[0].camera_from_object.translation_m.x = 1e300;
+    pipeline
+        .run(&scene.view(), &mut objects, &mut |_, _| {})
+        .expect("the frame runs");
+    assert!(!objects[0].valid);
+    assert!(objects[1..].iter().all(|o| o.valid));
+    assert_eq!(pipeline.take_timings().invalid_objects, 1);
+}
+
 #[test]
 fn bad_input_is_an_error_not_a_panic() {
     let scene = scene();
