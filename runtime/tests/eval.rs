@@ -359,6 +359,22 @@ fn bad_rows_are_reported_with_their_line() {
         other => panic!("expected a CSV error, got {other}"),
     }
     let mut estimates = ground_truth_estimates(&dataset);
+    let second_of_image = estimates
+        .iter()
+        .skip(1)
+        .position(|e| (e.scene_id, e.im_id) == (estimates[0].scene_id, estimates[0].im_id))
+        .expect("image 0 has two objects")
+        + 1;
+    estimates[second_of_image].time_s = estimates[0].time_s + 1.0;
+    let message = eval(dir.path(), &estimates, &options(&[]))
+        .expect_err("two times for one image")
+        .to_string();
+    assert!(
+        message.contains(&format!("results.csv:{}:", second_of_image + 2))
+            && message.contains("where line 2 says"),
+        "{message}"
+    );
+    let mut estimates = ground_truth_estimates(&dataset);
     estimates[0].im_id = 99;
     let err = eval(dir.path(), &estimates, &options(&[])).expect_err("unknown image");
     let message = err.to_string();

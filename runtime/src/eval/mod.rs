@@ -287,6 +287,25 @@ fn validate_rows(
     if let (targets, TargetSource::File(path)) = &options.bop_targets {
         validate_targets(dataset, path, targets)?;
     }
+    // The BOP toolkit refuses results whose estimates of one image disagree on its time
+    // (the time is per image); so does posed, naming the first line of each.
+    let mut image_time: BTreeMap<(u32, u32), (f64, u64)> = BTreeMap::new();
+    for row in rows {
+        let e = &row.estimate;
+        let (time, line) = *image_time
+            .entry((e.scene_id, e.im_id))
+            .or_insert((e.time_s, row.line));
+        if e.time_s != time {
+            return Err(row_error(
+                row,
+                format!(
+                    "time {} for scene {} image {}, where line {line} says {time}: every \
+                     estimate of an image must carry the image's time",
+                    e.time_s, e.scene_id, e.im_id
+                ),
+            ));
+        }
+    }
     for row in rows {
         let e = &row.estimate;
         if dataset.models.get(e.obj_id).is_none() {
