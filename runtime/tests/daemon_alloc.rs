@@ -1,8 +1,9 @@
 //! The daemon's steady state allocates nothing: the whole daemon (capture thread on the
 //! image-sequence source, inference thread, publish thread with two subscribers reading
-//! the stream, one of them binary) runs under a counting global allocator, and the
-//! allocations of every thread over the frames after a warm-up are counted. Two daemons,
-//! one after the other (the count is global, so they share one test):
+//! the stream, one of them binary, the other with its sending side shut down) runs under a
+//! counting global allocator, and the allocations of every thread over the frames after a
+//! warm-up are counted. Two daemons, one after the other (the count is global, so they
+//! share one test):
 //!
 //! - the demo itself (`data/demo.toml`): detector, coarse and refiner test networks on the
 //!   CPU backend's planned executor, objects from the detector;
@@ -236,8 +237,10 @@ fn run_counted(parts: DaemonParts, mut options: DaemonOptions, warmup: u64, coun
             std::thread::sleep(Duration::from_millis(5));
         }
     };
-    // Two subscribers: one reads JSON lines, the other asks for the binary encoding. Each
-    // reader counts the newlines it reads into `lines`.
+    // Two subscribers: one reads JSON lines, having shut down its sending side (as
+    // `socat -u` does: its writer then also asks, each frame, whether it hung up), the
+    // other asks for the binary encoding. Each reader counts the newlines it reads into
+    // `lines`.
     let read_all = |mut stream: UnixStream, lines: Arc<AtomicU64>| {
         let started = Arc::clone(&readers_started);
         std::thread::spawn(move || {
@@ -255,7 +258,10 @@ fn run_counted(parts: DaemonParts, mut options: DaemonOptions, warmup: u64, coun
             bytes
         })
     };
-    let reader = read_all(connect(), Arc::clone(&json_lines));
+    let json = connect();
+    json.shutdown(std::net::Shutdown::Write)
+        .expect("shut down the sending side");
+    let reader = read_all(json, Arc::clone(&json_lines));
     let mut binary = connect();
     binary
         .write_all(b"{\"encoding\":\"binary\",\"version\":1}\n")

@@ -5,12 +5,38 @@
 mod common;
 
 use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{data_dir, posed};
 
 /// Waits for a notification that starts with `prefix`; returns every message seen.
+/// Runs `posed ARGS... PATH`, which must fail with every part in its stderr.
+fn posed_fails_on(args: &[&str], path: &Path, parts: &[&str]) {
+    let output = posed_on(args, path);
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{message}");
+    for part in parts {
+        assert!(message.contains(part), "expected {part:?} in: {message}");
+    }
+}
+
+/// A datagram socket in `dir` to hand posed as NOTIFY_SOCKET, reads timing out quickly.
+fn notify_socket(dir: &Path) -> (PathBuf, UnixDatagram) {
+    let path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).expect("bind notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    (path, socket)
+}
+
+/// `posed ARGS... PATH`, run to the end.
+fn posed_on(args: &[&str], path: &Path) -> std::process::Output {
+    posed().args(args).arg(path).output().expect("posed runs")
+}
+
 fn wait_for_notification(socket: &UnixDatagram, prefix: &str, seen: &mut Vec<String>) {
     let until = Instant::now() + Duration::from_secs(300);
     let mut buffer = [0u8; 4096];
@@ -48,11 +74,7 @@ impl Drop for Daemon {
 fn the_demo_streams_poses_to_watch_and_python_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("poses.sock");
-    let notify_path = dir.path().join("notify.sock");
-    let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
-    notify
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .expect("timeout");
+    let (notify_path, notify) = notify_socket(dir.path());
 
     let mut daemon = Daemon(
         posed()
@@ -72,11 +94,7 @@ fn the_demo_streams_poses_to_watch_and_python_and_stops_cleanly_on_sigterm() {
     assert!(socket.exists(), "READY=1 comes after the socket is bound");
 
     // posed watch, raw JSON.
-    let output = posed()
-        .args(["watch", "--json", "--count", "2", "--socket"])
-        .arg(&socket)
-        .output()
-        .expect("posed watch");
+    let output = posed_on(&["watch", "--json", "--count", "2", "--socket"], &socket);
     assert!(
         output.status.success(),
         "{}",
@@ -102,11 +120,7 @@ fn the_demo_streams_poses_to_watch_and_python_and_stops_cleanly_on_sigterm() {
     }
 
     // posed watch, for people.
-    let output = posed()
-        .args(["watch", "--count", "1", "--socket"])
-        .arg(&socket)
-        .output()
-        .expect("posed watch");
+    let output = posed_on(&["watch", "--count", "1", "--socket"], &socket);
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success());
     assert!(
@@ -199,17 +213,7 @@ fn config_check_accepts_the_demo_and_names_bad_keys() {
     let bad = dir.path().join("bad.toml");
     let demo = std::fs::read_to_string(data_dir("demo.toml")).expect("demo.toml");
     std::fs::write(&bad, demo.replace("rate_hz = 5.0", "rate_hz = \"fast\"")).expect("write");
-    let output = posed()
-        .args(["config", "check"])
-        .arg(&bad)
-        .output()
-        .expect("posed config check");
-    let message = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
-    assert!(
-        message.contains("bad.toml") && message.contains("source.rate_hz"),
-        "{message}"
-    );
+    posed_fails_on(&["config", "check"], &bad, &["bad.toml", "source.rate_hz"]);
 }
 
 #[test]
@@ -241,4 +245,294 @@ fn watch_without_a_daemon_says_so() {
         message.contains("/nonexistent/posed.sock") && message.contains("is posed running"),
         "{message}"
     );
+}
+
+/// A configuration of the daemon that loads no network (objects are the scenes' annotated
+/// boxes, no iterations): it starts in a fraction of a second.
+fn quick_config(dir: &Path) -> PathBuf {
+    let data = data_dir("ycbv-mini");
+    let path = dir.join("quick.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[source]\nkind = \"sequence\"\npath = \"{}\"\nrate_hz = 20.0\n\n\
+             [pipeline]\nmodels = \"{}\"\nobjects = \"dataset-boxes\"\n\
+             coarse_iterations = 0\nrefiner_iterations = 0\n\n\
+             [engines]\ncache_dir = \"{}\"\n\n\
+             [stream]\nsocket = \"{}\"\n\n[service]\nstatus_interval_ms = 60000\n",
+            data.join("test").display(),
+            data.join("models").display(),
+            dir.join("cache").display(),
+            dir.join("poses.sock").display(),
+        ),
+    )
+    .expect("write the configuration");
+    path
+}
+
+/// Waits for `child` to exit, at most `limit`; its status and stderr.
+fn wait_with_stderr(child: &mut Child, limit: Duration) -> (std::process::ExitStatus, String) {
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "still running after {} s",
+            limit.as_secs()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        use std::io::Read;
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    (status, stderr)
+}
+
+#[test]
+fn sighup_stops_the_daemon_cleanly_and_a_log_into_a_pipe_has_no_colour() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = quick_config(dir.path());
+    let socket = dir.path().join("poses.sock");
+    let (notify_path, notify) = notify_socket(dir.path());
+    let mut daemon = Daemon(
+        posed()
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start posed run"),
+    );
+    let mut seen = Vec::new();
+    wait_for_notification(&notify, "READY=1", &mut seen);
+    assert!(
+        dir.path().join("poses.sock.lock").exists(),
+        "the lock is held"
+    );
+
+    kill(&daemon.0, libc::SIGHUP);
+    let (status, stderr) = wait_with_stderr(&mut daemon.0, Duration::from_secs(10));
+    assert!(status.success(), "exit status {status:?}\n{stderr}");
+    assert!(stderr.contains("stopped on SIGHUP"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in a pipe: {stderr:?}"
+    );
+    wait_for_notification(&notify, "STOPPING=1", &mut seen);
+    assert!(!socket.exists(), "the socket file is removed");
+    assert!(!dir.path().join("poses.sock.lock").exists());
+}
+
+#[test]
+fn run_refuses_at_once_a_live_socket_whose_listener_accepts_nobody() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::{UnixListener, UnixStream};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = quick_config(dir.path());
+    let socket = dir.path().join("poses.sock");
+    // A listener whose queue holds one connection, filled: a server that has stopped
+    // accepting (a hung posed).
+    let listener = UnixListener::bind(&socket).expect("bind");
+    // SAFETY: listen on the listener's own open socket (a second listen sets the queue).
+    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+    let _queued = UnixStream::connect(&socket).expect("the queued connection");
+
+    let started = Instant::now();
+    let mut daemon = Daemon(
+        posed()
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start posed run"),
+    );
+    let (status, stderr) = wait_with_stderr(&mut daemon.0, Duration::from_secs(60));
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("accepts nobody") && stderr.contains("poses.sock"),
+        "{stderr}"
+    );
+    eprintln!("refused after {} ms", started.elapsed().as_millis());
+    assert!(socket.exists(), "the live socket is left alone");
+    drop(listener);
+}
+
+#[test]
+fn config_check_catches_what_run_would_refuse_and_both_name_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = data_dir("");
+    let demo = std::fs::read_to_string(data_dir("demo.toml"))
+        .expect("demo.toml")
+        .replace(
+            "= \"networks/",
+            &format!("= \"{}/networks/", data.display()),
+        )
+        .replace(
+            "= \"ycbv-mini/",
+            &format!("= \"{}/ycbv-mini/", data.display()),
+        );
+    let a_file = dir.path().join("a-file");
+    std::fs::write(&a_file, b"not a folder").expect("write");
+    let socket_line = "socket = \"/tmp/posed-demo.sock\"";
+    let cases = [
+        (
+            demo.replace(
+                socket_line,
+                "socket = \"/tmp/posed-g.sock\"\ngroup = \"posed-no-such-group\"",
+            ),
+            "stream.group",
+        ),
+        (
+            demo.replace(
+                socket_line,
+                "socket = \"/tmp/posed-g.sock\"\ngroup = \"a\\u0000b\"",
+            ),
+            "stream.group",
+        ),
+        (
+            demo.replace(
+                socket_line,
+                &format!("socket = \"/tmp/{}.sock\"", "y".repeat(120)),
+            ),
+            "stream.socket",
+        ),
+        (
+            demo.replace(socket_line, "socket = \"/nonexistent-posed/dir/p.sock\""),
+            "stream.socket",
+        ),
+        (
+            demo.replace("ycbv-mini/test\"", "ycbv-mini/nowhere\""),
+            "source.path",
+        ),
+        (
+            demo.replace(
+                "init = \"zup-autodepth\"",
+                "init = \"zup-autodepth\"\nlabels = [1, 99]",
+            ),
+            "pipeline.labels[1]",
+        ),
+        (
+            demo.replace(
+                "max_batch = 8",
+                &format!("max_batch = 8\ncache_dir = \"{}\"", a_file.display()),
+            ),
+            "engines.cache_dir",
+        ),
+        (
+            demo.replace(
+                "max_batch = 8",
+                &format!("max_batch = 8\ncache_dir = \"{}/sub\"", a_file.display()),
+            ),
+            "engines.cache_dir",
+        ),
+        (
+            demo.replace(
+                "init = \"zup-autodepth\"",
+                "init = \"zup-autodepth\"\nrender_threads = 100000",
+            ),
+            "pipeline.render_threads",
+        ),
+        (
+            demo.replace("refiner_iterations = 2", "refiner_iterations = 1000000000"),
+            "pipeline.refiner_iterations",
+        ),
+        (
+            demo.replace("warmup_frames = 1", "warmup_frames = 1000000000"),
+            "service.warmup_frames",
+        ),
+        (
+            demo.replace("max_batch = 8", "max_batch = 8\nmax_image = [480, 640, 3]"),
+            "engines.max_image",
+        ),
+    ];
+    let bad = dir.path().join("bad.toml");
+    for (text, key) in cases {
+        assert_ne!(text, demo, "the case for {key} changed nothing");
+        std::fs::write(&bad, &text).expect("write");
+        for command in [&["config", "check"][..], &["run", "--config"][..]] {
+            let output = posed()
+                .args(command)
+                .arg(&bad)
+                .env("XDG_CACHE_HOME", dir.path().join("cache"))
+                .stdout(Stdio::null())
+                .output()
+                .expect("posed");
+            let message = String::from_utf8_lossy(&output.stderr);
+            assert!(!output.status.success(), "{command:?} passed:\n{text}");
+            assert!(
+                message.contains(&format!("bad.toml: {key}")),
+                "{command:?}: expected the key {key}:\n{message}"
+            );
+        }
+    }
+}
+
+#[test]
+fn config_check_notes_a_runtime_directory_systemd_has_not_made_yet() {
+    let run_folder = Path::new("/run/posed-test-never-made");
+    if !Path::new("/run").is_dir() || run_folder.exists() {
+        eprintln!("no /run here, or {} exists: skipped", run_folder.display());
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = std::fs::read_to_string(quick_config(dir.path()))
+        .expect("read")
+        .replace(
+            &dir.path().join("poses.sock").display().to_string(),
+            &run_folder.join("poses.sock").display().to_string(),
+        );
+    let path = dir.path().join("runtime.toml");
+    std::fs::write(&path, config).expect("write");
+    let output = posed_on(&["config", "check"], &path);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        text.contains("note: stream.socket: /run/posed-test-never-made does not exist yet"),
+        "{text}"
+    );
+    // `posed run` needs it now.
+    posed_fails_on(
+        &["run", "--config"],
+        &path,
+        &["runtime.toml: stream.socket", "does not exist"],
+    );
+}
+
+#[test]
+fn watch_gives_up_on_a_server_that_sends_no_hello() {
+    use std::os::unix::net::UnixListener;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("silent.sock");
+    let listener = UnixListener::bind(&socket).expect("bind");
+    // Accepts, then says nothing, for longer than the test waits.
+    let server = std::thread::spawn(move || {
+        let accepted = listener.accept();
+        std::thread::sleep(Duration::from_secs(15));
+        drop(accepted);
+    });
+    let started = Instant::now();
+    posed_fails_on(
+        &["watch", "--socket"],
+        &socket,
+        &["silent.sock", "no hello within"],
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(14),
+        "gave up after {:?}",
+        started.elapsed()
+    );
+    drop(server);
 }

@@ -1,7 +1,8 @@
 //! `posed run`, `posed watch`, `posed config check`.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -10,7 +11,16 @@ use crate::config::Config;
 use crate::daemon::client::{watch, WatchOptions};
 use crate::daemon::notify::Notifier;
 use crate::daemon::run as run_daemon;
-use crate::daemon::setup::parts_from_config;
+use crate::daemon::setup::{check_config, check_labels, parts_from_config, Checking};
+
+/// The signals that stop `posed run`: SIGTERM (systemd), SIGINT (Ctrl-C) and SIGHUP (the
+/// terminal of a `posed run` in the foreground closing). Each stops it cleanly, removing
+/// the socket file.
+const STOP_SIGNALS: [(i32, &str); 3] = [
+    (signal_hook::consts::SIGTERM, "SIGTERM"),
+    (signal_hook::consts::SIGINT, "SIGINT"),
+    (signal_hook::consts::SIGHUP, "SIGHUP"),
+];
 
 /// Arguments of `posed run`.
 #[derive(Debug, clap::Args)]
@@ -110,7 +120,8 @@ fn demo_data(given: Option<&Path>) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data")
 }
 
-/// Logs to stderr; without timestamps under systemd (journald adds its own).
+/// Logs to stderr; without timestamps under systemd (journald adds its own), in colour
+/// only on a terminal (not into a file, a pipe or the journal).
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -119,7 +130,7 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
-        .with_ansi(!under_systemd);
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = if under_systemd {
         builder.without_time().try_init()
     } else {
@@ -139,14 +150,19 @@ pub fn run_run(args: &RunArgs) -> anyhow::Result<()> {
         config.stream.socket = socket.clone();
     }
     let shutdown = Arc::new(AtomicBool::new(false));
-    // While loading (a TensorRT engine build can take minutes) a signal exits at once;
-    // once running it sets `shutdown` and the daemon stops cleanly.
+    // While loading (a TensorRT engine build can take minutes) a signal exits at once:
+    // nothing is bound yet. Once running it sets `shutdown` and the daemon stops cleanly
+    // (nothing it does at start waits, so that is within a second); `received` says which
+    // signal it was, for the log.
     let loading = Arc::new(AtomicBool::new(true));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+    let received = Arc::new(AtomicUsize::new(0));
+    for (signal, name) in STOP_SIGNALS {
+        let installing = || format!("installing the handler of {name}");
         signal_hook::flag::register_conditional_shutdown(signal, 0, Arc::clone(&loading))
-            .with_context(|| format!("installing the handler of signal {signal}"))?;
-        signal_hook::flag::register(signal, Arc::clone(&shutdown))
-            .with_context(|| format!("installing the handler of signal {signal}"))?;
+            .with_context(installing)?;
+        signal_hook::flag::register_usize(signal, Arc::clone(&received), signal as usize)
+            .with_context(installing)?;
+        signal_hook::flag::register(signal, Arc::clone(&shutdown)).with_context(installing)?;
     }
     let notifier = Notifier::from_env()?;
     tracing::info!(
@@ -155,12 +171,17 @@ pub fn run_run(args: &RunArgs) -> anyhow::Result<()> {
         config_path.display()
     );
     let (parts, mut options) = parts_from_config(&config)?;
-    loading.store(false, std::sync::atomic::Ordering::SeqCst);
+    loading.store(false, Ordering::SeqCst);
     options.max_frames = args.frames;
     let report = run_daemon(parts, options, shutdown, notifier, None)?;
+    let signal = received.load(Ordering::SeqCst);
+    let stopped_by = STOP_SIGNALS
+        .iter()
+        .find(|(number, _)| *number as usize == signal)
+        .map_or_else(String::new, |(_, name)| format!(" on {name}"));
     tracing::info!(
-        "posed: stopped: {} frames captured, {} published, {} dropped, {} failed, {} camera \
-         loss(es), {} subscriber(s){}",
+        "posed: stopped{stopped_by}: {} frames captured, {} published, {} dropped, {} \
+         failed, {} camera loss(es), {} subscriber(s){}",
         report.captured,
         report.published,
         report.dropped,
@@ -204,7 +225,8 @@ pub fn run_config(command: &ConfigCommand) -> anyhow::Result<()> {
     match command {
         ConfigCommand::Check { file } => {
             let config = Config::load(file)?;
-            config.validate_daemon()?;
+            // What `posed run` checks before loading anything, by the same code.
+            let notes = check_config(&config, Checking::Ahead)?;
             for (role, path) in config.networks.by_role() {
                 let network = posed_engines::Network::open(path)
                     .with_context(|| format!("networks.{role}"))?;
@@ -218,6 +240,7 @@ pub fn run_config(command: &ConfigCommand) -> anyhow::Result<()> {
             }
             if let Some(models) = &config.pipeline.models {
                 let set = crate::bop::models::ModelSet::load(models).context("pipeline.models")?;
+                check_labels(&config, &set)?;
                 println!(
                     "pipeline.models: {} objects in {}",
                     set.objects.len(),
@@ -251,6 +274,9 @@ pub fn run_config(command: &ConfigCommand) -> anyhow::Result<()> {
                 config.stream.mode,
                 config.stream.group.as_deref().unwrap_or("the daemon's")
             );
+            for note in notes {
+                println!("note: {note}");
+            }
             println!("{}: ok", file.display());
             Ok(())
         }

@@ -2,6 +2,11 @@
 //! and `[service]` (`posed run`). Defaults are what a USB camera on a Jetson needs; every
 //! key is optional except where the source kind needs it (checked in [`validate`]).
 //!
+//! [`validate`] checks the file alone; what `posed run` also needs from the machine (the
+//! socket's folder and group, the source and models on disk, the engine cache, labels
+//! the models have) is checked by [`crate::daemon::setup::check_host`], at start and by
+//! `posed config check`.
+//!
 //! ```toml
 //! [source]
 //! kind = "v4l2"                 # "v4l2" (default) or "sequence"
@@ -22,26 +27,27 @@
 //! [pipeline]
 //! models = "models"             # BOP models folder (models_info.json + obj_XXXXXX.ply)
 //! objects = "detector"          # "detector" or "dataset-boxes" (sequence over a BOP split)
-//! coarse_iterations = 1
-//! refiner_iterations = 4
+//! coarse_iterations = 1         # 0 to 100 (MAX_ITERATIONS)
+//! refiner_iterations = 4        # 0 to 100
 //! init = "zup-autodepth"
 //! batch_size = 16               # default: engines.max_batch
 //! detection_threshold = 0.0
 //! one_instance_per_class = false
-//! labels = [1, 5]               # object ids to keep (default: all)
-//! render_threads = 4            # default: all cores
+//! labels = [1, 5]               # object ids to keep (default: all); each must be a model
+//! render_threads = 4            # 1 to 64; default: all cores
 //! device = "cpu"                # "cpu" or "cuda": where crops, renders and updates run
 //!
 //! [stream]
-//! socket = "/run/posed/poses.sock"
+//! socket = "/run/posed/poses.sock"  # at most 107 bytes (a Unix socket path), in a folder
+//!                               # that exists; <socket>.lock beside it is posed's lock
 //! mode = "0660"
-//! group = "posed"               # default: the daemon's group
+//! group = "posed"               # default: the daemon's group; must exist
 //! queue_frames = 8              # per subscriber; a slow one loses its oldest frames
 //! stall_timeout_ms = 2000       # a subscriber that reads nothing for this long is dropped
 //! max_subscribers = 64
 //!
 //! [service]
-//! warmup_frames = 1             # frames run before READY=1
+//! warmup_frames = 1             # frames run before READY=1, 0 to 100 (0 counts as 1)
 //! status_interval_ms = 1000     # STATUS= and the log line, this often
 //! ```
 
@@ -50,6 +56,14 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::pipeline::{ComputeDevice, InitScheme};
+
+/// Most coarse or refiner iterations per frame: CosyPose runs 1 and 4; far more only
+/// stalls the daemon (a million would never finish a frame).
+pub const MAX_ITERATIONS: usize = 100;
+
+/// Most warm-up frames before READY=1: one pays the first frame's costs; a few more
+/// settle caches; far more only delays READY=1 past systemd's start timeout.
+pub const MAX_WARMUP_FRAMES: usize = 100;
 
 /// `[source]`: where frames come from.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -70,6 +84,7 @@ pub struct SourceConfig {
     /// How V4L2 buffers are shared.
     pub io: CameraIo,
     /// Camera matrix K, row-major (required for a camera and for a glob).
+    #[serde(deserialize_with = "super::exact_array_option")]
     pub intrinsics: Option<[f64; 9]>,
     /// First reopen delay after the camera is lost, milliseconds.
     pub reopen_min_ms: u64,
@@ -408,10 +423,65 @@ pub(super) fn validate(config: &super::Config) -> crate::Result<()> {
             return Err(error(key, "expected at least 1, found 0".to_owned()));
         }
     }
+    if let Some(threads) = pipeline.render_threads {
+        if threads > super::MAX_CPU_THREADS {
+            return Err(error(
+                "pipeline.render_threads",
+                format!("expected 1 to {}, found {threads}", super::MAX_CPU_THREADS),
+            ));
+        }
+    }
+    for (key, value, most) in [
+        (
+            "pipeline.coarse_iterations",
+            pipeline.coarse_iterations,
+            MAX_ITERATIONS,
+        ),
+        (
+            "pipeline.refiner_iterations",
+            pipeline.refiner_iterations,
+            MAX_ITERATIONS,
+        ),
+        (
+            "service.warmup_frames",
+            config.service.warmup_frames,
+            MAX_WARMUP_FRAMES,
+        ),
+    ] {
+        if value > most {
+            return Err(error(key, format!("expected 0 to {most}, found {value}")));
+        }
+    }
 
     let stream = &config.stream;
-    if stream.socket.as_os_str().is_empty() {
+    let socket = stream.socket.as_os_str().as_encoded_bytes();
+    if socket.is_empty() {
         return Err(error("stream.socket", "expected a path".to_owned()));
+    }
+    if socket.contains(&0) {
+        return Err(error(
+            "stream.socket",
+            "expected a path without NUL bytes".to_owned(),
+        ));
+    }
+    let most = crate::daemon::unix::MAX_SOCKET_PATH_BYTES;
+    if socket.len() > most {
+        return Err(error(
+            "stream.socket",
+            format!(
+                "a Unix socket path has at most {most} bytes, {} has {}",
+                stream.socket.display(),
+                socket.len()
+            ),
+        ));
+    }
+    if let Some(group) = &stream.group {
+        if group.is_empty() || group.contains('\0') {
+            return Err(error(
+                "stream.group",
+                format!("expected a group name, found \"{}\"", group.escape_debug()),
+            ));
+        }
     }
     if stream.mode_bits().is_none() {
         return Err(error(
@@ -512,6 +582,19 @@ mod tests {
     }
 
     #[test]
+    fn the_caps_themselves_pass() {
+        let camera =
+            "[source]\nintrinsics = [600.0, 0.0, 320.0, 0.0, 600.0, 240.0, 0.0, 0.0, 1.0]\n";
+        let text = format!(
+            "{NETWORKS}{camera}[pipeline]\nmodels = \"m\"\nrender_threads = 64\n\
+             coarse_iterations = 100\nrefiner_iterations = 100\n[stream]\nsocket = \"/{}\"\n\
+             [service]\nwarmup_frames = 100\n",
+            "s".repeat(106)
+        );
+        check(&text).expect("every value at its limit");
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let camera =
             "[source]\nintrinsics = [600.0, 0.0, 320.0, 0.0, 600.0, 240.0, 0.0, 0.0, 1.0]\n";
@@ -537,6 +620,15 @@ mod tests {
             (format!("{NETWORKS}{camera}width = 0\n{models}"), "source.width"),
             (format!("{NETWORKS}{camera}{models}render_threads = 0\n"), "pipeline.render_threads"),
             (format!("{NETWORKS}{camera}{models}device = \"gpu\"\n"), "pipeline.device"),
+            (format!("{NETWORKS}{camera}{models}render_threads = 100000\n"), "pipeline.render_threads"),
+            (format!("{NETWORKS}{camera}{models}coarse_iterations = 1000000000\n"), "pipeline.coarse_iterations"),
+            (format!("{NETWORKS}{camera}{models}refiner_iterations = 101\n"), "pipeline.refiner_iterations"),
+            (format!("{NETWORKS}{camera}{models}[service]\nwarmup_frames = 1000000000\n"), "service.warmup_frames"),
+            (format!("{NETWORKS}{camera}{models}[stream]\nsocket = \"/tmp/{}.sock\"\n", "y".repeat(120)), "stream.socket"),
+            (format!("{NETWORKS}{camera}{models}[stream]\nsocket = \"/tmp/a\\u0000b\"\n"), "stream.socket"),
+            (format!("{NETWORKS}{camera}{models}[stream]\ngroup = \"a\\u0000b\"\n"), "stream.group"),
+            (format!("{NETWORKS}{camera}{models}[stream]\ngroup = \"\"\n"), "stream.group"),
+            (format!("{NETWORKS}[source]\nintrinsics = [600.0, 0.0, 320.0, 0.0, 600.0, 240.0, 0.0, 0.0, 1.0, 7.0]\n{models}"), "source.intrinsics"),
         ];
         for (text, key) in cases {
             let found = key_of(check(&text));

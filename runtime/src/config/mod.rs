@@ -162,7 +162,7 @@ pub struct EnginesConfig {
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
     /// Largest detector input, [height, width].
-    #[serde(default = "default_max_image")]
+    #[serde(default = "default_max_image", deserialize_with = "exact_array")]
     pub max_image: [usize; 2],
     /// Threads the CPU backend runs a network on (a batch's items side by side, one
     /// item's large steps split); `None`: [`default_cpu_threads`].
@@ -175,8 +175,40 @@ pub struct EnginesConfig {
 /// buffers (23 MiB for an EfficientNet-B3 refiner), and batches are a few objects.
 const DEFAULT_MAX_CPU_THREADS: usize = 4;
 
-/// Most threads `engines.cpu_threads` may ask for.
+/// Most threads `engines.cpu_threads` (and the daemon's `pipeline.render_threads`) may
+/// ask for.
 const MAX_CPU_THREADS: usize = 64;
+
+/// An array of exactly `N` values. serde's own arrays take the first `N` elements of a
+/// longer TOML array and drop the rest without a word (`max_image = [480, 640, 3]`).
+fn exact_array<'de, D, T, const N: usize>(deserializer: D) -> std::result::Result<[T; N], D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Length<const N: usize>;
+    impl<const N: usize> serde::de::Expected for Length<N> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "an array of {N} elements")
+        }
+    }
+    let values = Vec::<T>::deserialize(deserializer)?;
+    let found = values.len();
+    values
+        .try_into()
+        .map_err(|_| serde::de::Error::invalid_length(found, &Length::<N>))
+}
+
+/// [`exact_array`] for an optional key (`#[serde(default)]` covers it missing).
+fn exact_array_option<'de, D, T, const N: usize>(
+    deserializer: D,
+) -> std::result::Result<Option<[T; N]>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    exact_array(deserializer).map(Some)
+}
 
 /// The CPU backend's threads when the configuration does not say: the cores this process
 /// may use, at most [`DEFAULT_MAX_CPU_THREADS`].
@@ -465,6 +497,11 @@ mod tests {
             "cpu backend",
         );
         check("[engines]\nmax_image = [480]", "engines.max_image", "");
+        check(
+            "[engines]\nmax_image = [480, 640, 3]",
+            "engines.max_image",
+            "invalid length 3, expected an array of 2 elements",
+        );
         check("[networks]\nrefinr = \"x.onnx\"", "networks", "refinr");
         check("[engines\nbackend = 1", "(file)", "");
         check("[predict]\ninit = \"z2\"", "predict.init", "z2");

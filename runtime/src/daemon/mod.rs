@@ -14,8 +14,10 @@
 //! once used; a frame that a later one overtakes in a channel is counted as dropped and
 //! returned to its pool. Nothing on this path allocates once warm (the test
 //! `runtime/tests/daemon_alloc.rs` counts). A camera that fails is reopened with backoff
-//! while the other threads wait; SIGTERM / SIGINT (the `shutdown` flag) stop everything
-//! within a second, abandoning a frame in flight.
+//! while the other threads wait; SIGTERM / SIGINT / SIGHUP (the `shutdown` flag) stop
+//! everything within a second, abandoning a frame in flight. Nothing at start waits on
+//! another process (the socket's lock and liveness check do not), so a signal is heeded
+//! there too.
 
 pub mod client;
 pub mod handoff;
@@ -23,6 +25,7 @@ pub mod message;
 pub mod notify;
 pub mod setup;
 pub mod stream;
+pub(crate) mod unix;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};

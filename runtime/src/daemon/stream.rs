@@ -8,12 +8,20 @@
 //! full: a slow subscriber loses frames (counted, and reported to it in `dropped`), and
 //! neither it nor anyone else ever makes the pipeline wait. A subscriber whose socket
 //! accepts nothing for `stall_timeout_ms`, that sends anything but an optional first line
-//! naming the encoding, or that hangs up, is disconnected by its writer.
+//! naming the encoding (or leaves a line unfinished for `stall_timeout_ms`), or that hangs
+//! up, is disconnected by its writer, which looks at its subscriber every
+//! [`WRITER_TICK`] even while no frames flow: a subscriber gone while the camera is being
+//! reopened frees its place at once.
+//!
+//! `<socket>.lock` beside the socket is locked (`flock`) from before the socket is bound
+//! until after it is removed: two posed starting on one path cannot both take a stale
+//! socket for theirs to replace, and remove each other's.
 
 use std::collections::VecDeque;
+use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{ErrorKind, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,6 +33,7 @@ use super::message::{
     encode_binary_error, finish_for_subscriber, parse_encoding_request, set_binary_dropped,
     Encoding, BINARY_SWITCH_LINE, MAX_MESSAGE_BYTES,
 };
+use super::unix;
 use crate::config::StreamConfig;
 use crate::{Error, Result};
 
@@ -37,8 +46,13 @@ const MAX_CLIENT_LINE: usize = 64;
 /// few dozen frames rather than a few hundred.
 const SEND_BUFFER_BYTES: usize = 32 * 1024;
 
-/// How often an idle writer looks at what its subscriber sent and at shutdown.
+/// How often an idle writer looks at what its subscriber sent, whether it hung up, and at
+/// shutdown.
 const WRITER_TICK: Duration = Duration::from_millis(50);
+
+/// At most one log line per this long about failing accepts: at the limit of open files
+/// every accept fails, and the accept loop retries ten times a second.
+const ACCEPT_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Counters of the stream, for the status line and tests.
 #[derive(Debug, Default)]
@@ -172,6 +186,8 @@ pub struct StreamServer {
     /// Device and inode of the socket file this server bound: at shutdown the file is
     /// removed only if it is still that one (another posed may have replaced it).
     socket_file: Option<(u64, u64)>,
+    /// `<socket>.lock`, held until the socket file is removed.
+    lock: Option<SocketLock>,
     shared: Arc<Shared>,
     acceptor: Option<JoinHandle<()>>,
 }
@@ -201,9 +217,11 @@ impl std::fmt::Debug for StreamServer {
 }
 
 impl StreamServer {
-    /// Binds the socket (replacing a stale one left by a crash, refusing to replace a
-    /// live one or a file that is not a socket), sets its mode and group, and starts
-    /// accepting subscribers. `hello` is the first line every subscriber gets.
+    /// Takes `<socket>.lock` (refusing when another posed holds it), binds the socket
+    /// (replacing a stale one left by a crash, refusing to replace a live one or a file
+    /// that is not a socket), sets its mode and group, and starts accepting subscribers.
+    /// `hello` is the first line every subscriber gets. Nothing here waits: a live
+    /// listener that accepts nobody is refused at once.
     ///
     /// # Errors
     /// [`Error::Stream`] naming the socket path.
@@ -213,15 +231,9 @@ impl StreamServer {
             peer: path.display().to_string(),
             detail,
         };
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if !parent.is_dir() {
-                return Err(error(format!(
-                    "its folder {} does not exist (systemd's RuntimeDirectory=posed creates \
-                     /run/posed)",
-                    parent.display()
-                )));
-            }
-        }
+        check_socket_folder(&path).map_err(error)?;
+        // Dropped on every error below, which removes the lock file again.
+        let lock = SocketLock::take(&path).map_err(error)?;
         remove_stale_socket(&path).map_err(error)?;
         let listener = UnixListener::bind(&path).map_err(|e| error(format!("cannot bind: {e}")))?;
         let socket_file = file_identity(&path);
@@ -263,6 +275,7 @@ impl StreamServer {
         Ok(Self {
             path,
             socket_file,
+            lock: Some(lock),
             shared,
             acceptor: Some(acceptor),
         })
@@ -305,10 +318,9 @@ impl StreamServer {
     }
 
     fn stop(&mut self, deadline: Duration) {
-        // Unlinked while the listener still lives: until it closes, another posed takes
-        // the socket for a live one and leaves it alone, so the file at the path is still
-        // ours (after, it could replace it, and a reused inode number would fool the
-        // identity check).
+        // Unlinked while the lock is held and the listener still lives: no other posed
+        // can have replaced it meanwhile, so the file at the path is still ours (later,
+        // one could, and a reused inode number would fool the identity check).
         remove_if_same_file(&self.path, self.socket_file);
         self.shared.stopping.store(true, Ordering::SeqCst);
         if let Some(acceptor) = self.acceptor.take() {
@@ -335,12 +347,13 @@ impl StreamServer {
                 let _ = subscriber.writer.join();
             }
         }
+        // The listener closed with the accept thread; the socket file is gone.
+        drop(self.lock.take());
     }
 }
 
 /// Device and inode of the file at `path` (not following a link).
 fn file_identity(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
     std::fs::symlink_metadata(path)
         .ok()
         .map(|m| (m.dev(), m.ino()))
@@ -363,7 +376,101 @@ impl Drop for StreamServer {
     }
 }
 
-/// Removes `path` if it is a socket nobody listens on.
+/// The socket's folder must exist: posed creates no folders (under systemd, the unit's
+/// RuntimeDirectory= makes /run/posed before posed starts).
+///
+/// # Errors
+/// What is wrong with the folder, for a message about the socket.
+pub(crate) fn check_socket_folder(path: &Path) -> std::result::Result<(), String> {
+    let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    match std::fs::metadata(parent) {
+        Ok(metadata) if metadata.is_dir() => Ok(()),
+        Ok(_) => Err(format!("{} is not a folder", parent.display())),
+        Err(e) if e.kind() == ErrorKind::NotFound => Err(format!(
+            "its folder {} does not exist (systemd's RuntimeDirectory=posed creates \
+             /run/posed)",
+            parent.display()
+        )),
+        Err(e) => Err(format!(
+            "cannot inspect its folder {}: {e}",
+            parent.display()
+        )),
+    }
+}
+
+/// `<socket>.lock`, locked: while a posed holds it, no other posed checks the socket for
+/// staleness, removes it or binds it. Dropping it removes the file, then unlocks.
+#[derive(Debug)]
+struct SocketLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl SocketLock {
+    /// Locks `<socket>.lock`, creating it, and writes this process's id into it (for the
+    /// message another posed gives).
+    fn take(socket: &Path) -> std::result::Result<Self, String> {
+        let mut path = socket.as_os_str().to_owned();
+        path.push(".lock");
+        let path = PathBuf::from(path);
+        // The holder removes the file before it unlocks: a lock taken on the file it
+        // removed, opened just before, serializes nothing, so it is taken again on the
+        // file now at the path.
+        for _ in 0..5 {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o644)
+                .open(&path)
+                .map_err(|e| format!("cannot open its lock file {}: {e}", path.display()))?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(TryLockError::WouldBlock) => {
+                    let holder = std::fs::read_to_string(&path)
+                        .ok()
+                        .and_then(|text| text.trim().parse::<u32>().ok())
+                        .map_or_else(|| "a process".to_owned(), |pid| format!("pid {pid}"));
+                    return Err(format!(
+                        "another posed ({holder}) holds its lock file {}: it serves this socket \
+                         or is starting on it",
+                        path.display()
+                    ));
+                }
+                Err(TryLockError::Error(e)) => {
+                    return Err(format!("cannot lock {}: {e}", path.display()))
+                }
+            }
+            let locked = file.metadata().ok().map(|m| (m.dev(), m.ino()));
+            if locked.is_some() && locked == file_identity(&path) {
+                let mut writer = &file;
+                // Only for messages: a lock without its pid works the same.
+                let _ = file
+                    .set_len(0)
+                    .and_then(|()| writeln!(writer, "{}", std::process::id()));
+                return Ok(Self { file, path });
+            }
+        }
+        Err(format!(
+            "its lock file {} keeps being replaced by other processes",
+            path.display()
+        ))
+    }
+}
+
+impl Drop for SocketLock {
+    fn drop(&mut self) {
+        let locked = self.file.metadata().ok().map(|m| (m.dev(), m.ino()));
+        remove_if_same_file(&self.path, locked);
+        // `file` closes after this, which unlocks.
+    }
+}
+
+/// Removes `path` if it is a socket nobody listens on. Never waits: the connect that
+/// probes it does not wait for room in a listener's queue.
 fn remove_stale_socket(path: &Path) -> std::result::Result<(), String> {
     let metadata = match std::fs::symlink_metadata(path) {
         Ok(metadata) => metadata,
@@ -373,8 +480,17 @@ fn remove_stale_socket(path: &Path) -> std::result::Result<(), String> {
     if !metadata.file_type().is_socket() {
         return Err("exists and is not a socket; not replacing it".to_owned());
     }
-    match UnixStream::connect(path) {
-        Ok(_) => Err("another posed is serving this socket".to_owned()),
+    match unix::connect(path, None) {
+        Ok(_) => Err(
+            "a process listens on it (another posed, or a posed from before the lock file); \
+             not replacing it"
+                .to_owned(),
+        ),
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Err(
+            "a process listens on it but accepts nobody (its queue of connections is full: \
+             another posed that hangs?); not replacing it"
+                .to_owned(),
+        ),
         Err(e) if e.kind() == ErrorKind::ConnectionRefused => std::fs::remove_file(path)
             .map_err(|e| format!("cannot remove the stale socket left by a crash: {e}")),
         Err(e) => Err(format!("exists and cannot be checked: {e}")),
@@ -382,36 +498,14 @@ fn remove_stale_socket(path: &Path) -> std::result::Result<(), String> {
 }
 
 fn set_group(path: &Path, group: &str) -> std::result::Result<(), String> {
-    let name = std::ffi::CString::new(group)
-        .map_err(|_| format!("stream.group \"{group}\" contains a NUL byte"))?;
-    let mut entry: libc::group = libc::group {
-        gr_name: std::ptr::null_mut(),
-        gr_passwd: std::ptr::null_mut(),
-        gr_gid: 0,
-        gr_mem: std::ptr::null_mut(),
-    };
-    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
-    let mut found: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call: `name` is NUL-terminated, `entry` and
-    // `found` are writable, and `buffer` is writable for its stated length.
-    let rc = unsafe {
-        libc::getgrnam_r(
-            name.as_ptr(),
-            &mut entry,
-            buffer.as_mut_ptr(),
-            buffer.len(),
-            &mut found,
-        )
-    };
-    if rc != 0 || found.is_null() {
-        return Err(format!("stream.group: no group named \"{group}\""));
-    }
-    std::os::unix::fs::lchown(path, None, Some(entry.gr_gid))
+    let gid = unix::group_id(group).map_err(|reason| format!("stream.group: {reason}"))?;
+    std::os::unix::fs::lchown(path, None, Some(gid))
         .map_err(|e| format!("cannot give the socket to group \"{group}\": {e}"))
 }
 
 fn accept_loop(listener: &UnixListener, shared: &Arc<Shared>) {
     let mut next_id = 0u64;
+    let mut failures = Throttle::new(ACCEPT_FAILURE_LOG_INTERVAL);
     while !shared.stopping.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, _)) => {
@@ -422,10 +516,49 @@ fn accept_loop(listener: &UnixListener, shared: &Arc<Shared>) {
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) => {
-                tracing::warn!("pose stream: accept failed: {e}");
+                match failures.admit(Instant::now()) {
+                    Some(0) => tracing::warn!("pose stream: accept failed: {e}"),
+                    Some(more) => tracing::warn!(
+                        "pose stream: accept failed: {e} ({more} more failures since the last \
+                         report)"
+                    ),
+                    None => {}
+                }
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+    }
+}
+
+/// Lets one event in per interval and counts the others.
+#[derive(Debug)]
+struct Throttle {
+    interval: Duration,
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+impl Throttle {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last: None,
+            held_back: 0,
+        }
+    }
+
+    /// `Some(events held back since the last one let in)` when an event at `now` is let
+    /// in, `None` when it is held back.
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|last| now.saturating_duration_since(last) < self.interval)
+        {
+            self.held_back += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held_back))
     }
 }
 
@@ -534,21 +667,69 @@ fn peer_name(stream: &UnixStream, id: u64) -> String {
 }
 
 /// What a subscriber sent so far.
-#[derive(Default)]
 struct ClientInput {
     line: heapless::Vec<u8, MAX_CLIENT_LINE>,
     lines: usize,
+    /// When the first byte of the unfinished line arrived.
+    line_started: Option<Instant>,
+    /// How long a line may stay unfinished: a peer that sends a few bytes and no newline
+    /// (a TLS or HTTP client, say) is not left connected for ever.
+    line_deadline: Duration,
+    /// The peer closed its sending side.
     closed: bool,
 }
 
+/// What [`ClientInput::poll`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Input {
+    /// Nothing new.
+    Nothing,
+    /// The first line, complete.
+    Encoding(Encoding),
+    /// The peer closed its socket: nobody reads any more.
+    HungUp,
+}
+
 impl ClientInput {
-    /// Reads what the peer sent, without blocking. Accepts one first line naming the
-    /// encoding, returned once it is complete; anything else is garbage.
-    fn poll(&mut self, stream: &UnixStream) -> std::result::Result<Option<Encoding>, String> {
-        if self.closed {
-            return Ok(None);
+    fn new(line_deadline: Duration) -> Self {
+        Self {
+            line: heapless::Vec::new(),
+            lines: 0,
+            line_started: None,
+            line_deadline,
+            closed: false,
         }
-        let mut requested = None;
+    }
+
+    /// Reads what the peer sent, without blocking, and whether it hung up. Accepts one
+    /// first line naming the encoding, returned once it is complete; anything else,
+    /// and a line left unfinished for longer than `line_deadline`, is garbage.
+    /// Allocates nothing unless it finds garbage.
+    fn poll(&mut self, stream: &UnixStream) -> std::result::Result<Input, String> {
+        let mut requested = Input::Nothing;
+        if !self.closed {
+            requested = self.read(stream)?;
+        }
+        if requested == Input::HungUp || (self.closed && peer_hung_up(stream)) {
+            return Ok(Input::HungUp);
+        }
+        if let Some(started) = self.line_started {
+            if started.elapsed() >= self.line_deadline {
+                return Err(format!(
+                    "sent {} bytes (\"{}\") and no newline for {} ms (stream.stall_timeout_ms); \
+                     a subscriber may only send one line naming the encoding (\"ndjson\" or \
+                     \"binary\")",
+                    self.line.len(),
+                    String::from_utf8_lossy(&self.line).escape_debug(),
+                    self.line_deadline.as_millis()
+                ));
+            }
+        }
+        Ok(requested)
+    }
+
+    fn read(&mut self, stream: &UnixStream) -> std::result::Result<Input, String> {
+        let mut requested = Input::Nothing;
         let mut buffer = [0u8; 256];
         loop {
             // SAFETY: `buffer` is writable for its length; MSG_DONTWAIT keeps the call from
@@ -562,25 +743,37 @@ impl ClientInput {
                 )
             };
             if n == 0 {
-                // The peer closed its sending side (e.g. `socat -u`): it may still read.
+                // The peer closed its sending side (e.g. `socat -u`): it may still read
+                // (and then gets NDJSON: a line it never finished cannot be finished).
                 self.closed = true;
+                self.line.clear();
+                self.line_started = None;
                 return Ok(requested);
             }
             if n < 0 {
                 let e = std::io::Error::last_os_error();
                 return match e.kind() {
                     ErrorKind::WouldBlock | ErrorKind::Interrupted => Ok(requested),
+                    // A peer that closed with our bytes unread in its socket (the hello,
+                    // say) leaves a reset rather than an end of stream: it hung up.
+                    ErrorKind::ConnectionReset => {
+                        self.closed = true;
+                        Ok(Input::HungUp)
+                    }
                     _ => Err(format!("read failed: {e}")),
                 };
             }
             for &byte in &buffer[..n as usize] {
                 if byte == b'\n' {
-                    requested = Some(self.end_line()?);
+                    requested = Input::Encoding(self.end_line()?);
+                    self.line_started = None;
                 } else if self.line.push(byte).is_err() {
                     return Err(format!(
                         "sent {MAX_CLIENT_LINE} bytes without a newline; a subscriber may only \
                          send one line naming the encoding (\"ndjson\" or \"binary\")"
                     ));
+                } else if self.line_started.is_none() {
+                    self.line_started = Some(Instant::now());
                 }
             }
         }
@@ -600,6 +793,19 @@ impl ClientInput {
             ))
         }
     }
+}
+
+/// True when the peer has closed its socket (both directions): POLLHUP, which a peer that
+/// only shut down its sending side does not raise.
+fn peer_hung_up(stream: &UnixStream) -> bool {
+    let mut poll = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the call, and a timeout of 0: poll does not wait.
+    let rc = unsafe { libc::poll(&mut poll, 1, 0) };
+    rc > 0 && poll.revents & (libc::POLLHUP | libc::POLLERR) != 0
 }
 
 /// The writer of one subscriber: the hello, then queued frames, until the queue closes or
@@ -623,12 +829,13 @@ fn serve(stream: &UnixStream, queue: &Queue, shared: &Shared) -> std::result::Re
     };
     let mut writer = stream;
     writer.write_all(&shared.hello).map_err(stalled)?;
-    let mut input = ClientInput::default();
+    let mut input = ClientInput::new(stall);
     let mut encoding = Encoding::Ndjson;
     let mut spare: Vec<u8> = Vec::with_capacity(MAX_MESSAGE_BYTES);
     loop {
         match input.poll(stream) {
-            Ok(Some(Encoding::Binary)) if encoding == Encoding::Ndjson => {
+            Ok(Input::HungUp) => return Ok(()),
+            Ok(Input::Encoding(Encoding::Binary)) if encoding == Encoding::Ndjson => {
                 let dropped = queue.switch_to_binary();
                 shared
                     .stats
@@ -773,6 +980,10 @@ mod tests {
         server.shutdown(Duration::from_secs(1));
         assert!(lines.next().is_none(), "the connection ends at shutdown");
         assert!(!config.socket.exists());
+        assert!(
+            !dir.path().join("poses.sock.lock").exists(),
+            "the lock file is removed at shutdown"
+        );
     }
 
     #[test]
@@ -989,5 +1200,219 @@ mod tests {
             .expect("line");
         assert!(line.contains("too many subscribers"), "{line}");
         server.shutdown(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_live_listener_that_accepts_nobody_is_refused_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(dir.path());
+        let (_listener, _queued) = super::super::unix::tests::full_listener(&config.socket);
+        let started = Instant::now();
+        let message = StreamServer::bind(&config, b"{}\n".to_vec())
+            .expect_err("a live socket")
+            .to_string();
+        assert!(
+            message.contains("accepts nobody") && message.contains("poses.sock"),
+            "{message}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the probe waited {:?}",
+            started.elapsed()
+        );
+        assert!(config.socket.exists(), "the live socket is left alone");
+    }
+
+    #[test]
+    fn a_held_lock_refuses_a_second_posed_and_keeps_its_hands_off_the_socket() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(dir.path());
+        let server = StreamServer::bind(&config, b"{}\n".to_vec()).expect("bind");
+        let lock = dir.path().join("poses.sock.lock");
+        let pid = std::fs::read_to_string(&lock).expect("the lock file");
+        assert_eq!(pid.trim(), std::process::id().to_string());
+        let message = StreamServer::bind(&config, b"{}\n".to_vec())
+            .expect_err("locked")
+            .to_string();
+        assert!(
+            message.contains("another posed")
+                && message.contains(&format!("pid {}", std::process::id()))
+                && message.contains("poses.sock.lock"),
+            "{message}"
+        );
+        server.shutdown(Duration::from_secs(1));
+        assert!(!lock.exists());
+
+        // A stale socket while another process holds the lock (as when a second posed
+        // finds the socket stale while the first is between its own check and its bind):
+        // it is not this one's to remove.
+        drop(UnixListener::bind(&config.socket).expect("bind"));
+        let stale = file_identity(&config.socket);
+        let holder = File::create(&lock).expect("lock file");
+        holder.try_lock().expect("lock");
+        let message = StreamServer::bind(&config, b"{}\n".to_vec())
+            .expect_err("locked")
+            .to_string();
+        assert!(message.contains("holds its lock file"), "{message}");
+        assert_eq!(
+            file_identity(&config.socket),
+            stale,
+            "the socket was touched"
+        );
+        drop(holder);
+        let server = StreamServer::bind(&config, b"{}\n".to_vec()).expect("the lock is free");
+        server.shutdown(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn of_several_posed_starting_at_once_on_a_stale_socket_one_serves_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(dir.path());
+        drop(UnixListener::bind(&config.socket).expect("a stale socket"));
+        for round in 0..10 {
+            let barrier = Arc::new(std::sync::Barrier::new(6));
+            let starts: Vec<_> = (0..6)
+                .map(|i| {
+                    let config = config.clone();
+                    let barrier = Arc::clone(&barrier);
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        let hello = format!("{{\"server\":{i}}}\n").into_bytes();
+                        StreamServer::bind(&config, hello)
+                            .ok()
+                            .map(|server| (i, server))
+                    })
+                })
+                .collect();
+            let mut serving: Vec<(usize, StreamServer)> = starts
+                .into_iter()
+                .filter_map(|start| start.join().expect("thread"))
+                .collect();
+            assert_eq!(
+                serving.len(),
+                1,
+                "round {round}: servers {:?}",
+                serving.iter().map(|s| s.0).collect::<Vec<_>>()
+            );
+            let (winner, server) = serving.remove(0);
+            let mut hello = String::new();
+            BufReader::new(connect(&config.socket))
+                .read_line(&mut hello)
+                .expect("hello");
+            assert_eq!(hello, format!("{{\"server\":{winner}}}\n"), "round {round}");
+            // Left as a crash leaves it: the socket file stays, stale, for the next round.
+            let path = server.path().to_owned();
+            let identity = server.socket_file;
+            let mut server = server;
+            server.socket_file = None;
+            server.shutdown(Duration::from_secs(1));
+            assert_eq!(file_identity(&path), identity);
+        }
+    }
+
+    #[test]
+    fn subscribers_that_hang_up_free_their_places_while_no_frames_flow() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = config(dir.path());
+        config.max_subscribers = 3;
+        let server = StreamServer::bind(&config, b"{}\n".to_vec()).expect("bind");
+        // One that only shut down its sending side (`socat -u`): it still reads.
+        let half = connect(&config.socket);
+        half.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        for round in 0..3 {
+            let gone: Vec<UnixStream> = (0..2).map(|_| connect(&config.socket)).collect();
+            wait_for("the subscribers", || {
+                server.stats().subscribers.load(Ordering::Relaxed) == 3
+            });
+            drop(gone);
+            // No frame is published: the writers notice the hang-ups by themselves.
+            wait_for("the hang-ups", || {
+                server.stats().subscribers.load(Ordering::Relaxed) == 1
+            });
+            assert_eq!(
+                server.stats().refused.load(Ordering::Relaxed),
+                0,
+                "round {round}"
+            );
+        }
+        wait_for("the half-closed subscriber listed", || {
+            server.stats().accepted.load(Ordering::Relaxed) == 7
+        });
+        publish(&server, 9);
+        let mut lines = BufReader::new(half).lines();
+        assert_eq!(lines.next().expect("hello").expect("hello"), "{}");
+        assert!(lines
+            .next()
+            .expect("frame")
+            .expect("frame")
+            .contains("\"frame\":9"));
+        assert_eq!(server.stats().kicked_garbage.load(Ordering::Relaxed), 0);
+        server.shutdown(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_first_line_left_unfinished_is_disconnected_after_the_stall_timeout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(dir.path());
+        let server = StreamServer::bind(&config, b"{}\n".to_vec()).expect("bind");
+        let mut stream = connect(&config.socket);
+        // The first 43 bytes of a TLS ClientHello: no newline, ever.
+        let mut hello = vec![
+            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+        ];
+        hello.extend((0..32).map(|i| i as u8 * 7));
+        stream.write_all(&hello).expect("write");
+        let started = Instant::now();
+        let mut lines = BufReader::new(stream.try_clone().expect("clone")).lines();
+        assert_eq!(lines.next().expect("hello").expect("hello"), "{}");
+        let error = lines.next().expect("error line").expect("error line");
+        let value: serde_json::Value = serde_json::from_str(&error).expect("a JSON error line");
+        let reason = value["reason"].as_str().expect("reason");
+        assert!(
+            reason.contains("43 bytes")
+                && reason.contains("no newline")
+                && reason.contains("\\u{16}"),
+            "{reason}"
+        );
+        assert!(lines.next().is_none(), "disconnected");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
+        assert_eq!(server.stats().kicked_garbage.load(Ordering::Relaxed), 1);
+
+        // A line that arrives in pieces within the time is fine.
+        let mut slow = connect(&config.socket);
+        slow.write_all(b"ndj").expect("write");
+        std::thread::sleep(Duration::from_millis(100));
+        slow.write_all(b"son\n").expect("write");
+        wait_for("the subscriber", || {
+            server.stats().accepted.load(Ordering::Relaxed) == 2
+        });
+        publish(&server, 3);
+        let mut lines = BufReader::new(slow).lines();
+        lines.next();
+        assert!(lines
+            .next()
+            .expect("frame")
+            .expect("frame")
+            .contains("\"frame\":3"));
+        assert_eq!(server.stats().kicked_garbage.load(Ordering::Relaxed), 1);
+        server.shutdown(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn repeated_failures_are_let_through_once_per_interval_with_a_count() {
+        let mut throttle = Throttle::new(Duration::from_secs(10));
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        assert_eq!(throttle.admit(at(0)), Some(0));
+        for ms in (100..10_000).step_by(100) {
+            assert_eq!(throttle.admit(at(ms)), None, "{ms} ms");
+        }
+        assert_eq!(throttle.admit(at(10_000)), Some(99));
+        assert_eq!(throttle.admit(at(10_050)), None);
+        assert_eq!(throttle.admit(at(60_000)), Some(1));
     }
 }
