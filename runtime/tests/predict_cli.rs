@@ -529,6 +529,11 @@ fn bad_requests_are_clear_errors() {
         &["init.csv", "cannot write"],
     );
 
+    check_fails(
+        &with_out(&out, &["--refiner-iterations", "1000000000"]),
+        &["--refiner-iterations", "expected 0 to 100", "1000000000"],
+    );
+
     // The label filter applies to initial poses too.
     let only_one = scratch.file("only-one.csv");
     check_ok(

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use posed_engines::BackendKind;
 
+use crate::config::daemon::MAX_ITERATIONS;
 use crate::config::Config;
 use crate::pipeline::{ComputeDevice, DetectionFilter, InitScheme, PipelineOptions};
 use crate::predict::{predict, ObjectSource, PredictReport, PredictRequest};
@@ -151,6 +152,23 @@ pub fn request_from(args: &PredictArgs) -> anyhow::Result<PredictRequest> {
     let default_coarse =
         usize::from(coarse.is_some() && !matches!(source, ObjectSource::InitPoses(_)));
     let default_refiner = if refiner.is_some() { 4 } else { 0 };
+    for (key, value) in [
+        (
+            "coarse iterations",
+            args.coarse_iterations.or(file.coarse_iterations),
+        ),
+        (
+            "refiner iterations",
+            args.refiner_iterations.or(file.refiner_iterations),
+        ),
+    ] {
+        if let Some(value) = value.filter(|&v| v > MAX_ITERATIONS) {
+            bail!(
+                "{key} (--{} or [predict]): expected 0 to {MAX_ITERATIONS}, found {value}",
+                key.replace(' ', "-")
+            );
+        }
+    }
     let pipeline = PipelineOptions {
         coarse_iterations: args
             .coarse_iterations
