@@ -11,8 +11,10 @@
 //! ```
 //!
 //! Loading verifies the magic, the format, that the manifest's key equals the requested
-//! key, the payload length (truncation) and its sha256 (corruption). An entry that fails
-//! is logged, moved aside and rebuilt; it is never handed to a backend. Writes go to a
+//! key, the payload length (truncation) and its sha256 (corruption), and, through
+//! [`EngineCache::get_or_build_checked`], that the backend can read the payload (a sha256
+//! only proves the bytes are the ones written with it). An entry that fails is logged,
+//! moved aside and rebuilt; it is never handed to a backend. Writes go to a
 //! temporary file in the same directory, are synced and renamed into place, so a reader
 //! sees either no entry or a whole one. Building takes `<digest>.lock` (an exclusive
 //! advisory lock), so two processes asking for the same engine build it once: the second
@@ -197,6 +199,23 @@ impl EngineCache {
         key: &EngineKey,
         build: impl FnOnce() -> Result<Vec<u8>, EngineError>,
     ) -> Result<(Vec<u8>, CacheOutcome), EngineError> {
+        let (bytes, (), outcome) =
+            self.get_or_build_checked(key, || Ok((build()?, ())), |_| Ok(()))?;
+        Ok((bytes, outcome))
+    }
+
+    /// [`EngineCache::get_or_build`] for a backend that reads its payload back: `check`
+    /// deserializes a verified entry's payload into the engine; an entry it refuses (the
+    /// reason is logged) is set aside and rebuilt like a corrupt one, so a payload whose
+    /// checksum matches but that the backend cannot read is never kept. `build` returns
+    /// the payload to store and the engine made from it. Returns the payload, the engine
+    /// and where it came from.
+    pub fn get_or_build_checked<T>(
+        &self,
+        key: &EngineKey,
+        build: impl FnOnce() -> Result<(Vec<u8>, T), EngineError>,
+        check: impl FnOnce(&[u8]) -> Result<T, String>,
+    ) -> Result<(Vec<u8>, T, CacheOutcome), EngineError> {
         let lock_path = self.lock_path(key);
         let lock = OpenOptions::new()
             .create(true)
@@ -219,14 +238,22 @@ impl EngineCache {
         // The lock is released when `lock` is dropped, on every path out of here.
         let mut rebuilt = false;
         match self.load(key) {
-            Ok(Some(bytes)) => {
-                let outcome = if waited {
-                    CacheOutcome::BuiltByOther
-                } else {
-                    CacheOutcome::Hit
-                };
-                return Ok((bytes, outcome));
-            }
+            Ok(Some(bytes)) => match check(&bytes) {
+                Ok(engine) => {
+                    let outcome = if waited {
+                        CacheOutcome::BuiltByOther
+                    } else {
+                        CacheOutcome::Hit
+                    };
+                    return Ok((bytes, engine, outcome));
+                }
+                Err(reason) => {
+                    let entry = self.entry_path(key);
+                    tracing::warn!(entry = %entry.display(), reason = %crate::error::printable(&reason), "engine cache entry verifies but its payload does not load; rebuilding");
+                    self.set_aside(&entry);
+                    rebuilt = true;
+                }
+            },
             Ok(None) => {}
             Err(problem) => {
                 tracing::warn!(error = %problem, "engine cache entry rejected; rebuilding");
@@ -234,7 +261,7 @@ impl EngineCache {
                 rebuilt = true;
             }
         }
-        let bytes = build()?;
+        let (bytes, engine) = build()?;
         self.store(key, &bytes)?;
         drop(lock);
         let outcome = if rebuilt {
@@ -242,7 +269,7 @@ impl EngineCache {
         } else {
             CacheOutcome::Built
         };
-        Ok((bytes, outcome))
+        Ok((bytes, engine, outcome))
     }
 
     /// The verified payload for `key`: `Ok(None)` when there is no entry, `Err` when the
@@ -321,16 +348,22 @@ impl EngineCache {
             let parsed = fs::read(&path)
                 .map_err(|e| e.to_string())
                 .and_then(|bytes| {
-                    parse_entry(&path, &bytes)
-                        .map(|(manifest, _)| manifest)
-                        .map_err(|e| e.to_string())
+                    let (manifest, payload) =
+                        parse_entry(&path, &bytes).map_err(|e| e.to_string())?;
+                    let problem = check_payload_layout(&manifest.key, payload).err();
+                    Ok((manifest, problem))
                 });
             let info = match parsed {
-                Ok(manifest) => {
+                Ok((manifest, payload_problem)) => {
                     let stem_ok = path.file_stem().and_then(|s| s.to_str())
                         == Some(manifest.key.digest().as_str());
+                    let problem = if stem_ok {
+                        payload_problem
+                    } else {
+                        Some("file name does not match its key".to_owned())
+                    };
                     EntryInfo {
-                        problem: (!stem_ok).then(|| "file name does not match its key".to_owned()),
+                        problem,
                         path,
                         key: Some(manifest.key),
                         payload_len: manifest.payload_len,
@@ -362,6 +395,16 @@ impl EngineCache {
         if let Err(e) = fs::rename(path, &aside) {
             tracing::warn!(path = %path.display(), error = %e, "could not set the rejected engine aside");
         }
+    }
+}
+
+/// What can be checked of a payload without its backend: the CPU backend's layout (an
+/// NNEF tar archive). A TensorRT engine is opaque until TensorRT deserializes it.
+fn check_payload_layout(key: &EngineKey, payload: &[u8]) -> Result<(), String> {
+    if key.backend == crate::BackendKind::Cpu.name() {
+        crate::cpu::check_archive_layout(payload)
+    } else {
+        Ok(())
     }
 }
 

@@ -10,6 +10,7 @@
 //! The batch dimension must be dynamic (a named or unnamed dimension in the file). Other
 //! outputs a file may have are ignored.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
@@ -17,6 +18,8 @@ use serde::Deserialize;
 use tract_onnx::pb;
 use tract_onnx::prelude::Framework;
 
+use crate::cpu::MAX_BUFFER_BYTES;
+use crate::error::{describe_bytes, panic_message, printable};
 use crate::{DType, EngineError};
 
 /// Crop height of the coarse and refiner networks' input (spec A.2).
@@ -358,20 +361,119 @@ pub struct Signature {
     pub outputs: Vec<DeclaredTensor>,
 }
 
+/// Decodes the ONNX model in `bytes` (read from `path`), which must have a graph.
+pub(crate) fn decode_onnx(path: &Path, bytes: &[u8]) -> Result<pb::ModelProto, EngineError> {
+    let not_onnx = |reason: String| EngineError::NotOnnx {
+        path: path.to_owned(),
+        reason: printable(&reason),
+    };
+    let decoded = std::panic::catch_unwind(|| {
+        tract_onnx::onnx()
+            .proto_model_for_read(&mut &bytes[..])
+            .map_err(|e| format!("{e:#}"))
+    })
+    .unwrap_or_else(|panic| Err(format!("the decoder panicked: {}", panic_message(&*panic))));
+    let model = decoded.map_err(not_onnx)?;
+    if model.graph.is_none() {
+        return Err(not_onnx("the model has no graph".to_owned()));
+    }
+    Ok(model)
+}
+
+/// Refuses a graph with a `ConstantOfShape` or an `Expand` whose shape is a constant (an
+/// initialiser or a `Constant` node) asking for more than [`MAX_BUFFER_BYTES`], before
+/// tract sees it: tract evaluates such constants while it types the graph, and on huge
+/// ones it panics or fails to allocate, which ends a release build's process (`panic =
+/// "abort"`). Shapes computed from the input are checked later, on the typed graph.
+pub(crate) fn check_constant_shapes(
+    path: &Path,
+    model: &pb::ModelProto,
+) -> Result<(), EngineError> {
+    let Some(graph) = &model.graph else {
+        return Ok(());
+    };
+    // Shapes are short int64 vectors; anything longer is no shape.
+    const MAX_SHAPE_LEN: usize = 64;
+    let int64s = |tensor: &pb::TensorProto| -> Option<Vec<i64>> {
+        const INT64: i32 = 7;
+        if tensor.data_type != INT64 {
+            return None;
+        }
+        if !tensor.int64_data.is_empty() {
+            return (tensor.int64_data.len() <= MAX_SHAPE_LEN).then(|| tensor.int64_data.clone());
+        }
+        if tensor.raw_data.len() > 8 * MAX_SHAPE_LEN || !tensor.raw_data.len().is_multiple_of(8) {
+            return None;
+        }
+        let values = tensor.raw_data.chunks_exact(8).map(|chunk| {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            i64::from_le_bytes(word)
+        });
+        Some(values.collect())
+    };
+    let mut constants: HashMap<&str, Vec<i64>> = HashMap::new();
+    for tensor in &graph.initializer {
+        if let Some(values) = int64s(tensor) {
+            constants.insert(&tensor.name, values);
+        }
+    }
+    for node in graph.node.iter().filter(|node| node.op_type == "Constant") {
+        let value = node.attribute.iter().find(|a| a.name == "value");
+        if let (Some(output), Some(values)) = (
+            node.output.first(),
+            value.and_then(|a| a.t.as_ref()).and_then(int64s),
+        ) {
+            constants.insert(output, values);
+        }
+    }
+    for node in &graph.node {
+        let shape_input = match node.op_type.as_str() {
+            "ConstantOfShape" => node.input.first(),
+            "Expand" => node.input.get(1),
+            _ => None,
+        };
+        let Some(shape) = shape_input.and_then(|name| constants.get(name.as_str())) else {
+            continue;
+        };
+        // At least one byte per value: never more than the graph really asks for.
+        let values = shape.iter().try_fold(1u64, |n, &d| {
+            n.checked_mul(u64::try_from(d).unwrap_or(1).max(1))
+        });
+        if values.is_none_or(|n| n > MAX_BUFFER_BYTES) {
+            let name = if node.name.is_empty() {
+                node.output.first().map_or("?", String::as_str)
+            } else {
+                node.name.as_str()
+            };
+            return Err(EngineError::TooLarge {
+                path: path.to_owned(),
+                node: name.to_owned(),
+                reason: format!(
+                    "{} of the constant shape {shape:?}: more values than the {} a value \
+                     may take",
+                    node.op_type,
+                    describe_bytes(Some(MAX_BUFFER_BYTES as usize)),
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 impl Signature {
     /// Decodes the ONNX model in `bytes` (read from `path`) and reads its signature.
     pub fn from_onnx_bytes(path: &Path, bytes: &[u8]) -> Result<Signature, EngineError> {
-        let model = tract_onnx::onnx()
-            .proto_model_for_read(&mut &bytes[..])
-            .map_err(|e| EngineError::NotOnnx {
-                path: path.to_owned(),
-                reason: format!("{e:#}"),
-            })?;
+        Ok(Signature::from_model(&decode_onnx(path, bytes)?))
+    }
+
+    /// The signature of a decoded model.
+    pub(crate) fn from_model(model: &pb::ModelProto) -> Signature {
         let Some(graph) = model.graph.as_ref() else {
-            return Err(EngineError::NotOnnx {
-                path: path.to_owned(),
-                reason: "the model has no graph".to_owned(),
-            });
+            return Signature {
+                inputs: Vec::new(),
+                outputs: Vec::new(),
+            };
         };
         let initialisers: Vec<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
         let inputs = graph
@@ -381,7 +483,7 @@ impl Signature {
             .map(declared_tensor)
             .collect();
         let outputs = graph.output.iter().map(declared_tensor).collect();
-        Ok(Signature { inputs, outputs })
+        Signature { inputs, outputs }
     }
 }
 

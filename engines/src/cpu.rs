@@ -27,6 +27,7 @@ mod planned;
 mod tile;
 mod workers;
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -38,9 +39,11 @@ use crate::backend::{
 };
 use crate::cache::{CacheOutcome, EngineCache, EngineKey, Precision};
 use crate::contract::{Contract, DimSpec, Role};
+use crate::error::{describe_bytes, panic_message, printable};
+use crate::network::check_detections;
 use crate::tensor::{DType, OutputData, OutputTensor, Outputs, Shape};
 use crate::{EngineError, Network};
-use planned::{OutputView, PlannedGraph};
+use planned::{zeroed, OutputView, PlannedGraph};
 use workers::{ItemJob, Team, Worker};
 
 /// tract's version, as engine keys and `posed engines list` report it.
@@ -48,6 +51,12 @@ pub const TRACT_VERSION: &str = "0.23.9";
 
 /// Version of the CPU engine layout (the NNEF archive of the decluttered single-item graph).
 pub const CPU_ENGINE_VERSION: u32 = 2;
+
+/// Most bytes one value of a network may take, and the planned executor's buffers of one
+/// session in all (4 GiB; each worker thread of a batched session holds a copy of them).
+/// A network whose graph asks for more (a Pad by 2^20, say) is refused when it is loaded,
+/// with an [`EngineError::TooLarge`] naming the node, instead of failing to allocate.
+pub const MAX_BUFFER_BYTES: u64 = 4 << 30;
 
 /// Item shapes a model keeps plans for, and a session keeps states for (detector image
 /// sizes; the coarse and refiner networks have one). At least 2: the load-time shape is
@@ -168,30 +177,37 @@ impl CpuBackend {
             return Ok((model, CacheOutcome::Built));
         };
         let key = CpuBackend::engine_key(&network, &options);
-        let (archive, outcome) = cache.get_or_build(&key, || {
+        let path = network.path();
+        let build = || {
             let decluttered = decluttered_from_onnx(&network, item)?;
-            let mut archive = Vec::new();
-            tract_nnef::nnef()
-                .with_onnx()
-                .write_to_tar_with_config(&decluttered, &mut archive, false, true)
-                .map_err(tract_error(network.path(), "writing the NNEF archive"))?;
-            Ok(archive)
-        })?;
-        // NNEF spells some ops differently (a type-preserving Cast after an Add, say): a
-        // second declutter brings the graph back to the ops it had when it was written.
-        let decluttered = match tract_nnef::nnef()
-            .with_onnx()
-            .model_for_read(&mut &archive[..])
-            .and_then(|model| model.into_decluttered())
-        {
-            Ok(model) => model,
-            Err(e) => {
-                // The entry verified (its bytes are what was written) but tract cannot read
-                // it back: a tract bug or version skew. Do not trust it; parse the ONNX.
-                tracing::warn!(path = %network.path().display(), error = %format!("{e:#}"), "cached CPU engine unreadable; loading the ONNX file");
-                decluttered_from_onnx(&network, item)?
-            }
+            let archive = tract_stage(path, "writing the NNEF archive", || {
+                let mut archive = Vec::new();
+                tract_nnef::nnef().with_onnx().write_to_tar_with_config(
+                    &decluttered,
+                    &mut archive,
+                    false,
+                    true,
+                )?;
+                Ok(archive)
+            })?;
+            // Run what a later load will read from the cache: NNEF spells some ops
+            // differently, and `read_archive`'s second declutter brings them back.
+            let model = match read_archive(path, &archive) {
+                Ok(model) => model,
+                Err(e) => {
+                    // A tract bug or version skew: the entry is stored all the same, and
+                    // the next load sets it aside and builds it again.
+                    tracing::warn!(path = %path.display(), error = %e, "tract cannot read back the NNEF archive it wrote; running the graph parsed from the ONNX file");
+                    decluttered
+                }
+            };
+            Ok((archive, model))
         };
+        // An entry whose bytes verify but that tract cannot read (a tract bug, or a
+        // payload written with a matching checksum) is set aside and rebuilt like any
+        // other rejected entry, never trusted and never kept.
+        let check = |archive: &[u8]| read_archive(path, archive).map_err(|e| e.to_string());
+        let (_, decluttered, outcome) = cache.get_or_build_checked(&key, build, check)?;
         let model = CpuModel::new(network, options, item, decluttered, self.settings())?;
         Ok((model, outcome))
     }
@@ -226,7 +242,118 @@ fn tract_error(path: &Path, stage: &'static str) -> impl Fn(TractError) -> Engin
     move |e: TractError| EngineError::Tract {
         path: path.clone(),
         stage,
-        reason: format!("{e:#}"),
+        // tract quotes what it failed on, which may be bytes of a corrupt file.
+        reason: printable(&format!("{e:#}")),
+    }
+}
+
+/// Runs one of tract's stages on a network, an error naming the file and the stage; a
+/// panic inside tract (a bug some malformed graphs trigger: a division by zero in a
+/// reduction of a huge constant, a failed allocation) becomes such an error too, and the
+/// network is dropped. The panic's default message is still printed. In a build with
+/// `panic = "abort"` (the release profile) a panic still ends the process: `network.rs`
+/// refuses the graphs known to cause one before tract sees them.
+fn tract_stage<T>(
+    path: &Path,
+    stage: &'static str,
+    f: impl FnOnce() -> TractResult<T>,
+) -> Result<T, EngineError> {
+    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(result) => result.map_err(tract_error(path, stage)),
+        Err(panic) => Err(tract_panicked(path, stage, &*panic)),
+    }
+}
+
+fn tract_panicked(
+    path: &Path,
+    stage: &'static str,
+    panic: &(dyn std::any::Any + Send),
+) -> EngineError {
+    EngineError::Tract {
+        path: path.to_owned(),
+        stage,
+        reason: format!(
+            "panicked (a bug this graph triggers): {}",
+            printable(&panic_message(panic))
+        ),
+    }
+}
+
+/// Reads an NNEF archive this backend wrote (a cache entry) and declutters it.
+fn read_archive(path: &Path, archive: &[u8]) -> Result<TypedModel, EngineError> {
+    tract_stage(path, "reading the cached NNEF archive", || {
+        tract_nnef::nnef()
+            .with_onnx()
+            .model_for_read(&mut &archive[..])?
+            .into_decluttered()
+    })
+}
+
+/// Checks that `payload` is laid out as [`CpuBackend`]'s cache entries are: a tar archive
+/// (every header's checksum right, every entry inside the payload) holding `graph.nnef`.
+/// A cheap check for `posed engines list`; loading reads the archive whole.
+pub(crate) fn check_archive_layout(payload: &[u8]) -> Result<(), String> {
+    const BLOCK: usize = 512;
+    let octal = |field: &[u8]| -> Option<u64> {
+        let text = std::str::from_utf8(field).ok()?;
+        let digits = text.trim_matches(|c: char| c == '\0' || c == ' ');
+        u64::from_str_radix(digits, 8).ok()
+    };
+    let mut offset = 0usize;
+    let mut has_graph = false;
+    loop {
+        let Some(header) = payload.get(offset..offset + BLOCK) else {
+            return Err(format!(
+                "not a tract NNEF archive: it ends inside the tar header at byte {offset}"
+            ));
+        };
+        if header.iter().all(|&b| b == 0) {
+            break;
+        }
+        let stored = octal(&header[148..156]);
+        let sum: u64 = header
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    u64::from(b)
+                }
+            })
+            .sum();
+        if stored != Some(sum) {
+            return Err(format!(
+                "not a tract NNEF archive: bad tar header checksum at byte {offset}"
+            ));
+        }
+        let size = if header[124] & 0x80 != 0 {
+            // GNU base-256 sizes, for entries of 8 GiB or more.
+            header[125..136]
+                .iter()
+                .try_fold(0u64, |n, &b| n.checked_mul(256)?.checked_add(u64::from(b)))
+        } else {
+            octal(&header[124..136])
+        };
+        let name_end = header[..100].iter().position(|&b| b == 0).unwrap_or(100);
+        let name = &header[..name_end];
+        has_graph |= name == b"graph.nnef" || name == b"./graph.nnef";
+        let next = size
+            .and_then(|size| usize::try_from(size.div_ceil(BLOCK as u64)).ok())
+            .and_then(|blocks| blocks.checked_mul(BLOCK))
+            .and_then(|data| data.checked_add(offset + BLOCK))
+            .filter(|&next| next <= payload.len());
+        let Some(next) = next else {
+            return Err(format!(
+                "not a tract NNEF archive: the entry at byte {offset} runs past the end"
+            ));
+        };
+        offset = next;
+    }
+    if has_graph {
+        Ok(())
+    } else {
+        Err("not a tract NNEF archive: no graph.nnef in it".to_owned())
     }
 }
 
@@ -267,21 +394,73 @@ fn item_shape(contract: &Contract, shape: &[usize]) -> Shape {
 fn decluttered_from_onnx(network: &Network, item: Shape) -> Result<TypedModel, EngineError> {
     let contract = network.contract();
     let path = network.path();
-    let mut model = tract_onnx::onnx()
-        .model_for_read(&mut network.onnx_bytes())
-        .map_err(tract_error(path, "loading"))?;
-    model
-        .set_input_fact(0, f32::fact(item.dims()).into())
-        .map_err(tract_error(path, "setting the input shape"))?;
-    model
-        .select_outputs_by_name(contract.outputs.iter().map(|o| o.name))
-        .map_err(tract_error(path, "selecting the contract's outputs"))?;
-    let typed = model
-        .into_typed()
-        .map_err(tract_error(path, "typing the graph"))?;
-    typed
-        .into_decluttered()
-        .map_err(tract_error(path, "decluttering"))
+    let mut model = tract_stage(path, "loading", || {
+        tract_onnx::onnx().model_for_read(&mut network.onnx_bytes())
+    })?;
+    tract_stage(path, "setting the input shape", || {
+        model.set_input_fact(0, f32::fact(item.dims()).into())
+    })?;
+    tract_stage(path, "selecting the contract's outputs", || {
+        model.select_outputs_by_name(contract.outputs.iter().map(|o| o.name))
+    })?;
+    let typed = tract_stage(path, "typing the graph", || model.into_typed())?;
+    tract_stage(path, "decluttering", || typed.into_decluttered())
+}
+
+/// Checks a decluttered item graph before either executor plans it: no value whose shape
+/// tract knows takes more than [`MAX_BUFFER_BYTES`] (tract's plan would fail to allocate
+/// it in the first run), and a detector's outputs hold no more detections than the
+/// sidecar's `max_detections` where the graph fixes their number (every run would fail).
+fn check_item_graph(network: &Network, model: &TypedModel) -> Result<(), EngineError> {
+    let path = network.path();
+    for node in model.nodes() {
+        for output in &node.outputs {
+            let Some(dims) = output.fact.shape.as_concrete() else {
+                continue;
+            };
+            let element = output.fact.datum_type.size_of();
+            let bytes = dims
+                .iter()
+                .try_fold(element, |n, &d| n.checked_mul(d.max(1)));
+            if bytes.is_none_or(|b| b as u64 > MAX_BUFFER_BYTES) {
+                return Err(EngineError::TooLarge {
+                    path: path.to_owned(),
+                    node: node.name.clone(),
+                    reason: format!(
+                        "its {:?} value of shape {dims:?} takes {}, more than the {} a value \
+                         may take",
+                        output.fact.datum_type,
+                        describe_bytes(bytes),
+                        describe_bytes(Some(MAX_BUFFER_BYTES as usize)),
+                    ),
+                });
+            }
+        }
+    }
+    let Some(detector) = &network.sidecar().detector else {
+        return Ok(());
+    };
+    let outlets = model
+        .output_outlets()
+        .map_err(tract_error(path, "reading outputs"))?;
+    for (spec, outlet) in network.contract().outputs.iter().zip(outlets) {
+        let fact = model
+            .outlet_fact(*outlet)
+            .map_err(tract_error(path, "reading outputs"))?;
+        let dims: Vec<Option<usize>> = fact
+            .shape
+            .iter()
+            .map(|d| d.as_i64().and_then(|n| usize::try_from(n).ok()))
+            .collect();
+        let shown: Vec<String> = fact.shape.iter().map(|d| d.to_string()).collect();
+        let found = format!(
+            "{} [{}] once typed",
+            spec.dtype.onnx_name(),
+            shown.join(", ")
+        );
+        check_detections(path, spec, &dims, detector.max_detections, &found)?;
+    }
+    Ok(())
 }
 
 /// A graph ready to run for one item shape, on one executor.
@@ -300,21 +479,32 @@ fn item_plan(
     decluttered: TypedModel,
     executor: CpuExecutor,
 ) -> Result<ItemPlan, EngineError> {
+    check_item_graph(network, &decluttered)?;
+    let path = network.path();
     let mut refusal = None;
     if executor == CpuExecutor::Planned {
-        match PlannedGraph::plan(&decluttered) {
+        let stage = "planning for posed's executor";
+        let planned =
+            std::panic::catch_unwind(AssertUnwindSafe(|| PlannedGraph::plan(&decluttered)))
+                .map_err(|panic| tract_panicked(path, stage, &*panic))?;
+        match planned {
             Ok(plan) => return Ok(ItemPlan::Planned(Arc::new(plan))),
+            // tract's plan would need the same memory: no reason to fall back to it.
+            Err(e) if e.too_large => {
+                return Err(EngineError::TooLarge {
+                    path: path.to_owned(),
+                    node: e.node,
+                    reason: format!("({}) {}", e.op, e.reason),
+                });
+            }
             Err(e) => {
-                tracing::warn!(path = %network.path().display(), reason = %e, "the planned CPU executor cannot run this network; using tract's plan, which allocates in every run");
+                tracing::warn!(path = %path.display(), reason = %e, "the planned CPU executor cannot run this network; using tract's plan, which allocates in every run");
                 refusal = Some(e.to_string());
             }
         }
     }
-    let plan = decluttered
-        .into_optimized()
-        .map_err(tract_error(network.path(), "optimising"))?
-        .into_runnable()
-        .map_err(tract_error(network.path(), "planning"))?;
+    let optimised = tract_stage(path, "optimising", || decluttered.into_optimized())?;
+    let plan = tract_stage(path, "planning", || optimised.into_runnable())?;
     Ok(ItemPlan::Tract(plan, refusal))
 }
 
@@ -432,12 +622,14 @@ impl CpuModel {
                 ),
             });
         }
-        let mut buffers = plan.new_buffers();
+        let path = self.shared.network.path();
+        let mut buffers = plan
+            .new_buffers()
+            .ok_or_else(|| out_of_memory(path, "the session's buffers", plan.buffer_bytes()))?;
         let labels = plan.step_labels();
         let mut step_ns = vec![0u64; labels.len()];
-        let path = self.shared.network.path();
         let workers = spawn_workers(path, self.shared.settings.threads)?;
-        let mut scratches = vec![vec![0.0; plan.scratch_len()]; workers.len()];
+        let mut scratches = scratches(path, &plan, workers.len())?;
         let mut team = Team {
             workers: &workers,
             scratches: &mut scratches,
@@ -585,10 +777,32 @@ impl Model for CpuModel {
 fn spawn_workers(path: &Path, threads: usize) -> Result<Vec<Worker>, EngineError> {
     (1..threads.min(planned::MAX_LANES))
         .map(|index| {
-            Worker::spawn(format!("posed-cpu-{index}")).map_err(|source| EngineError::Io {
-                path: path.to_owned(),
-                action: "starting a CPU worker thread",
-                source,
+            Worker::spawn(format!("posed-cpu-{index}"))
+                .map_err(|error| EngineError::io(path, "starting a CPU worker thread", error))
+        })
+        .collect()
+}
+
+/// The error of a session's buffers the machine has no memory for.
+fn out_of_memory(path: &Path, what: &str, bytes: usize) -> EngineError {
+    EngineError::TooLarge {
+        path: path.to_owned(),
+        node: "(session)".to_owned(),
+        reason: format!("no memory for {what} ({bytes} bytes)"),
+    }
+}
+
+/// A scratch buffer for each of `workers` worker threads.
+fn scratches(
+    path: &Path,
+    plan: &PlannedGraph,
+    workers: usize,
+) -> Result<Vec<Vec<f32>>, EngineError> {
+    let len = plan.scratch_len();
+    (0..workers)
+        .map(|_| {
+            zeroed(len).ok_or_else(|| {
+                out_of_memory(path, "a worker's scratch buffer", len * size_of::<f32>())
             })
         })
         .collect()
@@ -667,13 +881,16 @@ impl CpuSession {
                 }
                 let batched = self.contract.is_batched() && self.options.max_batch > 1;
                 let item_jobs = if batched { self.workers.len() } else { 0 };
+                let buffers_error =
+                    || out_of_memory(&self.path, "the session's buffers", plan.buffer_bytes());
                 ItemState::Planned {
                     shape,
-                    buffers: plan.new_buffers(),
+                    buffers: plan.new_buffers().ok_or_else(buffers_error)?,
                     jobs: (0..item_jobs)
-                        .map(|_| Some(ItemJob::new(Arc::clone(&plan))))
-                        .collect(),
-                    scratches: vec![vec![0.0; plan.scratch_len()]; self.workers.len()],
+                        .map(|_| ItemJob::new(Arc::clone(&plan)).map(Some))
+                        .collect::<Option<_>>()
+                        .ok_or_else(buffers_error)?,
+                    scratches: scratches(&self.path, &plan, self.workers.len())?,
                     plan,
                 }
             }
@@ -725,9 +942,8 @@ fn run_tract_item(
             Ok(())
         })
         .map_err(tract_error(path, "filling the input"))?;
-    state
-        .run(tvec![TValue::from_const(Arc::clone(input))])
-        .map_err(tract_error(path, "running"))
+    let inputs = tvec![TValue::from_const(Arc::clone(input))];
+    tract_stage(path, "running", || state.run(inputs))
 }
 
 /// Where one batch item's outputs go: checks each output's shape against the contract and
@@ -816,6 +1032,20 @@ impl Session for CpuSession {
     }
 
     fn run(
+        &mut self,
+        input: &[f32],
+        shape: &[usize],
+        outputs: &mut Outputs,
+    ) -> Result<(), EngineError> {
+        // An output that breaks the contract is the network's doing: name its file.
+        self.run_batch(input, shape, outputs)
+            .map_err(|e| e.in_network(&self.path))
+    }
+}
+
+impl CpuSession {
+    /// [`Session::run`], its output errors without the file.
+    fn run_batch(
         &mut self,
         input: &[f32],
         shape: &[usize],
@@ -962,6 +1192,79 @@ impl Session for CpuSession {
 mod tests {
     use super::*;
 
+    fn refiner_tiny() -> Network {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/networks/refiner-tiny.onnx");
+        Network::open(&path).expect("data/networks/refiner-tiny.onnx")
+    }
+
+    #[test]
+    fn archives_are_checked_for_their_layout_and_read_errors_print_no_raw_bytes() {
+        let network = refiner_tiny();
+        let item = load_item_shape(&network.contract(), &ModelOptions::default());
+        let decluttered = decluttered_from_onnx(&network, item).expect("declutters");
+        let mut archive = Vec::new();
+        tract_nnef::nnef()
+            .with_onnx()
+            .write_to_tar_with_config(&decluttered, &mut archive, false, true)
+            .expect("archive");
+        assert_eq!(check_archive_layout(&archive), Ok(()));
+        assert!(read_archive(network.path(), &archive).is_ok());
+
+        let cut = &archive[..archive.len() / 2];
+        let problem = check_archive_layout(cut).expect_err("cut");
+        assert!(problem.contains("past the end"), "{problem}");
+        let mut flipped = archive.clone();
+        flipped[3] ^= 1;
+        let problem = check_archive_layout(&flipped).expect_err("flipped");
+        assert!(problem.contains("checksum"), "{problem}");
+        // A tar archive with a header and an entry, but no graph in it.
+        let mut other = archive[..512].to_vec();
+        other[..10].copy_from_slice(b"graph.nnex");
+        let sum: u32 = other
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    u32::from(b)
+                }
+            })
+            .sum();
+        other[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        let size = usize::from_str_radix(std::str::from_utf8(&other[124..135]).expect("octal"), 8)
+            .expect("size");
+        other.extend(vec![0; size.div_ceil(512) * 512 + 1024]);
+        let problem = check_archive_layout(&other).expect_err("no graph");
+        assert!(problem.contains("no graph.nnef"), "{problem}");
+
+        // Bytes that are no archive at all: tract's message, if it quotes them, is made
+        // printable and short.
+        let garbage: Vec<u8> = (0..5000u32).map(|i| (i * 7919 % 256) as u8).collect();
+        assert!(check_archive_layout(&garbage).is_err());
+        let err = read_archive(network.path(), &garbage).expect_err("garbage");
+        let message = err.to_string();
+        assert!(message.contains("refiner-tiny.onnx"), "{message}");
+        assert!(message.len() < 1000, "{message}");
+        assert!(!message.chars().any(char::is_control), "{message:?}");
+    }
+
+    #[test]
+    fn a_panic_inside_tract_is_an_error_naming_the_file_and_the_stage() {
+        let network = refiner_tiny();
+        let err = tract_stage(network.path(), "decluttering", || -> TractResult<()> {
+            panic!("attempt to divide by zero")
+        })
+        .expect_err("panicked");
+        let message = err.to_string();
+        assert!(
+            message.contains("refiner-tiny.onnx")
+                && message.contains("decluttering")
+                && message.contains("attempt to divide by zero"),
+            "{message}"
+        );
+    }
+
     /// refiner-tiny's batch norms (a Mul and an Add by per-channel constants once
     /// decluttered) and SiLUs fold into the convolutions and einsums before them, on every
     /// target: tract's declutter lays some convolutions out channels last on aarch64, so
@@ -970,8 +1273,7 @@ mod tests {
     /// x86_64, 25 on aarch64 with its transposes.)
     #[test]
     fn refiner_tiny_folds_its_batch_norms_and_activations() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/networks/refiner-tiny.onnx");
-        let network = Network::open(&path).expect("data/networks/refiner-tiny.onnx");
+        let network = refiner_tiny();
         let item = load_item_shape(&network.contract(), &ModelOptions::default());
         let decluttered = decluttered_from_onnx(&network, item).expect("declutters");
         let plan = PlannedGraph::plan(&decluttered).expect("plans");

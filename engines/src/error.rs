@@ -1,3 +1,4 @@
+use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use thiserror::Error;
@@ -7,14 +8,16 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum EngineError {
     /// A file could not be read or written.
-    #[error("{path}: {action}: {source}")]
+    // The OS error is in the message and deliberately not `source()`: anyhow's `{:#}`
+    // prints the message, then every source, and the reason came out twice.
+    #[error("{path}: {action}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// What was being done ("reading", "renaming into place", ...).
         action: &'static str,
         /// The operating system's error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A file that is not a readable ONNX model.
     #[error("{path}: not a readable ONNX model: {reason}")]
@@ -54,6 +57,28 @@ pub enum EngineError {
         /// "loading", "optimising", "running", ...
         stage: &'static str,
         /// tract's error chain.
+        reason: String,
+    },
+    /// A network whose tensors, or whose planned buffers in all, would take more memory
+    /// than posed allows ([`crate::cpu::MAX_BUFFER_BYTES`]), or whose sizes overflow.
+    #[error("{path}: node `{node}`: {reason}")]
+    TooLarge {
+        /// The ONNX file.
+        path: PathBuf,
+        /// The node whose value is too large ("(graph)" for the buffers in all).
+        node: String,
+        /// The size, and the limit.
+        reason: String,
+    },
+    /// A run's output that does not match the contract or the sidecar, with the network
+    /// that produced it.
+    #[error("{path}: output `{tensor}`: {reason}")]
+    NetworkOutput {
+        /// The ONNX file.
+        path: PathBuf,
+        /// The output tensor.
+        tensor: String,
+        /// What went wrong.
         reason: String,
     },
     /// A run's input does not match what the session was created for.
@@ -119,7 +144,115 @@ impl EngineError {
         EngineError::Io {
             path: path.into(),
             action,
-            source,
+            error: source,
         }
+    }
+
+    /// This error with the network that produced it named: an [`EngineError::Output`] of
+    /// a run becomes an [`EngineError::NetworkOutput`]; any other error is returned as is.
+    pub(crate) fn in_network(self, path: &std::path::Path) -> EngineError {
+        match self {
+            EngineError::Output { tensor, reason } => EngineError::NetworkOutput {
+                path: path.to_owned(),
+                tensor,
+                reason,
+            },
+            other => other,
+        }
+    }
+}
+
+/// Longest reason taken from another library's message (tract's, a panic's): some quote
+/// the bytes they failed on, which may be a whole corrupt file.
+const MAX_REASON_CHARS: usize = 600;
+
+/// `text` made safe to print: control characters escaped (a message may quote raw bytes
+/// of a corrupt file) and cut to [`MAX_REASON_CHARS`] characters.
+pub(crate) fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_REASON_CHARS + 40));
+    for (count, c) in text.chars().enumerate() {
+        if count == MAX_REASON_CHARS {
+            let rest = text.chars().count() - count;
+            let _ = write!(out, "... ({rest} more characters)");
+            break;
+        }
+        match c {
+            '\n' | '\t' => out.push(' '),
+            c if c.is_control() || c == char::REPLACEMENT_CHARACTER => {
+                out.extend(c.escape_default());
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A size in words ("24.0 TiB"); `None` (a size that overflowed) is "more than 16 EiB".
+pub(crate) fn describe_bytes(bytes: Option<usize>) -> String {
+    let Some(bytes) = bytes else {
+        return "more than 16 EiB".to_owned();
+    };
+    let units = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut size = bytes as f64;
+    let mut unit = None;
+    for name in units {
+        if size < 1024.0 {
+            break;
+        }
+        size /= 1024.0;
+        unit = Some(name);
+    }
+    match unit {
+        None => format!("{bytes} bytes"),
+        Some(unit) => format!("{size:.1} {unit}"),
+    }
+}
+
+/// The message a panic carried (`panic!`'s text), for an error built from a caught panic.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "(no message)".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_io_error_says_its_reason_once_through_anyhow_style_chains() {
+        let err = EngineError::io(
+            "/nonexistent/x.onnx",
+            "reading",
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        );
+        let message = err.to_string();
+        assert!(
+            message.starts_with("/nonexistent/x.onnx: reading: "),
+            "{message}"
+        );
+        // What `{:#}` of an anyhow error adds after the message: nothing.
+        assert!(std::error::Error::source(&err).is_none(), "{message}");
+    }
+
+    #[test]
+    fn sizes_are_described_in_binary_units() {
+        assert_eq!(describe_bytes(Some(512)), "512 bytes");
+        assert_eq!(describe_bytes(Some(4 << 30)), "4.0 GiB");
+        assert_eq!(describe_bytes(Some(26_402_373_771_264)), "24.0 TiB");
+        assert_eq!(describe_bytes(None), "more than 16 EiB");
+    }
+
+    #[test]
+    fn printable_escapes_control_bytes_and_truncates() {
+        let raw = "bad entry \u{1}\u{7f}\u{fffd}x\nend";
+        assert_eq!(printable(raw), "bad entry \\u{1}\\u{7f}\\u{fffd}x end");
+        let long = "a".repeat(MAX_REASON_CHARS + 10);
+        let expected = format!("{}... (10 more characters)", "a".repeat(MAX_REASON_CHARS));
+        assert_eq!(printable(&long), expected);
     }
 }

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::contract::{Contract, DetectorLayout, Role, Signature};
+use crate::contract::{
+    check_constant_shapes, decode_onnx, Contract, DeclaredDim, DetectorLayout, DimSpec, Role,
+    Signature, TensorSpec,
+};
 use crate::EngineError;
 
 /// The sidecar format this build reads.
@@ -194,6 +197,9 @@ pub struct Network {
 impl Network {
     /// Reads `onnx_path` and its sidecar and checks the file against the role's contract.
     pub fn open(onnx_path: &Path) -> Result<Network, EngineError> {
+        // The ONNX file first: a mistyped path is about the file, not its sidecar.
+        let onnx =
+            std::fs::read(onnx_path).map_err(|e| EngineError::io(onnx_path, "reading", e))?;
         let sidecar_path = Sidecar::path_for(onnx_path);
         let text = std::fs::read_to_string(&sidecar_path).map_err(|e| EngineError::Sidecar {
             path: sidecar_path.clone(),
@@ -204,8 +210,6 @@ impl Network {
             ),
         })?;
         let sidecar = Sidecar::parse(&sidecar_path, &text)?;
-        let onnx =
-            std::fs::read(onnx_path).map_err(|e| EngineError::io(onnx_path, "reading", e))?;
         Network::from_parts(onnx_path, onnx, sidecar)
     }
 
@@ -215,8 +219,33 @@ impl Network {
         onnx: Vec<u8>,
         sidecar: Sidecar,
     ) -> Result<Network, EngineError> {
-        let signature = Signature::from_onnx_bytes(path, &onnx)?;
-        sidecar.contract().check(path, &signature)?;
+        let model = decode_onnx(path, &onnx)?;
+        let signature = Signature::from_model(&model);
+        check_constant_shapes(path, &model)?;
+        drop(model);
+        let contract = sidecar.contract();
+        contract.check(path, &signature)?;
+        if let Some(detector) = &sidecar.detector {
+            let declared = |name: &str| {
+                let tensor = signature.outputs.iter().find(|t| t.name == name)?;
+                let dims = tensor.dims.as_ref()?;
+                Some((tensor, dims.as_slice()))
+            };
+            let shapes = contract.outputs.iter().filter_map(|spec| {
+                let (tensor, dims) = declared(spec.name)?;
+                let found = dims
+                    .iter()
+                    .map(|dim| match dim {
+                        DeclaredDim::Fixed(n) => usize::try_from(*n).ok(),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>();
+                Some((spec, found, tensor.to_string()))
+            });
+            for (spec, dims, found) in shapes {
+                check_detections(path, spec, &dims, detector.max_detections, &found)?;
+            }
+        }
         let sha256 = Sha256::digest(&onnx).into();
         Ok(Network {
             path: path.to_owned(),
@@ -261,6 +290,41 @@ impl Network {
     pub fn signature(&self) -> &Signature {
         &self.signature
     }
+}
+
+/// Checks the detection count (`N`) of a detector output against the sidecar's
+/// `max_detections`, where the graph fixes it (`dims`: the output's dimensions, `None`
+/// where not known): a graph that always writes more detections than the buffers hold
+/// would fail every run, so it is refused when the network is checked and loaded.
+pub(crate) fn check_detections(
+    path: &Path,
+    spec: &TensorSpec,
+    dims: &[Option<usize>],
+    max_detections: usize,
+    found: &str,
+) -> Result<(), EngineError> {
+    if dims.len() != spec.dims.len() {
+        return Ok(());
+    }
+    for (want, got) in spec.dims.iter().zip(dims) {
+        if let (DimSpec::Any(name), Some(n)) = (want, got) {
+            if *n > max_detections {
+                return Err(EngineError::Contract {
+                    path: path.to_owned(),
+                    tensor: spec.name.to_owned(),
+                    expected: format!(
+                        "output {spec} with {name} at most {max_detections} \
+                         (detector.max_detections in {})",
+                        Sidecar::path_for(path).display()
+                    ),
+                    found: format!(
+                        "{found}: {n} detections per image; raise max_detections to {n} or more"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Lowercase hex of `bytes`.

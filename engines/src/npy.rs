@@ -206,7 +206,8 @@ pub fn write_npy(path: &Path, array: &NpyArray) -> Result<(), EngineError> {
     bytes.extend_from_slice(header.as_bytes());
     bytes.extend_from_slice(&body);
     let tmp = path.with_extension("npy.tmp");
-    fs::write(&tmp, &bytes).map_err(|e| EngineError::io(&tmp, "writing", e))?;
+    // Named by the file asked for: the temporary one is an implementation detail.
+    fs::write(&tmp, &bytes).map_err(|e| EngineError::io(path, "writing", e))?;
     fs::rename(&tmp, path).map_err(|e| {
         let _ = fs::remove_file(&tmp);
         EngineError::io(path, "renaming into place", e)
@@ -244,6 +245,23 @@ mod tests {
             );
             assert_eq!(read_npy(&path).expect("read back"), array);
         }
+    }
+
+    #[test]
+    fn a_failed_write_names_the_file_asked_for() {
+        let path = Path::new("/nonexistent/dir/x.npy");
+        let array = NpyArray {
+            shape: vec![1],
+            data: NpyData::F32(vec![1.0]),
+        };
+        let message = write_npy(path, &array)
+            .expect_err("no such dir")
+            .to_string();
+        assert!(
+            message.starts_with("/nonexistent/dir/x.npy: writing: "),
+            "{message}"
+        );
+        assert!(!message.contains(".tmp"), "{message}");
     }
 
     fn array_bytes(array: &NpyArray) -> usize {

@@ -199,7 +199,16 @@ fn bad_runs_are_errors_not_panics() {
     let err = session
         .run(&input[..input.len() / 2], &[1, 6, 240, 320], &mut small)
         .expect_err("small");
-    assert!(err.to_string().contains("pose_update"), "{err}");
+    // An output error names the network's file, so that a log line says which one.
+    assert!(
+        matches!(err, posed_engines::EngineError::NetworkOutput { .. }),
+        "{err}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("refiner-tiny.onnx") && message.contains("output `pose_update`"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -261,14 +270,31 @@ fn engine_cache_round_trip_and_recovery() {
     run(posed_engines::CacheOutcome::Rebuilt);
     run(posed_engines::CacheOutcome::Hit);
 
-    // An entry that verifies but that tract cannot read is not trusted: the ONNX is used.
-    cache
-        .store(
-            &CpuBackend::engine_key(&network, &options),
-            b"not an NNEF archive",
-        )
-        .expect("store");
-    run(posed_engines::CacheOutcome::Hit);
+    // An entry that verifies but that tract cannot read (random bytes stored with their
+    // own sha256, as a corrupt disk or a hand-made entry may hold) is reported by
+    // `list`, then set aside and rebuilt by the next load, not kept and reparsed forever.
+    let key = CpuBackend::engine_key(&network, &options);
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let random: Vec<u8> = (0..5000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect();
+    for payload in [&b"not an NNEF archive"[..], &random] {
+        std::fs::remove_file(entry.with_extension("engine.rejected")).expect("old rejected");
+        cache.store(&key, payload).expect("store");
+        let listed = cache.list().expect("list");
+        let problem = listed[0].problem.as_deref().unwrap_or_default();
+        assert!(problem.contains("not a tract NNEF archive"), "{problem}");
+        run(posed_engines::CacheOutcome::Rebuilt);
+        assert!(entry.with_extension("engine.rejected").exists());
+        run(posed_engines::CacheOutcome::Hit);
+        let listed = cache.list().expect("list");
+        assert_eq!(listed[0].problem, None, "{}", listed[0].path.display());
+    }
 
     // The CPU engine is the single-item graph: one entry serves every max_batch.
     let other = ModelOptions {

@@ -157,6 +157,35 @@ fn garbage_file_is_rebuilt() {
 }
 
 #[test]
+fn an_entry_whose_payload_the_backend_cannot_read_is_set_aside_and_rebuilt() {
+    // The bytes verify (their sha256 is the manifest's), but the backend's reader
+    // refuses them: the entry is rejected like a corrupt one, not trusted and kept.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = EngineCache::open(dir.path()).expect("open");
+    let key = key(Precision::Fp32);
+    let path = cache.store(&key, b"garbage that verifies").expect("store");
+    let good = payload();
+    let read = |bytes: &[u8]| {
+        if bytes == &payload()[..] {
+            Ok(bytes.len())
+        } else {
+            Err("not an engine".to_owned())
+        }
+    };
+    let build = || Ok((good.clone(), good.len()));
+    let (bytes, engine, outcome) = cache
+        .get_or_build_checked(&key, build, read)
+        .expect("rebuild");
+    assert_eq!(outcome, CacheOutcome::Rebuilt);
+    assert_eq!((bytes, engine), (payload(), payload().len()));
+    assert!(path.with_extension("engine.rejected").exists());
+    // The rebuilt entry is read, not rebuilt again.
+    let never = || -> Result<(Vec<u8>, usize), EngineError> { panic!("rebuilt twice") };
+    let (_, engine, outcome) = cache.get_or_build_checked(&key, never, read).expect("hit");
+    assert_eq!((engine, outcome), (payload().len(), CacheOutcome::Hit));
+}
+
+#[test]
 fn corrupt_manifest_is_rebuilt() {
     check_rejected(
         |path| {

@@ -842,9 +842,26 @@ impl ConvGeometry {
     }
 
     /// Values of the scratch buffer [`conv`] needs: one group's input channels, padded
-    /// and split into phases, and the values the depthwise kernel may read past them.
-    pub(crate) fn scratch_len(&self) -> usize {
-        (self.in_channels / self.group.max(1)) * self.phased_plane_len() + depthwise::READ_SLACK
+    /// and split into phases, and the values the depthwise kernel may read past them;
+    /// `None` when that overflows (strides, dilations and kernels come from the file).
+    /// The planner takes this before any other size of the convolution, so those, all
+    /// smaller, cannot overflow.
+    pub(crate) fn scratch_len(&self) -> Option<usize> {
+        let span = |axis: usize| {
+            let outputs = self.out_hw[axis]
+                .checked_sub(1)?
+                .checked_mul(self.stride[axis])?;
+            let taps = self.kernel_hw[axis]
+                .checked_sub(1)?
+                .checked_mul(self.dilation[axis])?;
+            outputs.checked_add(taps)?.checked_add(1)
+        };
+        let (rows, columns) = (span(0)?, span(1)?);
+        let phase_len = columns.div_ceil(self.stride[1].max(1));
+        let plane = rows.checked_mul(self.stride[1])?.checked_mul(phase_len)?;
+        (self.in_channels / self.group.max(1))
+            .checked_mul(plane)?
+            .checked_add(depthwise::READ_SLACK)
     }
 
     /// The convolution's matrix-product layout. The geometry must be consistent (the
@@ -1372,7 +1389,7 @@ mod tests {
         activation: Option<Unary>,
     ) -> Vec<f32> {
         let mut out = vec![f32::NAN; geo.images * geo.out_channels * geo.out_hw[0] * geo.out_hw[1]];
-        let mut scratch = vec![f32::NAN; geo.scratch_len()];
+        let mut scratch = vec![f32::NAN; geo.scratch_len().expect("scratch fits")];
         conv(
             &geo.plan(),
             &mut out,

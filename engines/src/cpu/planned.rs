@@ -33,6 +33,32 @@ use super::kernels::{
 };
 use super::tile::{TILE_COLUMNS, TILE_ROWS};
 use super::workers::{run_parts, Team, Worker};
+use super::MAX_BUFFER_BYTES;
+use crate::error::describe_bytes;
+
+/// `len` zeros, or `None` where the memory is not there: sizes come from the file, and a
+/// failed allocation must be an error, not an abort of the process.
+pub(crate) fn zeroed(len: usize) -> Option<Vec<f32>> {
+    let mut values = Vec::new();
+    values.try_reserve_exact(len).ok()?;
+    values.resize(len, 0.0);
+    Some(values)
+}
+
+/// A copy of `values`, or `None` where the memory is not there (see [`zeroed`]).
+fn copied<T: Copy>(values: &[T]) -> Option<Vec<T>> {
+    let mut copy = Vec::new();
+    copy.try_reserve_exact(values.len()).ok()?;
+    copy.extend_from_slice(values);
+    Some(copy)
+}
+
+/// Values of `dims`, counting a dimension of 0 as 1 (so that it bounds every partial
+/// product the planner takes of them), or `None` when that overflows.
+fn footprint(dims: &[usize]) -> Option<usize> {
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d.max(1)))
+}
 
 /// Why a graph cannot be planned: the node, its op, and what is missing.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +66,10 @@ pub(crate) struct PlanError {
     pub(crate) node: String,
     pub(crate) op: String,
     pub(crate) reason: String,
+    /// The graph's values (or its buffers in all) are too large for
+    /// [`MAX_BUFFER_BYTES`], or their sizes overflow: tract's plan would need as much, so
+    /// this is no reason to fall back to it.
+    pub(crate) too_large: bool,
 }
 
 impl fmt::Display for PlanError {
@@ -347,9 +377,10 @@ impl PlannedGraph {
         self.input_len
     }
 
-    /// The buffers one session runs in, allocated once.
-    pub(crate) fn new_buffers(&self) -> Vec<Vec<f32>> {
-        self.slot_lens.iter().map(|&len| vec![0.0; len]).collect()
+    /// The buffers one session runs in, allocated once; `None` when the memory is not
+    /// there ([`PlannedGraph::buffer_bytes`] of them).
+    pub(crate) fn new_buffers(&self) -> Option<Vec<Vec<f32>>> {
+        self.slot_lens.iter().map(|&len| zeroed(len)).collect()
     }
 
     /// Values of the convolutions' scratch buffer (0 without a convolution): what each
@@ -1015,6 +1046,30 @@ impl<'m> Planner<'m> {
             node,
             op,
             reason: reason.into(),
+            too_large: false,
+        }
+    }
+
+    /// A [`PlanError`] for a value (or buffers) too large to plan.
+    fn too_large(&self, reason: impl Into<String>) -> PlanError {
+        PlanError {
+            too_large: true,
+            ..self.error(reason)
+        }
+    }
+
+    /// Refuses a value of `dims` with elements of `bytes` bytes over [`MAX_BUFFER_BYTES`]
+    /// (or whose size overflows). Checked for every value before anything is sized from
+    /// it, so the planner's own products of dimensions cannot overflow.
+    fn check_size(&self, dims: &[usize], bytes: usize) -> Result<(), PlanError> {
+        let size = footprint(dims).and_then(|n| n.checked_mul(bytes));
+        match size {
+            Some(size) if size as u64 <= MAX_BUFFER_BYTES => Ok(()),
+            _ => Err(self.too_large(format!(
+                "a value of shape {dims:?} takes {}, more than the {} a value may take",
+                describe_bytes(size),
+                describe_bytes(Some(MAX_BUFFER_BYTES as usize)),
+            ))),
         }
     }
 
@@ -1056,6 +1111,7 @@ impl<'m> Planner<'m> {
                 .as_concrete()
                 .ok_or_else(|| self.error(format!("shape {:?} is not fully known", fact.shape)))?
                 .to_vec();
+            self.check_size(&dims, fact.datum_type.size_of())?;
             let outlet = OutletId::new(id, 0);
             if node.op_is::<TypedSource>() {
                 if fact.datum_type != f32::datum_type() {
@@ -1076,15 +1132,17 @@ impl<'m> Planner<'m> {
                 let view = tensor
                     .try_as_plain_ram()
                     .map_err(|e| self.error(format!("reading the constant: {e}")))?;
+                let out_of_memory = || self.too_large("no memory for a copy of the constant");
                 let value = if let Ok(values) = view.as_slice::<f32>() {
-                    self.consts.push(values.to_vec());
+                    let values = copied(values).ok_or_else(out_of_memory)?;
+                    self.consts.push(values);
                     Value::F32 {
                         operand: Operand::Const(self.consts.len() - 1),
                         dims,
                     }
                 } else if let Ok(values) = view.as_slice::<i64>() {
                     Value::I64 {
-                        values: values.to_vec(),
+                        values: copied(values).ok_or_else(out_of_memory)?,
                         dims,
                     }
                 } else {
@@ -1166,6 +1224,17 @@ impl<'m> Planner<'m> {
             }
         }
         self.node = None;
+        let total = self
+            .slot_lens
+            .iter()
+            .try_fold(0usize, |sum, &len| sum.checked_add(len));
+        if total.is_none_or(|n| n as u64 > MAX_BUFFER_BYTES / 4) {
+            return Err(self.too_large(format!(
+                "the session's buffers take {} in all, more than the {} they may take",
+                describe_bytes(total.and_then(|n| n.checked_mul(4))),
+                describe_bytes(Some(MAX_BUFFER_BYTES as usize)),
+            )));
+        }
         let mut planned_outputs = Vec::with_capacity(outputs.len());
         for output in &outputs {
             planned_outputs.push(match self.values.get(output) {
@@ -1366,7 +1435,7 @@ impl<'m> Planner<'m> {
         let strides = broadcast_strides(dims, out_dims)?;
         let out_strides = contiguous_strides(out_dims);
         let walk = StridedWalk::new(out_dims, [&out_strides, &strides, &strides])?;
-        let mut expanded = vec![0.0f32; out_dims.iter().product()];
+        let mut expanded = zeroed(out_dims.iter().product())?;
         kernels::copy(&walk, &mut expanded, &self.consts[constant], 0, 0);
         Some(expanded)
     }
@@ -1931,7 +2000,19 @@ impl<'m> Planner<'m> {
             }
         };
         self.scratch_slot = Some(scratch);
-        self.slot_lens[scratch] = self.slot_lens[scratch].max(geometry.scratch_len());
+        // The padded planes grow with the file's strides and dilations, not only with
+        // the values' sizes checked so far.
+        let scratch_len = geometry
+            .scratch_len()
+            .filter(|&len| len as u64 <= MAX_BUFFER_BYTES / 4)
+            .ok_or_else(|| {
+                self.too_large(format!(
+                    "the convolution's padded input planes take more than {} \
+                     (kernel {kernel:?}, stride {stride:?}, dilation {dilation:?})",
+                    describe_bytes(Some(MAX_BUFFER_BYTES as usize)),
+                ))
+            })?;
+        self.slot_lens[scratch] = self.slot_lens[scratch].max(scratch_len);
         if !c_last {
             return Ok(Step::Conv {
                 x,
@@ -2106,6 +2187,17 @@ impl<'m> Planner<'m> {
             batch = folded;
             (a, b, rows, Vec::new(), false)
         };
+        for entries in [&batch, &rows, &reduction] {
+            // Offset tables are as long as the product of their axes' sizes: bounded by
+            // an operand's values, which may still be many.
+            let len = entries.iter().try_fold(1usize, |n, e| n.checked_mul(e.0));
+            if len.is_none_or(|n| n as u64 > MAX_BUFFER_BYTES / 24) {
+                return Err(self.too_large(format!(
+                    "the product's offset tables take more than {}",
+                    describe_bytes(Some(MAX_BUFFER_BYTES as usize))
+                )));
+            }
+        }
         let (ia, ib) = if swap { (1, 0) } else { (0, 1) };
         let batch_table: Vec<[usize; 3]> = offset_table(&batch)
             .into_iter()
@@ -2156,7 +2248,8 @@ impl Planner<'_> {
         let len: usize = dims.iter().product();
         let copied = match operand {
             Operand::Const(constant) => {
-                let mut values = vec![0.0; len];
+                let mut values = zeroed(len)
+                    .ok_or_else(|| self.too_large("no memory for a copy of the constant"))?;
                 kernels::copy(&walk, &mut values, &self.consts[constant], 0, 0);
                 Operand::Const(self.push_const(values))
             }
@@ -2219,7 +2312,7 @@ mod tests {
         let input: Vec<f32> = (0..plan.input_len())
             .map(|i| ((i * 37) % 101) as f32 / 101.0)
             .collect();
-        let mut buffers = plan.new_buffers();
+        let mut buffers = plan.new_buffers().expect("buffers");
         plan.run(&mut buffers, &input, &mut Team::alone());
         let Some((OutputView::F32(planned), _)) = plan.output(&buffers, &input, 0) else {
             panic!("f32 output");
@@ -2587,9 +2680,9 @@ mod tests {
         let input: Vec<f32> = (0..plan.input_len())
             .map(|i| ((i * 7919) % 1000) as f32 / 1000.0)
             .collect();
-        let mut dispatched = plan.new_buffers();
+        let mut dispatched = plan.new_buffers().expect("buffers");
         plan.run(&mut dispatched, &input, &mut Team::alone());
-        let mut baseline = plan.new_buffers();
+        let mut baseline = plan.new_buffers().expect("buffers");
         plan.run_steps(&mut baseline, &input, &mut Team::alone(), &mut []);
         let bits = |buffers: &[Vec<f32>]| -> Vec<u32> {
             let Some((OutputView::F32(values), _)) = plan.output(buffers, &input, 0) else {
@@ -2620,7 +2713,7 @@ mod tests {
         };
         for tiles in [true, false] {
             super::super::tile::OFF_IN_TESTS.with(|off| off.set(!tiles));
-            let mut alone = plan.new_buffers();
+            let mut alone = plan.new_buffers().expect("buffers");
             plan.run(&mut alone, &input, &mut Team::alone());
             for threads in 2..=4 {
                 let workers: Vec<_> = (1..threads)
@@ -2632,7 +2725,7 @@ mod tests {
                     workers: &workers,
                     scratches: &mut scratches,
                 };
-                let mut split = plan.new_buffers();
+                let mut split = plan.new_buffers().expect("buffers");
                 plan.run(&mut split, &input, &mut team);
                 assert_eq!(
                     outputs(&split),
@@ -2744,6 +2837,80 @@ mod tests {
         let error = PlannedGraph::plan(&model).expect_err("erf is not planned");
         assert_eq!(error.node, "the_erf");
         assert!(error.to_string().contains("Erf"), "{error}");
+    }
+
+    #[test]
+    fn values_over_the_memory_limit_are_refused_before_anything_is_sized() {
+        // A pad to 2^20 x 2^20 values (4 TiB), and one whose size overflows 64 bits:
+        // refused naming the node, as too large (not as an op tract's plan could run).
+        for (pad, size) in [(1usize << 20, "4.0 TiB"), (1 << 40, "more than 16 EiB")] {
+            let mut model = TypedModel::default();
+            let x = [model.add_source("x", f32::fact([1, 1, 1, 1])).unwrap()];
+            let pad = Pad {
+                pads: vec![(0, 0), (0, 0), (pad, 0), (pad, 0)],
+                mode: PadMode::Constant(Arc::new(tensor0(0f32))),
+            };
+            let padded = model.wire_node("the_pad", pad, &x).unwrap();
+            model.select_output_outlets(&padded).unwrap();
+            let error = PlannedGraph::plan(&model).expect_err("too large");
+            assert!(error.too_large, "{error}");
+            assert_eq!(error.node, "the_pad");
+            assert!(error.to_string().contains(size), "{error}");
+        }
+    }
+
+    #[test]
+    fn buffers_over_the_memory_limit_in_all_are_refused() {
+        // Three live values of 2 GiB each (two functions of the input and their sum):
+        // each fits, together they do not.
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([1 << 29])).unwrap();
+        let a = model
+            .wire_node("a", tract_onnx::tract_core::ops::nn::sigmoid(), &[x])
+            .unwrap()[0];
+        let b = model.wire_node("b", math::tanh(), &[x]).unwrap()[0];
+        let sum = model.wire_node("sum", math::add(), &[a, b]).unwrap();
+        model.select_output_outlets(&sum).unwrap();
+        let error = PlannedGraph::plan(&model).expect_err("6 GiB of buffers");
+        assert!(error.too_large, "{error}");
+        assert_eq!(error.node, "(graph)");
+        assert!(error.to_string().contains("6.0 GiB in all"), "{error}");
+    }
+
+    #[test]
+    fn a_convolution_whose_padded_planes_are_too_large_is_refused() {
+        // A 2 x 1 kernel dilated by 2^40 rows, strided as much: a 4 x 4 input gives a
+        // 1 x 4 output, but the padded planes its taps read would be 2^42 values.
+        use tract_onnx::tract_core::ops::cnn::{PaddingSpec, PoolSpec};
+        use tract_onnx::tract_core::ops::nn::DataFormat;
+        let far = 1usize << 40;
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([1, 1, 4, 4])).unwrap();
+        let weights = tract_ndarray::Array4::from_shape_vec((1, 1, 2, 1), vec![1f32, 1.0])
+            .expect("shape")
+            .into_tensor();
+        let w = model.add_const("w", weights).unwrap();
+        let b = model.add_const("b", tensor1(&[0f32])).unwrap();
+        let conv = Conv {
+            pool_spec: PoolSpec {
+                data_format: DataFormat::NCHW,
+                kernel_shape: tvec![2, 1],
+                padding: PaddingSpec::Explicit(tvec![far, 0], tvec![0, 0]),
+                dilations: Some(tvec![far, 1]),
+                strides: Some(tvec![far, 1]),
+                input_channels: 1,
+                output_channels: 1,
+            },
+            kernel_fmt: KernelFormat::OIHW,
+            group: 1,
+            q_params: None,
+        };
+        let y = model.wire_node("the_conv", conv, &[x, w, b]).unwrap();
+        model.select_output_outlets(&y).unwrap();
+        let error = PlannedGraph::plan(&model).expect_err("too large");
+        assert!(error.too_large, "{error}");
+        assert_eq!(error.node, "the_conv");
+        assert!(error.to_string().contains("padded input planes"), "{error}");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use super::planned::PlannedGraph;
+use super::planned::{zeroed, PlannedGraph};
 
 /// One item's run on a worker: the plan, the item's values, and the buffers the plan runs
 /// in (a worker's own, kept by the session per item shape).
@@ -33,13 +33,13 @@ pub(crate) struct ItemJob {
 }
 
 impl ItemJob {
-    /// A job for `plan`, with its buffers allocated.
-    pub(crate) fn new(plan: Arc<PlannedGraph>) -> ItemJob {
-        ItemJob {
-            input: vec![0.0; plan.input_len()],
-            buffers: plan.new_buffers(),
+    /// A job for `plan`, with its buffers allocated; `None` when the memory is not there.
+    pub(crate) fn new(plan: Arc<PlannedGraph>) -> Option<ItemJob> {
+        Some(ItemJob {
+            input: zeroed(plan.input_len())?,
+            buffers: plan.new_buffers()?,
             plan,
-        }
+        })
     }
 }
 
