@@ -325,7 +325,7 @@ pub(crate) fn open_session(
 
 /// The images to process: those of the targets file (in its order, each once) unless
 /// `all_images` or the dataset has none; otherwise every image of every scene.
-fn image_list(dataset: &BopDataset, all_images: bool) -> Result<Vec<ImageKey>> {
+pub(crate) fn image_list(dataset: &BopDataset, all_images: bool) -> Result<Vec<ImageKey>> {
     let targets_path = dataset.root.join("test_targets_bop19.json");
     if !all_images && targets_path.exists() {
         let mut images: Vec<ImageKey> = Vec::new();

@@ -304,7 +304,7 @@ fn error_chain(err: &anyhow::Error) -> String {
     let mut message = String::new();
     for cause in err.chain() {
         let text = cause.to_string();
-        if message.ends_with(&text) {
+        if message.ends_with(&format!(": {text}")) {
             continue;
         }
         if !message.is_empty() {

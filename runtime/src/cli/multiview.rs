@@ -16,6 +16,7 @@ use crate::multiview::{
     reconstruct_scene, view_groups_of_scenes, Candidate, MultiviewOptions, ObjectGeometry, View,
     ViewGroup,
 };
+use crate::predict::image_list;
 
 /// Arguments of `posed multiview`.
 #[derive(Debug, clap::Args)]
@@ -34,6 +35,10 @@ pub struct MultiviewArgs {
     /// scene_reprojected.csv per view group.
     #[arg(long)]
     pub out_dir: PathBuf,
+    /// Group every image of each scene, not only those of the dataset's
+    /// test_targets_bop19.json (what `posed predict` processes by default).
+    #[arg(long)]
+    pub all_images: bool,
     /// Views per group: each scene's images in CosyPose's random order (RandomState(0)),
     /// cut into groups of this many (YCB-V: 5, T-LESS: 4 or 8) [default: each scene whole].
     #[arg(long, value_parser = clap::value_parser!(u32).range(2..=10_000))]
@@ -135,30 +140,39 @@ pub fn run_multiview(args: &MultiviewArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let geometry = dataset
-        .models
-        .objects
+    // The objects the candidates name (another model's symmetries need not be usable).
+    let named: std::collections::BTreeSet<u32> = rows.iter().map(|r| r.estimate.obj_id).collect();
+    let geometry = named
         .iter()
-        .map(|(&id, model)| Ok((id, ObjectGeometry::from_info(id, &model.info)?)))
+        .filter_map(|id| Some((*id, dataset.models.get(*id)?)))
+        .map(|(id, model)| Ok((id, ObjectGeometry::from_info(id, &model.info)?)))
         .collect::<crate::Result<BTreeMap<u32, ObjectGeometry>>>()?;
-    let images: BTreeMap<u32, Vec<u32>> = dataset
-        .scenes
-        .iter()
-        .map(|(&scene_id, scene)| (scene_id, scene.images.keys().copied().collect()))
-        .collect();
+    // The images CosyPose groups are those it predicted on: the targets' images.
+    let mut images: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for (scene_id, im_id) in image_list(&dataset, args.all_images)? {
+        images.entry(scene_id).or_default().push(im_id);
+    }
     let groups = view_groups_of_scenes(&images, args.n_views.map(|n| n as usize));
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("creating {}", args.out_dir.display()))?;
 
-    // Per image, its single-view time: every row of an image gets the same time.
+    // Per image, its single-view time: every row of an image gets the same time. A
+    // negative time (-1: unknown) stays unknown.
     let mut image_time_s: BTreeMap<(u32, u32), f64> = BTreeMap::new();
     for row in &rows {
         let e = &row.estimate;
-        let time = image_time_s.entry((e.scene_id, e.im_id)).or_insert(0.0);
-        *time = time.max(e.time_s);
+        let time = image_time_s
+            .entry((e.scene_id, e.im_id))
+            .or_insert(e.time_s);
+        *time = if *time < 0.0 || e.time_s < 0.0 {
+            -1.0
+        } else {
+            time.max(e.time_s)
+        };
     }
+    let add_time = |time: f64, seconds: f64| if time < 0.0 { time } else { time + seconds };
     let mut reprojected: Vec<Estimate> = Vec::new();
-    let (mut n_objects, mut n_pairs) = (0, 0);
+    let (mut n_objects, mut n_pairs, mut n_skipped) = (0, 0, 0);
     for (index, (scene_id, view_ids)) in groups.iter().enumerate() {
         let group_started = Instant::now();
         let candidates: Vec<Candidate> = rows
@@ -190,8 +204,16 @@ pub fn run_multiview(args: &MultiviewArgs) -> anyhow::Result<()> {
                 world_from_camera,
             });
         }
-        let scene = reconstruct_scene(&candidates, &views, &geometry, &options)
-            .with_context(|| format!("scene {scene_id}, views {view_ids:?}"))?;
+        // One group that cannot be reconstructed (a view that cannot be placed) is
+        // skipped, not the run: its candidates stay in results.csv.
+        let scene = match reconstruct_scene(&candidates, &views, &geometry, &options) {
+            Ok(scene) => scene,
+            Err(error) => {
+                eprintln!("posed multiview: scene {scene_id} views {view_ids:?} skipped: {error}");
+                n_skipped += 1;
+                continue;
+            }
+        };
         let seconds_per_view = group_started.elapsed().as_secs_f64() / view_ids.len() as f64;
         n_pairs += scene.pairs.len();
         let group_dir = args
@@ -221,18 +243,20 @@ pub fn run_multiview(args: &MultiviewArgs) -> anyhow::Result<()> {
                 group.ba_iterations,
             );
             for estimate in group.reprojected() {
-                let time_s = image_time_s
-                    .get(&(*scene_id, estimate.view_id))
-                    .copied()
-                    .unwrap_or(0.0)
-                    + seconds_per_view;
+                let time_s = add_time(
+                    image_time_s
+                        .get(&(*scene_id, estimate.view_id))
+                        .copied()
+                        .unwrap_or(-1.0),
+                    seconds_per_view,
+                );
                 reprojected.push(to_estimate(*scene_id, &estimate, time_s));
             }
         }
         // The image's time covers the multi-view work too.
         for &view_id in view_ids {
             if let Some(time) = image_time_s.get_mut(&(*scene_id, view_id)) {
-                *time += seconds_per_view;
+                *time = add_time(*time, seconds_per_view);
             }
         }
     }
@@ -250,8 +274,8 @@ pub fn run_multiview(args: &MultiviewArgs) -> anyhow::Result<()> {
     let results = args.out_dir.join("results.csv");
     write_results(&results, &all)?;
     eprintln!(
-        "posed multiview: {} view group(s), {n_pairs} view pair(s) accepted, {n_objects} \
-         object(s); wrote {} estimates to {} in {:.1} s",
+        "posed multiview: {} view group(s) ({n_skipped} skipped), {n_pairs} view pair(s) \
+         accepted, {n_objects} object(s); wrote {} estimates to {} in {:.1} s",
         groups.len(),
         all.len(),
         results.display(),

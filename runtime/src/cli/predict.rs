@@ -184,13 +184,17 @@ pub fn request_from(args: &PredictArgs) -> anyhow::Result<PredictRequest> {
             .unwrap_or(engines.max_batch),
         ..PipelineOptions::default()
     };
-    let threshold = args
-        .detection_threshold
-        .or(file.detection_threshold)
-        .unwrap_or(0.0);
-    if !threshold.is_finite() {
+    let given_threshold = args.detection_threshold.or(file.detection_threshold);
+    if let Some(threshold) = given_threshold.filter(|t| !t.is_finite()) {
         bail!("--detection-threshold: expected a finite number, found {threshold}");
     }
+    // CosyPose's detection threshold defaults to 0 (strictly above); initial poses are
+    // filtered by score only when a threshold is given (a PoseCNN score may be 0).
+    let threshold = match (given_threshold, &source) {
+        (Some(threshold), _) => threshold,
+        (None, ObjectSource::InitPoses(_)) => f64::NEG_INFINITY,
+        (None, _) => 0.0,
+    };
     let labels = if args.labels.is_empty() {
         file.labels.clone().unwrap_or_default()
     } else {

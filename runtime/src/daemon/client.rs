@@ -718,14 +718,16 @@ mod tests {
 
     #[test]
     fn a_server_that_sends_no_hello_or_accepts_nobody_times_out() {
+        // The server's silence outlasts the bound by far: a generous limit still tells
+        // "gave up" from "waited for the server" on a busy machine or under qemu.
         let server = FakeServer::start(|stream| {
-            std::thread::sleep(Duration::from_secs(2));
+            std::thread::sleep(Duration::from_secs(30));
             drop(stream);
         });
         let started = Instant::now();
         let message = server.error();
         assert!(message.contains("no hello within 300 ms"), "{message}");
-        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(started.elapsed() < Duration::from_secs(10));
 
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("full.sock");
@@ -746,7 +748,7 @@ mod tests {
             message.contains("full.sock") && message.contains("stopped accepting"),
             "{message}"
         );
-        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[test]
@@ -756,13 +758,14 @@ mod tests {
                 if stream.write_all(&[byte]).is_err() {
                     return;
                 }
-                std::thread::sleep(Duration::from_millis(100));
+                std::thread::sleep(Duration::from_secs(1));
             }
         });
         let started = Instant::now();
         let message = server.error();
         assert!(message.contains("no hello within 300 ms"), "{message}");
-        assert!(started.elapsed() < Duration::from_millis(1500));
+        // The dribble takes 20 s: well under that is bounded.
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[test]

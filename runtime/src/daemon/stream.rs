@@ -418,15 +418,30 @@ impl SocketLock {
         // The holder removes the file before it unlocks: a lock taken on the file it
         // removed, opened just before, serializes nothing, so it is taken again on the
         // file now at the path.
+        let open_error =
+            |e: std::io::Error| format!("cannot open its lock file {}: {e}", path.display());
         for _ in 0..5 {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o644)
-                .open(&path)
-                .map_err(|e| format!("cannot open its lock file {}: {e}", path.display()))?;
+            // Open an existing file without O_CREAT: with fs.protected_regular (systemd's
+            // default) an O_CREAT open of another user's file in a sticky folder such as
+            // /tmp fails even for root, and a stale lock would block every start.
+            let file = match OpenOptions::new().read(true).write(true).open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    match OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o644)
+                        .open(&path)
+                    {
+                        Ok(file) => file,
+                        // Another process made it meanwhile: open that one.
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                        Err(e) => return Err(open_error(e)),
+                    }
+                }
+                Err(e) => return Err(open_error(e)),
+            };
             match file.try_lock() {
                 Ok(()) => {}
                 Err(TryLockError::WouldBlock) => {
@@ -1216,7 +1231,7 @@ mod tests {
             "{message}"
         );
         assert!(
-            started.elapsed() < Duration::from_secs(2),
+            started.elapsed() < Duration::from_secs(10),
             "the probe waited {:?}",
             started.elapsed()
         );

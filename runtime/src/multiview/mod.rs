@@ -143,7 +143,7 @@ pub struct SceneCamera {
 /// cameras (with known cameras too, as in CosyPose).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ViewGroup {
-    /// Its cameras, by view id.
+    /// Its cameras, in the order the views were given.
     pub cameras: Vec<SceneCamera>,
     /// Its objects, in the order matching found them.
     pub objects: Vec<SceneObject>,
@@ -157,7 +157,7 @@ pub struct ViewGroup {
 
 impl ViewGroup {
     /// The objects after label-agnostic 3D NMS: by descending score, each dropped when its
-    /// position is within `distance_m` of one kept before it (`predicted_scene.json`).
+    /// position is at most `distance_m` from one kept before it (`predicted_scene.json`).
     pub fn objects_after_nms(&self, distance_m: f64) -> Vec<&SceneObject> {
         let mut order: Vec<&SceneObject> = self.objects.iter().collect();
         order.sort_by(|a, b| b.score.total_cmp(&a.score));
@@ -166,7 +166,7 @@ impl ViewGroup {
             let position = object.world_from_object.translation_m;
             if kept
                 .iter()
-                .all(|k| (k.world_from_object.translation_m - position).norm() >= distance_m)
+                .all(|k| (k.world_from_object.translation_m - position).norm() > distance_m)
             {
                 kept.push(object);
             }
@@ -228,6 +228,9 @@ pub fn reconstruct_scene(
 ) -> Result<SceneReconstruction> {
     check_options(options)?;
     let views_by_id: BTreeMap<u32, &View> = views.iter().map(|v| (v.view_id, v)).collect();
+    if views_by_id.len() != views.len() {
+        return Err(invalid("the views".into(), "a view id is given twice"));
+    }
     for (index, candidate) in candidates.iter().enumerate() {
         let what = || {
             format!(
@@ -291,9 +294,14 @@ pub fn reconstruct_scene(
             .iter()
             .flat_map(|members| members.iter().map(|&c| kept_candidates[c].view_id))
             .collect();
-        let group_views: Vec<&View> = seen.iter().map(|id| views_by_id[id]).collect();
-        let view_index: BTreeMap<u32, usize> =
-            seen.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        // In the order given (CosyPose keeps its cameras' order: the view group's
+        // permuted order in its evaluation).
+        let group_views: Vec<&View> = views.iter().filter(|v| seen.contains(&v.view_id)).collect();
+        let view_index: BTreeMap<u32, usize> = group_views
+            .iter()
+            .enumerate()
+            .map(|(i, view)| (view.view_id, i))
+            .collect();
         let observations = group_objects
             .iter()
             .enumerate()

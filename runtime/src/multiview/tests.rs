@@ -374,3 +374,24 @@ fn nms_keeps_the_best_of_close_objects() {
         .collect();
     assert_eq!(kept, [2, 3]);
 }
+
+#[test]
+fn cameras_keep_the_order_the_views_were_given_in() {
+    // CosyPose's evaluation hands its cameras over in the view group's permuted order,
+    // which the adjustment's initial order and world camera follow.
+    let fixture = fixture(&[3, 1, 0]);
+    let scene = fixture.reconstruct(&MultiviewOptions::default());
+    let order: Vec<u32> = scene.groups[0].cameras.iter().map(|c| c.view_id).collect();
+    assert_eq!(order, [3, 1, 0]);
+    let mut twice = fixture.views.clone();
+    twice.push(twice[0].clone());
+    let error = reconstruct_scene(
+        &fixture.candidates,
+        &twice,
+        &fixture.geometry,
+        &MultiviewOptions::default(),
+    )
+    .expect_err("a view given twice")
+    .to_string();
+    assert!(error.contains("given twice"), "{error}");
+}
