@@ -467,41 +467,32 @@ fn bad_requests_are_clear_errors() {
         &["coarse iterations with initial poses"],
     );
 
-    // A detections file naming an object the dataset does not have: file and entry.
+    // Bad detections files: each error names the file, the entry and what is wrong.
     let detections = scratch.file("unknown.json");
-    std::fs::write(
-        &detections,
+    let detections_fail = |json: &str, parts: &[&str]| {
+        std::fs::write(&detections, json).expect("write fixture");
+        check_fails(
+            &with(&["--refiner", &refiner, "--detections", path_str(&detections)]),
+            parts,
+        );
+    };
+    // An object the dataset does not have.
+    detections_fail(
         r#"[{"scene_id": 1, "image_id": 0, "category_id": 42, "score": 0.9, "bbox": [10, 10, 50, 50], "time": 0.1}]"#,
-    )
-    .expect("write fixture");
-    check_fails(
-        &with(&["--refiner", &refiner, "--detections", path_str(&detections)]),
         &["unknown.json", "entry 0", "category_id 42"],
     );
-
     // A box with no area in the image.
-    std::fs::write(
-        &detections,
+    detections_fail(
         r#"[{"scene_id": 1, "image_id": 0, "category_id": 1, "score": 0.9, "bbox": [5000, 5000, 100, 100], "time": 0.1}]"#,
-    )
-    .expect("write fixture");
-    check_fails(
-        &with(&["--refiner", &refiner, "--detections", path_str(&detections)]),
         &[
             "unknown.json",
             "entry 0",
             "no area inside the 640 x 480 image",
         ],
     );
-
     // A malformed one: the field is named.
-    std::fs::write(
-        &detections,
+    detections_fail(
         r#"[{"scene_id": 1, "image_id": 0, "category_id": 1, "score": "high", "bbox": [10, 10, 50, 50]}]"#,
-    )
-    .expect("write fixture");
-    check_fails(
-        &with(&["--refiner", &refiner, "--detections", path_str(&detections)]),
         &["unknown.json", "score"],
     );
     assert!(!out.exists(), "nothing is written when the run fails");

@@ -107,16 +107,24 @@ pub fn choice_without_replacement(
         });
     }
     let permutation = &mut scratch[..n];
-    for (i, slot) in permutation.iter_mut().enumerate() {
-        *slot = i as u32;
+    for (slot, i) in permutation.iter_mut().zip(0..n_u32) {
+        *slot = i;
     }
-    let mut rng = Mt19937::new(seed);
-    for i in (1..n_u32).rev() {
-        let j = rng.interval(i);
-        permutation.swap(i as usize, j as usize);
-    }
+    numpy_shuffle(&mut Mt19937::new(seed), permutation);
     out.copy_from_slice(&permutation[..k]);
     Ok(())
+}
+
+/// numpy's legacy `RandomState.shuffle` continuing on `rng`: Fisher-Yates from the end,
+/// each swap partner drawn with `random_interval`. `permutation(n)` is this applied to
+/// `0..n`. Slices longer than 2^32 are shuffled only in their first 2^32 entries (numpy
+/// would draw 64-bit values there; posed never shuffles that many).
+pub fn numpy_shuffle<T>(rng: &mut Mt19937, values: &mut [T]) {
+    let n = u32::try_from(values.len()).unwrap_or(u32::MAX);
+    for i in (1..n).rev() {
+        let j = rng.interval(i);
+        values.swap(i as usize, j as usize);
+    }
 }
 
 /// `rng.choice(np.arange(n), size = out.len())` (with replacement) on a legacy

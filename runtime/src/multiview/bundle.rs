@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use nalgebra::{DMatrix, DVector, Vector3};
-use posed_kernels::cosypose::sample::Mt19937;
+use posed_kernels::cosypose::sample::{numpy_shuffle, Mt19937};
 use posed_kernels::cosypose::update::rotation_from_6d;
 use posed_kernels::{Intrinsics, Pose};
 
@@ -344,13 +344,10 @@ fn pose_from9(values: &[f64]) -> Option<Pose> {
     })
 }
 
-/// `RandomState.permutation(n)` continuing on `rng`: numpy's legacy Fisher-Yates.
+/// `RandomState.permutation(n)` continuing on `rng`.
 pub(crate) fn numpy_permutation(rng: &mut Mt19937, n: usize) -> Vec<usize> {
     let mut values: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        let j = rng.interval(i as u32) as usize;
-        values.swap(i, j);
-    }
+    numpy_shuffle(rng, &mut values);
     values
 }
 

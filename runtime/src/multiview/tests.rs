@@ -19,6 +19,20 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// Every candidate moved by [`perturb`] (seeded).
+    fn perturb_candidates(&mut self, seed: u64, degrees: f64, shift_m: f64, depth: f64) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        for candidate in &mut self.candidates {
+            candidate.camera_from_object = perturb(
+                &candidate.camera_from_object,
+                &mut rng,
+                degrees,
+                shift_m,
+                depth,
+            );
+        }
+    }
+
     fn reconstruct(&self, options: &MultiviewOptions) -> SceneReconstruction {
         reconstruct_scene(&self.candidates, &self.views, &self.geometry, options)
             .expect("reconstructs")
@@ -195,11 +209,7 @@ fn perturb(
 #[test]
 fn noisy_candidates_are_pulled_together() {
     let mut fixture = fixture(&VIEWS);
-    let mut rng = ChaCha8Rng::seed_from_u64(7);
-    for candidate in &mut fixture.candidates {
-        candidate.camera_from_object =
-            perturb(&candidate.camera_from_object, &mut rng, 1.0, 0.002, 0.015);
-    }
+    fixture.perturb_candidates(7, 1.0, 0.002, 0.015);
     // A false positive with a high score, and a low-scoring one that is not matched.
     let mut stray = fixture.candidates[0].clone();
     stray.camera_from_object.translation_m += Vector3::new(0.15, 0.0, 0.0);
@@ -274,11 +284,7 @@ fn camera_gaps(fixture: &Fixture, group: &ViewGroup) -> Vec<(f64, f64)> {
 #[test]
 fn known_cameras_stay_where_they_are() {
     let mut fixture = fixture(&VIEWS);
-    let mut rng = ChaCha8Rng::seed_from_u64(11);
-    for candidate in &mut fixture.candidates {
-        candidate.camera_from_object =
-            perturb(&candidate.camera_from_object, &mut rng, 1.0, 0.003, 0.01);
-    }
+    fixture.perturb_candidates(11, 1.0, 0.003, 0.01);
     let options = MultiviewOptions {
         known_cameras: true,
         ..MultiviewOptions::default()
