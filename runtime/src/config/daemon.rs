@@ -21,7 +21,7 @@
 //! reopen_max_ms = 5000          # ... up to this
 //! path = "data/ycbv-mini/test"  # sequence: a BOP split or scene folder, or an image folder
 //! glob = "frames/*.png"         # sequence: or images matching this (with intrinsics)
-//! rate_hz = 10.0                # sequence: frames per second, 0 = as fast as possible
+//! rate_hz = 10.0                # sequence: frames per second, 0 = whenever the pipeline is ready
 //! loop = true                   # sequence: start again after the last image
 //!
 //! [pipeline]
@@ -94,7 +94,8 @@ pub struct SourceConfig {
     pub path: Option<PathBuf>,
     /// Sequence: a glob of PNG / JPEG files (`*` and `?` in the file name part).
     pub glob: Option<String>,
-    /// Sequence: frames per second; 0 plays as fast as the pipeline takes them.
+    /// Sequence: frames per second; 0 plays as fast as the pipeline takes them (each
+    /// image is read when the inference thread waits for one: none is dropped).
     pub rate_hz: f64,
     /// Sequence: start again after the last image.
     #[serde(rename = "loop")]

@@ -12,16 +12,20 @@
 //! `Condvar`, futexes on Linux, which allocate nothing.
 
 use std::mem::ManuallyDrop;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 pub use crossbeam_channel::{RecvTimeoutError, TryRecvError, TrySendError};
 
-/// A generation counter that senders bump and receivers wait to see change.
+/// A generation counter that senders bump and receivers wait to see change (and that a
+/// receiver about to wait bumps for a sender waiting for demand).
 #[derive(Debug, Default)]
 struct Doorbell {
     rung: Mutex<u64>,
     changed: Condvar,
+    /// Receivers waiting for an item.
+    receivers_waiting: AtomicUsize,
 }
 
 impl Doorbell {
@@ -93,6 +97,26 @@ impl<T> HandoffSender<T> {
         self.bell.ring();
         Ok(())
     }
+
+    /// Waits until a receiver waits on an empty channel, at most `timeout`; false when it
+    /// timed out. For a producer that can make an item at any moment (an image sequence
+    /// played as fast as possible): made on demand, an item neither waits in the channel
+    /// nor is overtaken there.
+    pub fn wait_for_demand(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            // Read before looking, so that a receiver starting to wait rings past it.
+            let seen = self.bell.generation();
+            if self.bell.receivers_waiting.load(Ordering::SeqCst) > 0 && self.tx.is_empty() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            self.bell.wait_past(seen, deadline - now);
+        }
+    }
 }
 
 impl<T> Drop for HandoffSender<T> {
@@ -137,21 +161,31 @@ impl<T> HandoffReceiver<T> {
     /// [`RecvTimeoutError::Timeout`], or [`RecvTimeoutError::Disconnected`] once every
     /// sender is gone and the channel is empty.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        match self.rx.try_recv() {
+            Ok(item) => return Ok(item),
+            Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+            Err(TryRecvError::Empty) => {}
+        }
+        // About to wait: say so, for a sender waiting for demand.
+        self.bell.receivers_waiting.fetch_add(1, Ordering::SeqCst);
+        self.bell.ring();
         let deadline = Instant::now() + timeout;
-        loop {
+        let received = loop {
             // Read before looking, so that an item sent in between rings past it.
             let seen = self.bell.generation();
             match self.rx.try_recv() {
-                Ok(item) => return Ok(item),
-                Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
+                Ok(item) => break Ok(item),
+                Err(TryRecvError::Disconnected) => break Err(RecvTimeoutError::Disconnected),
                 Err(TryRecvError::Empty) => {}
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(RecvTimeoutError::Timeout);
+                break Err(RecvTimeoutError::Timeout);
             }
             self.bell.wait_past(seen, deadline - now);
-        }
+        };
+        self.bell.receivers_waiting.fetch_sub(1, Ordering::SeqCst);
+        received
     }
 }
 
@@ -195,6 +229,25 @@ mod tests {
         assert_eq!(put_newest(&tx, &rx, &recycle_tx, 2), Ok(1));
         assert_eq!(rx.try_recv(), Ok(2));
         assert_eq!(recycle_rx.try_recv(), Ok(1));
+    }
+
+    #[test]
+    fn a_sender_waiting_for_demand_wakes_when_a_receiver_waits_on_an_empty_channel() {
+        let (tx, rx) = bounded::<u32>(1);
+        // Nobody waits: no demand.
+        assert!(!tx.wait_for_demand(Duration::from_millis(5)));
+        let receiver = std::thread::spawn(move || {
+            let first = rx.recv_timeout(Duration::from_secs(60));
+            (first, rx)
+        });
+        assert!(tx.wait_for_demand(Duration::from_secs(60)));
+        tx.try_send(3).expect("room");
+        let (first, rx) = receiver.join().expect("receiver");
+        assert_eq!(first, Ok(3));
+        // A full channel is no demand, waiting receiver or not.
+        tx.try_send(4).expect("room");
+        assert!(!tx.wait_for_demand(Duration::from_millis(5)));
+        assert_eq!(rx.try_recv(), Ok(4));
     }
 
     #[test]

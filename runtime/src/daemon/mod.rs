@@ -220,7 +220,11 @@ pub fn run(
         spawn("posed-capture", move || {
             let mut number = 0u64;
             let mut lost_since: Option<u32> = None;
+            let paced = source.paced();
             while !shutdown.load(Ordering::Relaxed) {
+                if !paced && !to_infer_tx.wait_for_demand(TICK) {
+                    continue;
+                }
                 let Ok(mut frame) = free_rx.recv_timeout(TICK) else {
                     continue;
                 };

@@ -258,6 +258,15 @@ pub trait FrameSource: Send {
     /// calls [`FrameSource::reopen`] with backoff. Other errors are final.
     fn capture(&mut self, frame: &mut Frame) -> Result<Captured>;
 
+    /// Whether [`FrameSource::capture`] waits for the next image by itself (a camera, a
+    /// sequence played at a rate). An unpaced source (a sequence played as fast as
+    /// possible) is asked for a frame only when the pipeline waits for one: captured
+    /// earlier, the frame would wait in the queue or be overtaken there, and the capture
+    /// thread would spin.
+    fn paced(&self) -> bool {
+        true
+    }
+
     /// Opens the device again after [`FrameSource::capture`] failed.
     ///
     /// # Errors

@@ -226,6 +226,10 @@ impl FrameSource for SequenceSource {
         Ok(Captured::Frame)
     }
 
+    fn paced(&self) -> bool {
+        self.period.is_some()
+    }
+
     fn reopen(&mut self) -> Result<()> {
         Ok(())
     }
