@@ -32,9 +32,10 @@
 # checkout (the binaries find data/ through paths fixed at build time), then runs, each
 # under a time limit, the four CPU-vs-GPU equivalence test binaries (--nocapture),
 # gpu_timings, and the posed binary: `posed predict --device cpu` vs `--device cuda` (the
-# CSVs must agree but for the time column) and `posed run` on the demo with the loop on
-# the GPU. Everything lands in $OUT (the device tool's output folder; 8 files, the most a
-# call brings back, so nvidia-smi's output goes at the end of environment.txt and
+# CSVs must agree but for the time column), `posed run` on the demo with the loop on
+# the GPU, and `posed bench` on the demo with the loop on the CPU and on the GPU.
+# Everything lands in $OUT (the device tool's output folder; 8 files, the most a call
+# brings back, so nvidia-smi's output goes at the end of environment.txt and
 # gpu_timings' final JSON line is the last `{` line of gpu_timings.log):
 #
 #   environment.txt  gpu_equivalence.log  gpu_render_equivalence.log
@@ -170,7 +171,9 @@ status_of gpu_timings "$rc" "$OUT/gpu_timings.log" || failed=1
 #    kernels are bit-identical to their CPU twins; this is predict_cli's
 #    the_cuda_device_gives_the_cpu_poses_or_falls_back_to_the_cpu, without cargo);
 # 2. `posed run` on the demo with pipeline.device = "cuda" (frames in host memory mapped
-#    into the GPU, the loop on the GPU) for 6 frames: it must run on the GPU and exit 0.
+#    into the GPU, the loop on the GPU) for 6 frames: it must run on the GPU and exit 0;
+#    then `posed bench` on the demo, the loop on the CPU and on the GPU (the latency of
+#    each stage both ways).
 posed_checks() {
   local work=/tmp/posed-checks net=data/networks
   rm -rf "$work"
@@ -205,8 +208,18 @@ posed_checks() {
     -e "s|^socket = .*|socket = \"$work/poses.sock\"|" data/demo.toml >data/demo-cuda.toml
   "$BIN/posed" run --config data/demo-cuda.toml --frames 6 2>&1 | tee "$work/run.err"
   local rc=${PIPESTATUS[0]}
+  # The latency harness on the same demo, the loop on the CPU then on the GPU, frames as
+  # fast as the pipeline takes them (per-stage latency for docs/gpu-runs.md).
+  local bench_rc=0
+  if [ "$rc" -eq 0 ]; then
+    for config in data/demo.toml data/demo-cuda.toml; do
+      echo "-- posed bench --config $config --frames 30 --warmup 5 --rate-hz 0"
+      timeout 150 "$BIN/posed" bench --config "$config" --frames 30 --warmup 5 --rate-hz 0 \
+        --idle-s 0 --socket "$work/bench.sock" || bench_rc=1
+    done
+  fi
   rm -f data/demo-cuda.toml
-  [ "$rc" -eq 0 ] || return 1
+  [ "$rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] || return 1
   if grep -q "no usable CUDA device" "$work/run.err" || ! grep -q "CUDA device 0" "$work/run.err"; then
     echo "SKIPPED: posed run did not run the loop on the GPU"
     return 0

@@ -110,6 +110,15 @@ pub enum Error {
         /// What happened.
         detail: String,
     },
+    /// A sensor attribute (sysfs) that holds something other than what its driver's ABI
+    /// promises.
+    #[error("{path}: {detail}")]
+    Sensor {
+        /// The attribute file.
+        path: PathBuf,
+        /// What was expected and what was found.
+        detail: String,
+    },
     /// A network, backend or engine cache error (it names its file).
     #[error(transparent)]
     Engine(#[from] posed_engines::EngineError),

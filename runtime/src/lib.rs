@@ -5,6 +5,7 @@
 //! predictions for demos and benches ([`synth`]), and the command line ([`cli`]).
 //! Units inside are metres; BOP files are millimetres and are converted on reading.
 
+pub mod bench;
 pub mod bop;
 pub mod cli;
 pub mod config;

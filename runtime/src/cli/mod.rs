@@ -1,10 +1,12 @@
 //! The `posed` command line. `main.rs` only calls [`main`].
 
+mod bench;
 mod dataset;
 mod multiview;
 mod predict;
 mod run;
 
+pub use bench::{BenchArgs, PowerMode};
 pub use dataset::DatasetCommand;
 pub use multiview::MultiviewArgs;
 pub use predict::{request_from, summary, PredictArgs};
@@ -75,6 +77,10 @@ pub enum Command {
     /// The daemon: frames from a camera or an image sequence through the pipeline, poses
     /// out over a Unix socket (`posed run --demo` runs on the bundled data).
     Run(RunArgs),
+    /// The latency and energy harness: run the daemon of a configuration for a number of
+    /// frames and report per-stage latency, frame rate, CPU, memory and, where the
+    /// machine has power meters (Jetson INA3221, RAPL), power and energy per frame.
+    Bench(BenchArgs),
     /// Subscribe to a running daemon's pose stream and print the poses.
     Watch(WatchArgs),
     /// Configuration files.
@@ -327,6 +333,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Multiview(args) => multiview::run_multiview(&args),
         Command::Run(args) => run::run_run(&args),
         Command::Watch(args) => run::run_watch(&args),
+        Command::Bench(args) => bench::run_bench_command(&args),
         Command::Config(command) => run::run_config(&command),
         Command::Camera(command) => run::run_camera(&command),
     }

@@ -16,20 +16,20 @@ use crate::daemon::setup::{check_config, check_labels, parts_from_config, Checki
 /// The signals that stop `posed run`: SIGTERM (systemd), SIGINT (Ctrl-C) and SIGHUP (the
 /// terminal of a `posed run` in the foreground closing). Each stops it cleanly, removing
 /// the socket file.
-const STOP_SIGNALS: [(i32, &str); 3] = [
+pub(super) const STOP_SIGNALS: [(i32, &str); 3] = [
     (signal_hook::consts::SIGTERM, "SIGTERM"),
     (signal_hook::consts::SIGINT, "SIGINT"),
     (signal_hook::consts::SIGHUP, "SIGHUP"),
 ];
 
-/// Arguments of `posed run`.
+/// The daemon's configuration: a file, or the demo's.
 #[derive(Debug, clap::Args)]
-pub struct RunArgs {
+pub struct ConfigOrDemo {
     /// Configuration file ([networks], [engines], [source], [pipeline], [stream],
     /// [service]).
     #[arg(long, required_unless_present = "demo")]
     pub config: Option<PathBuf>,
-    /// Run the demo: data/demo.toml (an image sequence over the bundled ycbv-mini scenes,
+    /// The demo: data/demo.toml (an image sequence over the bundled ycbv-mini scenes,
     /// looping, CPU backend, the test networks). No camera, no GPU.
     #[arg(long, conflicts_with = "config")]
     pub demo: bool,
@@ -37,6 +37,24 @@ pub struct RunArgs {
     /// repository's data folder).
     #[arg(long, requires = "demo")]
     pub data: Option<PathBuf>,
+}
+
+impl ConfigOrDemo {
+    /// The configuration file.
+    pub fn path(&self) -> PathBuf {
+        match &self.config {
+            Some(path) => path.clone(),
+            None => demo_data(self.data.as_deref()).join("demo.toml"),
+        }
+    }
+}
+
+/// Arguments of `posed run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The configuration.
+    #[command(flatten)]
+    pub config: ConfigOrDemo,
     /// Pose stream socket (overrides [stream] socket).
     #[arg(long)]
     pub socket: Option<PathBuf>,
@@ -122,7 +140,7 @@ fn demo_data(given: Option<&Path>) -> PathBuf {
 
 /// Logs to stderr; without timestamps under systemd (journald adds its own), in colour
 /// only on a terminal (not into a file, a pipe or the journal).
-fn init_logging() {
+pub(super) fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let under_systemd = std::env::var_os("JOURNAL_STREAM").is_some();
@@ -141,10 +159,7 @@ fn init_logging() {
 /// `posed run`.
 pub fn run_run(args: &RunArgs) -> anyhow::Result<()> {
     init_logging();
-    let config_path = match (&args.config, args.demo) {
-        (Some(path), _) => path.clone(),
-        (None, _) => demo_data(args.data.as_deref()).join("demo.toml"),
-    };
+    let config_path = args.config.path();
     let mut config = Config::load(&config_path)?;
     if let Some(socket) = &args.socket {
         config.stream.socket = socket.clone();

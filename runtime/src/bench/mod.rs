@@ -1,0 +1,542 @@
+//! `posed bench`: the on-device latency and energy harness.
+//!
+//! It runs the daemon itself (the configuration's source, networks and pipeline, the pose
+//! stream on a private socket) for some warm-up frames and then a measured number of
+//! frames, and reports:
+//! - per stage, the latency distribution of the measured frames (the same per-stage
+//!   latencies every published frame carries);
+//! - the frame rate, dropped and failed frames, objects per frame;
+//! - the CPU time the process used (cores busy on average) and its peak resident memory;
+//! - with the power meters sysfs exposes ([`power`]: the INA3221 rails on Jetson, RAPL on
+//!   x86), per rail and for the whole the mean power while idle (engines loaded, no
+//!   frames) and while running, and the energy per frame, in total and above idle.
+//!
+//! It lives in the runtime, not in `benches/`, because it must run where the daemon
+//! runs: on the robot, from the installed package, where there is no cargo.
+
+pub mod power;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::daemon::message::StageLatencies;
+use crate::daemon::notify::Notifier;
+use crate::daemon::{run as run_daemon, DaemonOptions, DaemonParts, RunReport};
+use crate::source::monotonic_ns;
+use crate::{Error, Result};
+use power::{EnergyTrace, PowerMeter};
+
+/// How to run a bench.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Frames measured, after the warm-up.
+    pub frames: u64,
+    /// Frames run before measuring (engines warm up, caches fill, clocks rise).
+    pub warmup: u64,
+    /// How long to measure the idle power before the first frame (engines loaded).
+    pub idle: Duration,
+    /// Power sampling interval.
+    pub sample_interval: Duration,
+}
+
+/// Latency of one stage over the measured frames, milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StageSummary {
+    /// The stage (as in the pose stream's `latency_ns`).
+    pub stage: &'static str,
+    /// Mean.
+    pub mean_ms: f64,
+    /// Median.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Largest.
+    pub max_ms: f64,
+}
+
+/// One rail's power and energy.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RailSummary {
+    /// Rail name (`VDD_IN`, `package-0`, `whole`).
+    pub rail: String,
+    /// Where it was found.
+    pub origin: String,
+    /// Mean power while idle, W (null without an idle measurement).
+    pub idle_w: Option<f64>,
+    /// Mean power over the measured frames, W.
+    pub running_w: f64,
+    /// Energy per measured frame, J.
+    pub energy_per_frame_j: f64,
+    /// Energy per frame above the idle power, J (null without an idle measurement).
+    pub energy_per_frame_above_idle_j: Option<f64>,
+}
+
+/// What the power meters measured.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PowerSummary {
+    /// What the whole is (`VDD_IN`, `the sum of 4 rail(s)`).
+    pub whole: String,
+    /// The whole, then each rail.
+    pub rails: Vec<RailSummary>,
+    /// Samples taken.
+    pub samples: usize,
+    /// Sampling interval, ms.
+    pub sample_interval_ms: f64,
+    /// Failed readings, all rails together.
+    pub read_errors: u64,
+    /// Meters found and not used, with why.
+    pub skipped: Vec<String>,
+}
+
+/// The report of a bench.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BenchReport {
+    /// The configuration file.
+    pub config: String,
+    /// The machine (Jetson model or CPU), cores, kernel.
+    pub machine: String,
+    /// The frame source, its size and format.
+    pub source: String,
+    /// Frames run before measuring.
+    pub warmup_frames: u64,
+    /// Frames measured.
+    pub frames: u64,
+    /// From the last warm-up frame's publication to the last measured one's, s.
+    pub measured_s: f64,
+    /// Frames published per second over that time.
+    pub frames_per_s: f64,
+    /// Frames dropped by the pipeline (a newer one overtook them) during the whole run.
+    pub dropped: u64,
+    /// Frames whose inference failed during the whole run.
+    pub failed: u64,
+    /// Mean objects per measured frame.
+    pub objects_per_frame: f64,
+    /// Per stage latency, then `total` (capture to publish).
+    pub latency: Vec<StageSummary>,
+    /// CPU time of the process over the measured frames, s (user + system).
+    pub cpu_s: f64,
+    /// CPU time over wall time: how many cores were busy on average.
+    pub cores_busy: f64,
+    /// Peak resident memory of the process, MiB.
+    pub peak_resident_mib: f64,
+    /// Power and energy; null when no meter was found or asked for.
+    pub power: Option<PowerSummary>,
+    /// Why a part is missing, what to keep in mind.
+    pub notes: Vec<String>,
+}
+
+/// What the publish thread records, all allocated before the first frame.
+struct Recorder {
+    warmup: u64,
+    seen: u64,
+    latencies: Vec<StageLatencies>,
+    objects: u64,
+    window_start_ns: Option<u64>,
+    window_end_ns: u64,
+    cpu_at_start_s: f64,
+}
+
+/// Runs the daemon's `parts` for `options.warmup + options.frames` frames and measures.
+/// `meter`, when given, is sampled from before the idle period to the end. The pose
+/// stream is served on `daemon_options.stream.socket` meanwhile.
+///
+/// # Errors
+/// The daemon fails; the power meter's first reading fails; the run ends (a sequence
+/// that does not loop, a stop signal) before any measured frame.
+pub fn run_bench(
+    parts: DaemonParts,
+    mut daemon_options: DaemonOptions,
+    options: &BenchOptions,
+    meter: Option<PowerMeter>,
+    shutdown: Arc<AtomicBool>,
+    config: String,
+) -> Result<BenchReport> {
+    let info = parts.source.info().clone();
+    let source = format!(
+        "{} ({} x {}, {})",
+        info.name, info.width, info.height, info.format
+    );
+    let sampler = meter
+        .map(|meter| meter.start(options.sample_interval))
+        .transpose()?;
+    let idle_ns = if sampler.is_some() && !options.idle.is_zero() {
+        let start = monotonic_ns();
+        std::thread::sleep(options.idle);
+        Some((start, monotonic_ns()))
+    } else {
+        None
+    };
+
+    let frames = usize::try_from(options.frames).map_err(|_| Error::Invalid {
+        what: "bench frames".into(),
+        reason: format!("{} is too many", options.frames),
+    })?;
+    let recorder = Arc::new(Mutex::new(Recorder {
+        warmup: options.warmup,
+        seen: 0,
+        latencies: Vec::with_capacity(frames),
+        objects: 0,
+        window_start_ns: (options.warmup == 0).then(monotonic_ns),
+        window_end_ns: 0,
+        cpu_at_start_s: process_cpu_s(),
+    }));
+    let observer = {
+        let recorder = Arc::clone(&recorder);
+        Box::new(move |pose: &crate::daemon::message::PoseFrame, _: &_| {
+            let mut recorder = recorder.lock().unwrap_or_else(PoisonError::into_inner);
+            recorder.seen += 1;
+            if recorder.seen == recorder.warmup {
+                recorder.window_start_ns = Some(pose.t_publish_ns);
+                recorder.cpu_at_start_s = process_cpu_s();
+            } else if recorder.seen > recorder.warmup
+                && recorder.latencies.len() < recorder.latencies.capacity()
+            {
+                recorder.latencies.push(pose.latency_ns);
+                recorder.objects += pose.objects.len() as u64;
+                recorder.window_end_ns = pose.t_publish_ns;
+            }
+        })
+    };
+    daemon_options.max_frames = Some(options.warmup.saturating_add(options.frames));
+    let run: RunReport = run_daemon(
+        parts,
+        daemon_options,
+        shutdown,
+        Notifier::disabled(),
+        Some(observer),
+    )?;
+    let cpu_at_end_s = process_cpu_s();
+    let trace = sampler.map(power::Sampler::finish).transpose()?;
+    let recorder = Arc::try_unwrap(recorder)
+        .map_err(|_| Error::Invalid {
+            what: "bench".into(),
+            reason: "the daemon kept its frame observer".into(),
+        })?
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+
+    let measured = recorder.latencies.len() as u64;
+    let window_start_ns = recorder.window_start_ns.unwrap_or(recorder.window_end_ns);
+    if measured == 0 {
+        return Err(Error::Invalid {
+            what: "bench".into(),
+            reason: format!(
+                "no frame was measured: the run stopped after {} frame(s) ({} warm-up asked){}",
+                run.published,
+                options.warmup,
+                if run.source_ended {
+                    ", the sequence ended (set source.loop = true)"
+                } else {
+                    ""
+                }
+            ),
+        });
+    }
+    let measured_s = recorder.window_end_ns.saturating_sub(window_start_ns) as f64 * 1e-9;
+    let mut notes = Vec::new();
+    if measured < options.frames {
+        notes.push(format!(
+            "stopped after {measured} of {} measured frames{}",
+            options.frames,
+            if run.source_ended {
+                " (the sequence ended)"
+            } else {
+                " (stop signal)"
+            }
+        ));
+    }
+    let cpu_s = cpu_at_end_s - recorder.cpu_at_start_s;
+    let power = trace.map(|trace| {
+        power_summary(
+            &trace,
+            idle_ns,
+            (window_start_ns, recorder.window_end_ns),
+            measured,
+            options.sample_interval,
+            &mut notes,
+        )
+    });
+    Ok(BenchReport {
+        config,
+        machine: machine_description(),
+        source,
+        warmup_frames: options.warmup,
+        frames: measured,
+        measured_s,
+        frames_per_s: if measured_s > 0.0 {
+            measured as f64 / measured_s
+        } else {
+            0.0
+        },
+        dropped: run.dropped,
+        failed: run.failed,
+        objects_per_frame: recorder.objects as f64 / measured as f64,
+        latency: stage_summaries(&recorder.latencies),
+        cpu_s,
+        cores_busy: if measured_s > 0.0 {
+            cpu_s / measured_s
+        } else {
+            0.0
+        },
+        peak_resident_mib: peak_resident_mib(),
+        power,
+        notes,
+    })
+}
+
+/// The latency summary of every stage over `frames`.
+pub fn stage_summaries(frames: &[StageLatencies]) -> Vec<StageSummary> {
+    let Some(first) = frames.first() else {
+        return Vec::new();
+    };
+    let mut values: Vec<u64> = Vec::with_capacity(frames.len());
+    first
+        .named()
+        .iter()
+        .enumerate()
+        .map(|(index, (stage, _))| {
+            values.clear();
+            values.extend(frames.iter().map(|frame| frame.named()[index].1));
+            values.sort_unstable();
+            let ms = |ns: u64| ns as f64 * 1e-6;
+            let mean = values.iter().map(|&v| v as f64).sum::<f64>() / values.len() as f64;
+            StageSummary {
+                stage,
+                mean_ms: mean * 1e-6,
+                p50_ms: ms(percentile(&values, 50.0)),
+                p90_ms: ms(percentile(&values, 90.0)),
+                p99_ms: ms(percentile(&values, 99.0)),
+                max_ms: ms(values[values.len() - 1]),
+            }
+        })
+        .collect()
+}
+
+/// The nearest-rank percentile of sorted, non-empty `values`: the smallest value with at
+/// least `p` percent of the values at or below it.
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn power_summary(
+    trace: &EnergyTrace,
+    idle_ns: Option<(u64, u64)>,
+    (start_ns, end_ns): (u64, u64),
+    frames: u64,
+    interval: Duration,
+    notes: &mut Vec<String>,
+) -> PowerSummary {
+    let seconds = |(from, to): (u64, u64)| to.saturating_sub(from) as f64 * 1e-9;
+    let running_s = seconds((start_ns, end_ns));
+    if running_s < 20.0 * interval.as_secs_f64() {
+        notes.push(format!(
+            "the measured frames took {running_s:.2} s, under 20 power samples: measure \
+             more frames for a steadier energy figure"
+        ));
+    }
+    if !trace.covers(start_ns, end_ns) {
+        notes.push("the power samples do not cover the measured frames".into());
+    }
+    let idle = idle_ns.filter(|&window| seconds(window) > 0.0);
+    let summarise = |rail: String, origin: String, energy: &dyn Fn(u64, u64) -> f64| {
+        let running_j = energy(start_ns, end_ns);
+        let running_w = if running_s > 0.0 {
+            running_j / running_s
+        } else {
+            0.0
+        };
+        let idle_w = idle.map(|window| energy(window.0, window.1) / seconds(window));
+        let per_frame = running_j / frames as f64;
+        RailSummary {
+            rail,
+            origin,
+            idle_w,
+            running_w,
+            energy_per_frame_j: per_frame,
+            energy_per_frame_above_idle_j: idle_w
+                .map(|idle_w| (running_w - idle_w) * running_s / frames as f64),
+        }
+    };
+    let mut rails = vec![summarise(
+        "whole".into(),
+        trace.whole_description.clone(),
+        &|from, to| trace.whole_energy_j(from, to),
+    )];
+    for (index, name) in trace.rails.iter().enumerate() {
+        rails.push(summarise(
+            name.clone(),
+            trace.origins[index].clone(),
+            &|from, to| trace.energy_j(index, from, to),
+        ));
+    }
+    PowerSummary {
+        whole: trace.whole_description.clone(),
+        rails,
+        samples: trace.samples(),
+        sample_interval_ms: interval.as_secs_f64() * 1e3,
+        read_errors: trace.read_errors.iter().sum(),
+        skipped: trace.skipped.clone(),
+    }
+}
+
+/// User + system CPU time of this process so far, s.
+fn process_cpu_s() -> f64 {
+    let usage = resource_usage();
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+/// Peak resident memory of this process, MiB.
+fn peak_resident_mib() -> f64 {
+    // Linux reports ru_maxrss in KiB.
+    resource_usage().ru_maxrss as f64 / 1024.0
+}
+
+fn resource_usage() -> libc::rusage {
+    // SAFETY: rusage is plain data, valid when zeroed.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable rusage; RUSAGE_SELF always exists.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    usage
+}
+
+/// The machine in one line: the device-tree model (a Jetson's), else the CPU model; the
+/// cores; the kernel.
+pub fn machine_description() -> String {
+    let model = std::fs::read("/proc/device-tree/model")
+        .ok()
+        .map(|bytes| {
+            String::from_utf8_lossy(&bytes)
+                .trim_end_matches('\0')
+                .trim()
+                .to_owned()
+        })
+        .filter(|model| !model.is_empty())
+        .or_else(|| {
+            let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+            cpuinfo
+                .lines()
+                .find_map(|line| line.strip_prefix("model name"))
+                .and_then(|rest| rest.split_once(':'))
+                .map(|(_, name)| name.trim().to_owned())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|text| text.trim().to_owned())
+        .unwrap_or_default();
+    format!("{model}, {cores} core(s), Linux {kernel}")
+}
+
+/// The report as text, for a terminal.
+pub fn format_report(report: &BenchReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "posed bench: {}", report.config);
+    let _ = writeln!(out, "machine: {}", report.machine);
+    let _ = writeln!(out, "source:  {}", report.source);
+    let _ = writeln!(
+        out,
+        "{} frame(s) measured after {} warm-up, in {:.2} s: {:.2} frames/s, {:.1} objects \
+         per frame, {} dropped, {} failed",
+        report.frames,
+        report.warmup_frames,
+        report.measured_s,
+        report.frames_per_s,
+        report.objects_per_frame,
+        report.dropped,
+        report.failed
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "latency (ms)      mean       p50       p90       p99       max"
+    );
+    for stage in &report.latency {
+        let _ = writeln!(
+            out,
+            "  {:<10} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+            stage.stage, stage.mean_ms, stage.p50_ms, stage.p90_ms, stage.p99_ms, stage.max_ms
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "cpu: {:.2} core(s) busy on average ({:.2} s of CPU time), peak resident memory \
+         {:.0} MiB",
+        report.cores_busy, report.cpu_s, report.peak_resident_mib
+    );
+    match &report.power {
+        None => {}
+        Some(power) => {
+            let _ = writeln!(
+                out,
+                "power: {} sample(s) every {:.0} ms, the whole is {}{}",
+                power.samples,
+                power.sample_interval_ms,
+                power.whole,
+                if power.read_errors > 0 {
+                    format!(", {} failed reading(s)", power.read_errors)
+                } else {
+                    String::new()
+                }
+            );
+            let _ = writeln!(
+                out,
+                "  rail                 idle W   running W    J/frame   J/frame above idle"
+            );
+            let optional = |value: Option<f64>, decimals: usize| {
+                value.map_or_else(|| "-".to_owned(), |v| fixed(v, decimals))
+            };
+            for rail in &power.rails {
+                let _ = writeln!(
+                    out,
+                    "  {:<18} {:>8} {:>11.3} {:>10.4} {:>20}",
+                    rail.rail,
+                    optional(rail.idle_w, 3),
+                    rail.running_w,
+                    rail.energy_per_frame_j,
+                    optional(rail.energy_per_frame_above_idle_j, 4)
+                );
+            }
+            for skipped in &power.skipped {
+                let _ = writeln!(out, "  not measured: {skipped}");
+            }
+        }
+    }
+    for note in &report.notes {
+        let _ = writeln!(out, "note: {note}");
+    }
+    out
+}
+
+/// `value` with `decimals` decimals, without the sign of a value that rounds to zero
+/// (an energy above idle of -1e-17 J is no energy, not "-0.0000").
+fn fixed(value: f64, decimals: usize) -> String {
+    let text = format!("{value:.decimals$}");
+    match text.strip_prefix('-') {
+        Some(magnitude) if magnitude.bytes().all(|b| b == b'0' || b == b'.') => {
+            magnitude.to_owned()
+        }
+        _ => text,
+    }
+}
+
+/// The default socket of a bench: private to this process.
+pub fn private_socket() -> PathBuf {
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    dir.join(format!("posed-bench-{}.sock", std::process::id()))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,200 @@
+//! `posed bench` end to end on the demo configuration: the latency report, the energy
+//! figures from a sysfs tree whose meter reads a known constant power, and its errors.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::posed;
+
+/// A sysfs tree with one INA3221 channel, `VDD_IN`, at 5.000 V and 1.000 A: 5 W.
+fn five_watt_sysfs() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/bench/testdata/five-watts")
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).expect("report")).expect("json")
+}
+
+fn number(value: &serde_json::Value, what: &str) -> f64 {
+    value
+        .as_f64()
+        .unwrap_or_else(|| panic!("{what}: expected a number, found {value}"))
+}
+
+#[test]
+fn the_demo_bench_reports_latency_per_stage_and_energy_per_frame() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = dir.path().join("report.json");
+    let socket = dir.path().join("bench.sock");
+    let output = posed()
+        .args([
+            "bench",
+            "--demo",
+            "--frames",
+            "4",
+            "--warmup",
+            "1",
+            "--rate-hz",
+            "0",
+        ])
+        .args(["--idle-s", "0.2", "--sample-ms", "5", "--sysfs-root"])
+        .arg(five_watt_sysfs())
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--json")
+        .arg(&report)
+        .output()
+        .expect("posed bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for part in ["latency (ms)", "refiner", "total", "VDD_IN", "J/frame"] {
+        assert!(stdout.contains(part), "expected {part:?} in:\n{stdout}");
+    }
+    assert!(!socket.exists(), "the bench's socket is removed after");
+
+    let report = json(&report);
+    assert_eq!(report["frames"], 4);
+    assert_eq!(report["warmup_frames"], 1);
+    // Played as fast as the pipeline takes them, a sequence's frames are captured on
+    // demand: none is overtaken in the queue.
+    assert_eq!(report["dropped"], 0);
+    assert_eq!(report["failed"], 0);
+    assert!(number(&report["objects_per_frame"], "objects") > 0.0);
+    let measured_s = number(&report["measured_s"], "measured_s");
+    assert!(measured_s > 0.0);
+    let fps = number(&report["frames_per_s"], "fps");
+    assert!(
+        (fps * measured_s - 4.0).abs() < 1e-9,
+        "{fps} x {measured_s}"
+    );
+
+    let stages = report["latency"].as_array().expect("latency");
+    let names: Vec<&str> = stages
+        .iter()
+        .map(|s| s["stage"].as_str().expect("stage"))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "capture", "queue", "detect", "init", "crop", "render", "coarse", "refiner", "update",
+            "publish", "total"
+        ]
+    );
+    for stage in stages {
+        let [p50, p90, p99, max] =
+            ["p50_ms", "p90_ms", "p99_ms", "max_ms"].map(|key| number(&stage[key], key));
+        assert!(p50 <= p90 && p90 <= p99 && p99 <= max, "{stage}");
+    }
+    let p50 = |name: &str| {
+        let stage = stages.iter().find(|s| s["stage"] == name).expect(name);
+        number(&stage["p50_ms"], name)
+    };
+    // The demo runs every network: each stage took time, and the whole took longer
+    // than any one of them.
+    for name in ["detect", "crop", "render", "coarse", "refiner"] {
+        assert!(p50(name) > 0.0, "{name}");
+        assert!(p50("total") > p50(name), "{name}");
+    }
+    assert!(number(&report["cpu_s"], "cpu_s") > 0.0);
+    assert!(number(&report["peak_resident_mib"], "rss") > 1.0);
+
+    // The meter reads a constant 5 W: idle and running power are 5 W, and the energy of
+    // the measured frames is 5 W over their time.
+    let power = &report["power"];
+    assert_eq!(power["whole"], "VDD_IN");
+    assert_eq!(power["read_errors"], 0);
+    let whole = &power["rails"][0];
+    assert_eq!(whole["rail"], "whole");
+    assert!(
+        (number(&whole["running_w"], "running") - 5.0).abs() < 1e-9,
+        "{whole}"
+    );
+    assert!(
+        (number(&whole["idle_w"], "idle") - 5.0).abs() < 1e-9,
+        "{whole}"
+    );
+    let per_frame = number(&whole["energy_per_frame_j"], "J/frame");
+    assert!((per_frame * 4.0 - 5.0 * measured_s).abs() < 1e-6, "{whole}");
+    let above_idle = number(&whole["energy_per_frame_above_idle_j"], "above idle");
+    assert!(above_idle.abs() < 1e-6, "{whole}");
+    assert_eq!(power["rails"][1]["rail"], "VDD_IN");
+    assert_eq!(power["rails"][1]["origin"], "ina3221 hwmon1 channel 1");
+}
+
+#[test]
+fn bench_without_meters_reports_no_power_and_required_power_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report = dir.path().join("report.json");
+    let output = posed()
+        .args([
+            "bench",
+            "--demo",
+            "--frames",
+            "1",
+            "--warmup",
+            "0",
+            "--rate-hz",
+            "0",
+        ])
+        .arg("--sysfs-root")
+        .arg(dir.path())
+        .arg("--socket")
+        .arg(dir.path().join("bench.sock"))
+        .arg("--json")
+        .arg(&report)
+        .output()
+        .expect("posed bench");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = json(&report);
+    assert_eq!(report["frames"], 1);
+    assert!(report["power"].is_null(), "{report}");
+
+    let output = posed()
+        .args(["bench", "--demo", "--frames", "1", "--power", "required"])
+        .arg("--sysfs-root")
+        .arg(dir.path())
+        .output()
+        .expect("posed bench");
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        message.contains("no readable power meter")
+            && message.contains(&dir.path().display().to_string()),
+        "{message}"
+    );
+}
+
+#[test]
+fn bench_refuses_bad_options_before_running() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases: [(&[&str], &str); 4] = [
+        (&["--idle-s=-1"], "--idle-s"),
+        (&["--rate-hz=-3"], "--rate-hz"),
+        (&["--frames", "0"], "--frames"),
+        (
+            &["--json", "/nonexistent-posed-dir/report.json"],
+            "/nonexistent-posed-dir",
+        ),
+    ];
+    for (args, named) in cases {
+        let output = posed()
+            .args(["bench", "--demo", "--power", "off"])
+            .args(args)
+            .arg("--socket")
+            .arg(dir.path().join("bench.sock"))
+            .output()
+            .expect("posed bench");
+        let message = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?}");
+        assert!(message.contains(named), "{args:?}: {message}");
+    }
+}
