@@ -217,12 +217,18 @@ impl EngineCache {
         check: impl FnOnce(&[u8]) -> Result<T, String>,
     ) -> Result<(Vec<u8>, T, CacheOutcome), EngineError> {
         let lock_path = self.lock_path(key);
-        let lock = OpenOptions::new()
+        let lock = match OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(|e| EngineError::io(&lock_path, "opening the build lock", e))?;
+        {
+            Ok(lock) => lock,
+            // A cache that cannot be written (a read-only root file system on a robot,
+            // engines built ahead of time) is still usable for what it holds: the lock
+            // only keeps two builds apart, and entries are replaced by atomic renames.
+            Err(e) => return self.use_without_lock(key, &lock_path, e, check),
+        };
         let waited = match lock.try_lock() {
             Ok(()) => false,
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -270,6 +276,41 @@ impl EngineCache {
             CacheOutcome::Built
         };
         Ok((bytes, engine, outcome))
+    }
+
+    /// The entry for `key` from a cache whose build lock cannot be opened (`error`): a
+    /// verified entry that `check` accepts, else an error that says why none can be
+    /// built here.
+    fn use_without_lock<T>(
+        &self,
+        key: &EngineKey,
+        lock_path: &Path,
+        error: std::io::Error,
+        check: impl FnOnce(&[u8]) -> Result<T, String>,
+    ) -> Result<(Vec<u8>, T, CacheOutcome), EngineError> {
+        let cannot_build = |why: String| EngineError::CacheEntry {
+            path: self.entry_path(key),
+            reason: format!(
+                "{why}, and the cache cannot be written (the build lock {}: {error}): build \
+                 the engines where the cache is writable (`posed engines build`), or point \
+                 engines.cache_dir at a writable folder",
+                lock_path.display()
+            ),
+        };
+        match self.load(key) {
+            Ok(Some(bytes)) => match check(&bytes) {
+                Ok(engine) => {
+                    tracing::info!(lock = %lock_path.display(), %error, "engine cache not writable; using its verified entry");
+                    Ok((bytes, engine, CacheOutcome::Hit))
+                }
+                Err(reason) => Err(cannot_build(format!(
+                    "the entry verifies but its payload does not load ({})",
+                    crate::error::printable(&reason)
+                ))),
+            },
+            Ok(None) => Err(cannot_build("no entry for this engine".into())),
+            Err(problem) => Err(cannot_build(format!("the entry is unusable ({problem})"))),
+        }
     }
 
     /// The verified payload for `key`: `Ok(None)` when there is no entry, `Err` when the

@@ -288,3 +288,46 @@ fn default_dir_follows_the_environment_convention() {
         dir.display()
     );
 }
+
+#[test]
+fn a_cache_whose_lock_cannot_be_opened_serves_its_verified_entries_and_builds_nothing() {
+    // What a read-only cache looks like to the cache (EROFS on a robot's read-only root,
+    // EACCES for another user): the build lock cannot be opened. Tests may run as root,
+    // which permissions do not stop, so the lock's path is made a folder instead.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = EngineCache::open(dir.path()).expect("open");
+    let stored = key(Precision::Fp16);
+    cache.store(&stored, &payload()).expect("store");
+    std::fs::create_dir(cache.lock_path(&stored)).expect("lock path as a folder");
+    let (bytes, outcome) = cache.get_or_build(&stored, never_built()).expect("hit");
+    assert_eq!((bytes, outcome), (payload(), CacheOutcome::Hit));
+
+    // No entry, or one that does not verify: an error naming the entry and the lock,
+    // nothing built, nothing moved.
+    let other = key(Precision::Fp32);
+    std::fs::create_dir(cache.lock_path(&other)).expect("lock path as a folder");
+    let error = cache
+        .get_or_build(&other, never_built())
+        .expect_err("nothing to serve")
+        .to_string();
+    let entry = cache.entry_path(&other).display().to_string();
+    let lock = cache.lock_path(&other).display().to_string();
+    assert!(
+        error.contains(&entry) && error.contains(&lock) && error.contains("no entry"),
+        "{error}"
+    );
+    let path = cache.store(&other, &payload()).expect("store");
+    let mut bytes = std::fs::read(&path).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&path, &bytes).expect("damage");
+    let error = cache
+        .get_or_build(&other, never_built())
+        .expect_err("damaged")
+        .to_string();
+    assert!(error.contains("unusable"), "{error}");
+    assert!(
+        path.exists(),
+        "a read-only cache's entry is not moved aside"
+    );
+}
