@@ -134,16 +134,33 @@ pub fn predict(
     );
     options.max_image_hw = (options.max_image_hw.0.max(h), options.max_image_hw.1.max(w));
     let open = |path: &Path, role: Role| open_session(backend.as_ref(), path, role, options);
+    // The objects this run estimates: the label filter's, else every model's.
+    let estimated: Vec<u32> = if request.filter.obj_ids.is_empty() {
+        dataset.models.objects.keys().copied().collect()
+    } else {
+        request.filter.obj_ids.clone()
+    };
+    let open_pose = |path: &Path, role: Role| {
+        let (session, network) = open(path, role)?;
+        let unknown = objects_unknown_to(&network, estimated.iter().copied());
+        if !unknown.is_empty() {
+            eprintln!(
+                "posed predict: warning: {}",
+                unknown_objects_warning(&network, role, &unknown)
+            );
+        }
+        Ok::<_, Error>(session)
+    };
     let networks = PoseNetworks {
         coarse: request
             .coarse
             .as_deref()
-            .map(|p| open(p, Role::Coarse).map(|(s, _)| s))
+            .map(|p| open_pose(p, Role::Coarse))
             .transpose()?,
         refiner: request
             .refiner
             .as_deref()
-            .map(|p| open(p, Role::Refiner).map(|(s, _)| s))
+            .map(|p| open_pose(p, Role::Refiner))
             .transpose()?,
     };
     let (mut pipeline, fallback) = SingleViewPipeline::for_device(
@@ -302,6 +319,43 @@ fn rows_of<'a>(
         camera_from_object: o.camera_from_object,
         time_s,
     })
+}
+
+/// The objects among `obj_ids` that a pose network's sidecar does not list: the network
+/// was never trained on them, and its poses for them mean nothing. Empty when a sidecar
+/// label is not a BOP object name (`obj_000007`), since coverage cannot be told then.
+pub fn objects_unknown_to(network: &Network, obj_ids: impl IntoIterator<Item = u32>) -> Vec<u32> {
+    let known: Option<Vec<u32>> = network
+        .sidecar()
+        .labels
+        .iter()
+        .map(|label| crate::pipeline::obj_id_of_label(label))
+        .collect();
+    let Some(known) = known else {
+        return Vec::new();
+    };
+    obj_ids
+        .into_iter()
+        .filter(|obj_id| !known.contains(obj_id))
+        .collect()
+}
+
+/// The warning for [`objects_unknown_to`]'s objects, naming the network and its role.
+pub fn unknown_objects_warning(network: &Network, role: Role, unknown: &[u32]) -> String {
+    let listed: Vec<String> = unknown.iter().take(16).map(u32::to_string).collect();
+    format!(
+        "the {role} network {} was trained for {} object(s), not for object(s) {}{}: its \
+         poses for them mean nothing (restrict the objects with --labels or \
+         pipeline.labels)",
+        network.path().display(),
+        network.sidecar().labels.len(),
+        listed.join(", "),
+        if unknown.len() > listed.len() {
+            ", ..."
+        } else {
+            ""
+        }
+    )
 }
 
 /// Opens a network for `role` and makes a session.

@@ -191,6 +191,21 @@ fn the_demo_streams_poses_to_watch_and_python_and_stops_cleanly_on_sigterm() {
     assert!(stderr.contains("ready after"), "{stderr}");
 }
 
+/// data/demo.toml with its paths made absolute, to be written anywhere.
+fn demo_with_absolute_paths() -> String {
+    let data = data_dir("");
+    std::fs::read_to_string(data_dir("demo.toml"))
+        .expect("demo.toml")
+        .replace(
+            "= \"networks/",
+            &format!("= \"{}/networks/", data.display()),
+        )
+        .replace(
+            "= \"ycbv-mini/",
+            &format!("= \"{}/ycbv-mini/", data.display()),
+        )
+}
+
 #[test]
 fn config_check_accepts_the_demo_and_names_bad_keys() {
     let output = posed()
@@ -214,6 +229,32 @@ fn config_check_accepts_the_demo_and_names_bad_keys() {
     let demo = std::fs::read_to_string(data_dir("demo.toml")).expect("demo.toml");
     std::fs::write(&bad, demo.replace("rate_hz = 5.0", "rate_hz = \"fast\"")).expect("write");
     posed_fails_on(&["config", "check"], &bad, &["bad.toml", "source.rate_hz"]);
+
+    // A refiner trained for 2 of the 5 objects: a warning that names the others.
+    let refiner = dir.path().join("refiner-partial.onnx");
+    std::fs::copy(data_dir("networks/refiner-tiny.onnx"), &refiner).expect("copy");
+    std::fs::write(
+        dir.path().join("refiner-partial.toml"),
+        "format = 1\nrole = \"refiner\"\nlabels = [\"obj_000001\", \"obj_000002\"]\n",
+    )
+    .expect("sidecar");
+    let partial = dir.path().join("partial.toml");
+    let text: String = demo_with_absolute_paths()
+        .lines()
+        .map(|line| match line.starts_with("refiner = ") {
+            true => format!("refiner = {refiner:?}\n"),
+            false => format!("{line}\n"),
+        })
+        .collect();
+    std::fs::write(&partial, text).expect("write");
+    let output = posed_on(&["config", "check"], &partial);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("warning: networks.refiner")
+            && stdout.contains("not for object(s) 3, 4, 5"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -368,17 +409,7 @@ fn run_refuses_at_once_a_live_socket_whose_listener_accepts_nobody() {
 #[test]
 fn config_check_catches_what_run_would_refuse_and_both_name_the_key() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data = data_dir("");
-    let demo = std::fs::read_to_string(data_dir("demo.toml"))
-        .expect("demo.toml")
-        .replace(
-            "= \"networks/",
-            &format!("= \"{}/networks/", data.display()),
-        )
-        .replace(
-            "= \"ycbv-mini/",
-            &format!("= \"{}/ycbv-mini/", data.display()),
-        );
+    let demo = demo_with_absolute_paths();
     let a_file = dir.path().join("a-file");
     std::fs::write(&a_file, b"not a folder").expect("write");
     let socket_line = "socket = \"/tmp/posed-demo.sock\"";

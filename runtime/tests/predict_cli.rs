@@ -592,3 +592,49 @@ fn the_cuda_device_gives_the_cpu_poses_or_falls_back_to_the_cpu() {
         );
     }
 }
+
+#[test]
+fn a_pose_network_not_trained_for_some_objects_is_warned_about_by_name() {
+    // refiner-identity with a sidecar that lists only objects 1 and 2 of ycbv-mini's 5.
+    let scratch = Scratch::new();
+    let refiner = scratch.file("refiner-partial.onnx");
+    std::fs::copy(network("refiner-identity.onnx"), &refiner).expect("copy");
+    std::fs::write(
+        scratch.file("refiner-partial.toml"),
+        "format = 1\nrole = \"refiner\"\nlabels = [\"obj_000001\", \"obj_000002\"]\n",
+    )
+    .expect("sidecar");
+    let out = scratch.file("out.csv");
+    let predict = |extra: &[&str]| {
+        let (dataset, detector) = (data_dir("ycbv-mini"), network("detector-tiny.onnx"));
+        let mut args = vec![
+            "predict",
+            "--dataset",
+            path_str(&dataset),
+            "--detector",
+            &detector,
+            "--refiner",
+            path_str(&refiner),
+            "--refiner-iterations",
+            "1",
+            "--max-images",
+            "1",
+            "--quiet",
+            "--out",
+            path_str(&out),
+        ];
+        args.extend_from_slice(extra);
+        let output = run(&args, &scratch.file("cache"));
+        check_ok(&output, "predict");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let stderr = predict(&[]);
+    assert!(
+        stderr.contains("refiner-partial.onnx")
+            && stderr.contains("trained for 2 object(s), not for object(s) 3, 4, 5"),
+        "{stderr}"
+    );
+    // Restricted to the objects it knows: no warning.
+    let stderr = predict(&["--labels", "1,2"]);
+    assert!(!stderr.contains("trained for"), "{stderr}");
+}

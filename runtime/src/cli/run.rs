@@ -12,6 +12,7 @@ use crate::daemon::client::{watch, WatchOptions};
 use crate::daemon::notify::Notifier;
 use crate::daemon::run as run_daemon;
 use crate::daemon::setup::{check_config, check_labels, parts_from_config, Checking};
+use crate::predict::{objects_unknown_to, unknown_objects_warning};
 
 /// The signals that stop `posed run`: SIGTERM (systemd), SIGINT (Ctrl-C) and SIGHUP (the
 /// terminal of a `posed run` in the foreground closing). Each stops it cleanly, removing
@@ -256,6 +257,25 @@ pub fn run_config(command: &ConfigCommand) -> anyhow::Result<()> {
             if let Some(models) = &config.pipeline.models {
                 let set = crate::bop::models::ModelSet::load(models).context("pipeline.models")?;
                 check_labels(&config, &set)?;
+                let estimated: Vec<u32> = if config.pipeline.labels.is_empty() {
+                    set.objects.keys().copied().collect()
+                } else {
+                    config.pipeline.labels.clone()
+                };
+                for (role, path) in config.networks.by_role() {
+                    if role == posed_engines::Role::Detector {
+                        continue;
+                    }
+                    let network = posed_engines::Network::open(path)
+                        .with_context(|| format!("networks.{role}"))?;
+                    let unknown = objects_unknown_to(&network, estimated.iter().copied());
+                    if !unknown.is_empty() {
+                        println!(
+                            "warning: networks.{role}: {}",
+                            unknown_objects_warning(&network, role, &unknown)
+                        );
+                    }
+                }
                 println!(
                     "pipeline.models: {} objects in {}",
                     set.objects.len(),
