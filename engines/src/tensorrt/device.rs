@@ -4,6 +4,7 @@
 
 use std::ffi::{c_void, CString};
 use std::panic::catch_unwind;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -155,7 +156,7 @@ impl Runtime {
     }
 
     /// The checked engine for `key`: from the cache, or built and stored. A cached engine
-    /// that TensorRT cannot deserialise is rebuilt once and replaced.
+    /// that TensorRT cannot deserialise is set aside (`.rejected`) and rebuilt.
     pub fn prepare(
         &self,
         network: &Network,
@@ -165,25 +166,24 @@ impl Runtime {
         hook: Option<&(dyn Fn(BuildProgress) + Send + Sync)>,
     ) -> Result<Prepared, EngineError> {
         options.validate()?;
-        let (bytes, outcome) = settings
-            .cache
-            .get_or_build(key, || self.build(network, options, settings, hook))?;
         self.context
             .bind_to_thread()
             .map_err(cuda("cuCtxSetCurrent"))?;
-        let (engine, outcome) = match self.library.deserialize(&bytes, settings.dla_core) {
-            Ok(engine) => (engine, outcome),
-            Err(error) if matches!(outcome, CacheOutcome::Hit | CacheOutcome::BuiltByOther) => {
-                tracing::warn!(%error, entry = %settings.cache.entry_path(key).display(), "cached TensorRT engine does not deserialize; rebuilding it");
-                let bytes = self.build(network, options, settings, hook)?;
-                settings.cache.store(key, &bytes)?;
-                (
-                    self.library.deserialize(&bytes, settings.dla_core)?,
-                    CacheOutcome::Rebuilt,
-                )
-            }
-            Err(error) => return Err(error),
+        // A cached engine that TensorRT cannot deserialise (its sha256 proves only that
+        // the bytes are the ones written) is set aside as `.rejected` and rebuilt, as the
+        // CPU backend's are: a corrupt or foreign engine is kept for a look, never
+        // overwritten unseen.
+        let build = || {
+            let bytes = self.build(network, options, settings, hook)?;
+            let engine = self.library.deserialize(&bytes, settings.dla_core)?;
+            Ok((bytes, engine))
         };
+        let check = |bytes: &[u8]| {
+            self.library
+                .deserialize(bytes, settings.dla_core)
+                .map_err(|e| e.to_string())
+        };
+        let (_, engine, outcome) = settings.cache.get_or_build_checked(key, build, check)?;
         let tensors = engine.io_tensors()?;
         let io = check_engine_io(&network.contract(), network.path(), &tensors)?;
         Ok(Prepared {
@@ -317,6 +317,8 @@ struct TensorRtSession {
     max_detections: usize,
     profile: ProfileShapes,
     last_input_shape: Option<Shape>,
+    /// The ONNX file, to name in output errors.
+    network_path: PathBuf,
 }
 
 impl Drop for TensorRtSession {
@@ -416,6 +418,7 @@ impl TensorRtSession {
             max_detections: model.max_detections,
             profile: model.profile.clone(),
             last_input_shape: None,
+            network_path: model.network.path().to_owned(),
         })
     }
 
@@ -503,6 +506,19 @@ impl Session for TensorRtSession {
     }
 
     fn run(
+        &mut self,
+        input: &[f32],
+        shape: &[usize],
+        outputs: &mut Outputs,
+    ) -> Result<(), EngineError> {
+        self.run_unnamed(input, shape, outputs)
+            .map_err(|e| e.in_network(&self.network_path))
+    }
+}
+
+impl TensorRtSession {
+    /// [`Session::run`], its output errors not yet naming the network.
+    fn run_unnamed(
         &mut self,
         input: &[f32],
         shape: &[usize],
