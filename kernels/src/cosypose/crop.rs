@@ -192,7 +192,14 @@ pub fn roi_align_rgb8(
     out: &mut [f32],
 ) -> Result<(), KernelError> {
     check_roi_align(rgb.len(), width, height, "RGB image bytes", out.len())?;
-    roi_align(|i| f32::from(rgb[i]) / 255.0, width, height, crop, out)
+    roi_align(
+        rgb,
+        |byte| f32::from(byte) / 255.0,
+        width,
+        height,
+        crop,
+        out,
+    )
 }
 
 /// [`roi_align_rgb8`] of an image already divided by 255 ([`normalize_rgb8`]): the same
@@ -206,7 +213,7 @@ pub fn roi_align_normalized(
     out: &mut [f32],
 ) -> Result<(), KernelError> {
     check_roi_align(rgb.len(), width, height, "normalised RGB values", out.len())?;
-    roi_align(|i| rgb[i], width, height, crop, out)
+    roi_align(rgb, |value| value, width, height, crop, out)
 }
 
 /// `out[i] = rgb[i] / 255` in f32, the texel values RoIAlign reads. `out` must hold
@@ -256,9 +263,16 @@ fn check_roi_align(
     Ok(())
 }
 
-/// RoIAlign over texel values `texel(index)` of a row-major RGB image (checked sizes).
-fn roi_align(
-    texel_at: impl Fn(usize) -> f32,
+/// RoIAlign over the texels of a row-major RGB image, each read as `to_f32(texel)`
+/// (checked sizes).
+///
+/// The arithmetic is torchvision's, operation for operation and in its order (the
+/// CUDA twin does the same, and is checked bit for bit against this); what is hoisted
+/// out of the loops is only where each sample's texels are (row and column offsets) and
+/// its `1 - l` weights, which are the same values wherever they are computed.
+fn roi_align<T: Copy>(
+    texels: &[T],
+    to_f32: impl Fn(T) -> f32,
     width: usize,
     height: usize,
     crop: &BoxXyxy,
@@ -269,6 +283,91 @@ fn roi_align(
     if !crop_f32.iter().all(|v| v.is_finite()) {
         return Err(KernelError::NotFinite { what: "crop box" });
     }
+    const RATIO: usize = ROI_ALIGN_SAMPLING_RATIO;
+    let mut xs = [AxisSample::default(); CROP_WIDTH * RATIO];
+    let mut ys = [AxisSample::default(); CROP_HEIGHT * RATIO];
+    axis_samples(crop_f32[0], crop_f32[2], CROP_WIDTH, width, &mut xs);
+    axis_samples(crop_f32[1], crop_f32[3], CROP_HEIGHT, height, &mut ys);
+    let mut columns = [TexelPair::default(); CROP_WIDTH * RATIO];
+    let mut rows = [TexelPair::default(); CROP_HEIGHT * RATIO];
+    for (pair, sample) in columns.iter_mut().zip(&xs) {
+        *pair = TexelPair::of(sample, 3);
+    }
+    for (pair, sample) in rows.iter_mut().zip(&ys) {
+        *pair = TexelPair::of(sample, width * 3);
+    }
+    let count = (RATIO * RATIO) as f32;
+    let pixel = |offset: usize| -> [f32; 3] {
+        let rgb = &texels[offset..offset + 3];
+        [to_f32(rgb[0]), to_f32(rgb[1]), to_f32(rgb[2])]
+    };
+    for i in 0..CROP_HEIGHT {
+        let row_samples = &rows[i * RATIO..(i + 1) * RATIO];
+        for j in 0..CROP_WIDTH {
+            let mut sums = [0.0f32; 3];
+            for y in row_samples.iter().filter(|y| y.valid) {
+                for x in columns[j * RATIO..(j + 1) * RATIO]
+                    .iter()
+                    .filter(|x| x.valid)
+                {
+                    let (w1, w2, w3, w4) = (
+                        y.low_weight * x.low_weight,
+                        y.low_weight * x.high_weight,
+                        y.high_weight * x.low_weight,
+                        y.high_weight * x.high_weight,
+                    );
+                    let v1 = pixel(y.low + x.low);
+                    let v2 = pixel(y.low + x.high);
+                    let v3 = pixel(y.high + x.low);
+                    let v4 = pixel(y.high + x.high);
+                    for (c, sum) in sums.iter_mut().enumerate() {
+                        *sum += w1 * v1[c] + w2 * v2[c] + w3 * v3[c] + w4 * v4[c];
+                    }
+                }
+            }
+            for (c, sum) in sums.iter().enumerate() {
+                out[c * plane + i * CROP_WIDTH + j] = sum / count;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One RoIAlign sample along one axis, as offsets into the image's texels: the low and
+/// high texels' offsets (`index * stride`) and their weights (`1 - l` and `l`).
+#[derive(Clone, Copy, Default)]
+struct TexelPair {
+    valid: bool,
+    low: usize,
+    high: usize,
+    low_weight: f32,
+    high_weight: f32,
+}
+
+impl TexelPair {
+    fn of(sample: &AxisSample, stride: usize) -> Self {
+        Self {
+            valid: sample.valid,
+            low: sample.low * stride,
+            high: sample.high * stride,
+            low_weight: 1.0 - sample.frac,
+            high_weight: sample.frac,
+        }
+    }
+}
+
+#[cfg(test)]
+/// The loop as first written (torchvision's, texel by texel): the reference the
+/// optimised one above must equal bit for bit.
+pub(crate) fn roi_align_reference(
+    texel_at: impl Fn(usize) -> f32,
+    width: usize,
+    height: usize,
+    crop: &BoxXyxy,
+    out: &mut [f32],
+) {
+    let plane = CROP_HEIGHT * CROP_WIDTH;
+    let crop_f32 = crop.map(|v| v as f32);
     const RATIO: usize = ROI_ALIGN_SAMPLING_RATIO;
     let mut xs = [AxisSample::default(); CROP_WIDTH * RATIO];
     let mut ys = [AxisSample::default(); CROP_HEIGHT * RATIO];
@@ -302,5 +401,4 @@ fn roi_align(
             }
         }
     }
-    Ok(())
 }
