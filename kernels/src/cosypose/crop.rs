@@ -279,6 +279,66 @@ fn roi_align<T: Copy>(
     out: &mut [f32],
 ) -> Result<(), KernelError> {
     let plane = CROP_HEIGHT * CROP_WIDTH;
+    let (red, rest) = out[..3 * plane].split_at_mut(plane);
+    let (green, blue) = rest.split_at_mut(plane);
+    roi_align_rows(
+        texels,
+        to_f32,
+        (width, height),
+        crop,
+        0..CROP_HEIGHT,
+        [red, green, blue],
+    )
+}
+
+/// [`roi_align_normalized`] of output rows `rows` only, into three planes of
+/// `rows.len()` rows of 240 x 320's width each (red, green, blue): for splitting one crop
+/// over threads. Each output pixel is computed exactly as by the whole crop.
+///
+/// # Errors
+/// Bad sizes, rows beyond the crop's 240, planes of the wrong length, a crop box that is
+/// not finite.
+pub fn roi_align_normalized_rows(
+    rgb: &[f32],
+    width: usize,
+    height: usize,
+    crop: &BoxXyxy,
+    rows: std::ops::Range<usize>,
+    planes: [&mut [f32]; 3],
+) -> Result<(), KernelError> {
+    check_roi_align(
+        rgb.len(),
+        width,
+        height,
+        "normalised RGB values",
+        3 * CROP_HEIGHT * CROP_WIDTH,
+    )?;
+    if rows.start > rows.end || rows.end > CROP_HEIGHT {
+        return Err(KernelError::InvalidValue {
+            what: "RoIAlign rows",
+            reason: "expected a range within the crop's 240 rows",
+        });
+    }
+    let expected = rows.len() * CROP_WIDTH;
+    if let Some(plane) = planes.iter().find(|plane| plane.len() != expected) {
+        return Err(KernelError::SizeMismatch {
+            what: "RoIAlign output plane",
+            expected,
+            found: plane.len(),
+        });
+    }
+    roi_align_rows(rgb, |value| value, (width, height), crop, rows, planes)
+}
+
+/// The RoIAlign of output rows `rows` into `planes` (checked sizes).
+fn roi_align_rows<T: Copy>(
+    texels: &[T],
+    to_f32: impl Fn(T) -> f32,
+    (width, height): (usize, usize),
+    crop: &BoxXyxy,
+    rows: std::ops::Range<usize>,
+    mut planes: [&mut [f32]; 3],
+) -> Result<(), KernelError> {
     let crop_f32 = crop.map(|v| v as f32);
     if !crop_f32.iter().all(|v| v.is_finite()) {
         return Err(KernelError::NotFinite { what: "crop box" });
@@ -289,11 +349,11 @@ fn roi_align<T: Copy>(
     axis_samples(crop_f32[0], crop_f32[2], CROP_WIDTH, width, &mut xs);
     axis_samples(crop_f32[1], crop_f32[3], CROP_HEIGHT, height, &mut ys);
     let mut columns = [TexelPair::default(); CROP_WIDTH * RATIO];
-    let mut rows = [TexelPair::default(); CROP_HEIGHT * RATIO];
+    let mut row_pairs = [TexelPair::default(); CROP_HEIGHT * RATIO];
     for (pair, sample) in columns.iter_mut().zip(&xs) {
         *pair = TexelPair::of(sample, 3);
     }
-    for (pair, sample) in rows.iter_mut().zip(&ys) {
+    for (pair, sample) in row_pairs.iter_mut().zip(&ys) {
         *pair = TexelPair::of(sample, width * 3);
     }
     let count = (RATIO * RATIO) as f32;
@@ -301,8 +361,9 @@ fn roi_align<T: Copy>(
         let rgb = &texels[offset..offset + 3];
         [to_f32(rgb[0]), to_f32(rgb[1]), to_f32(rgb[2])]
     };
-    for i in 0..CROP_HEIGHT {
-        let row_samples = &rows[i * RATIO..(i + 1) * RATIO];
+    let first_row = rows.start;
+    for i in rows {
+        let row_samples = &row_pairs[i * RATIO..(i + 1) * RATIO];
         for j in 0..CROP_WIDTH {
             let mut sums = [0.0f32; 3];
             for y in row_samples.iter().filter(|y| y.valid) {
@@ -325,8 +386,8 @@ fn roi_align<T: Copy>(
                     }
                 }
             }
-            for (c, sum) in sums.iter().enumerate() {
-                out[c * plane + i * CROP_WIDTH + j] = sum / count;
+            for (plane, sum) in planes.iter_mut().zip(sums) {
+                plane[(i - first_row) * CROP_WIDTH + j] = sum / count;
             }
         }
     }

@@ -5,7 +5,8 @@ use nalgebra::{Rotation3, Vector3};
 use proptest::prelude::*;
 
 use super::crop::{
-    crop_box, k_crop, normalize_rgb8, project_robust, roi_align_normalized, roi_align_rgb8,
+    crop_box, k_crop, normalize_rgb8, project_robust, roi_align_normalized,
+    roi_align_normalized_rows, roi_align_rgb8,
 };
 use super::init::{init_pose_z1, init_pose_zup_autodepth};
 use super::update::{apply_update, rotation_from_6d};
@@ -355,4 +356,59 @@ fn roi_align_equals_the_texel_by_texel_reference_bit_for_bit() {
         roi_align_normalized(&normalised, w, h, &crop, &mut fast).expect("normalised");
         assert!(same(&fast, &reference), "normalised, crop {crop:?}");
     }
+}
+
+/// A crop computed in bands of rows (as the pipeline splits it over threads) is the whole
+/// crop, bit for bit; bad bands are refused.
+#[test]
+fn roi_align_in_bands_of_rows_is_the_whole_crop() {
+    let (w, h) = (97, 61);
+    let image: Vec<u8> = (0..w * h * 3)
+        .map(|i| ((i * 53 + i / 5) % 256) as u8)
+        .collect();
+    let mut normalised = vec![0.0f32; image.len()];
+    normalize_rgb8(&image, &mut normalised).expect("normalise");
+    let plane = CROP_HEIGHT * CROP_WIDTH;
+    let crop = [-12.5, 3.25, 70.0, 58.5];
+    let mut whole = vec![0.0f32; 3 * plane];
+    roi_align_normalized(&normalised, w, h, &crop, &mut whole).expect("whole");
+    for band_rows in [1, 7, 60, 240] {
+        let mut banded = vec![0.0f32; 3 * plane];
+        let (red, rest) = banded.split_at_mut(plane);
+        let (green, blue) = rest.split_at_mut(plane);
+        let band_len = band_rows * CROP_WIDTH;
+        let bands = red
+            .chunks_mut(band_len)
+            .zip(green.chunks_mut(band_len))
+            .zip(blue.chunks_mut(band_len));
+        for (band, ((r, g), b)) in bands.enumerate() {
+            let first = band * band_rows;
+            let rows = first..first + r.len() / CROP_WIDTH;
+            roi_align_normalized_rows(&normalised, w, h, &crop, rows, [r, g, b]).expect("band");
+        }
+        assert!(
+            whole
+                .iter()
+                .zip(&banded)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "bands of {band_rows} rows"
+        );
+    }
+    let mut small = vec![0.0f32; 10 * CROP_WIDTH];
+    let (r, rest) = small.split_at_mut(4 * CROP_WIDTH);
+    let (g, b) = rest.split_at_mut(3 * CROP_WIDTH);
+    // Planes of unequal length, and rows past the crop's 240.
+    assert!(roi_align_normalized_rows(&normalised, w, h, &crop, 0..4, [r, g, b]).is_err());
+    let mut row = vec![0.0f32; CROP_WIDTH];
+    let mut row2 = row.clone();
+    let mut row3 = row.clone();
+    assert!(roi_align_normalized_rows(
+        &normalised,
+        w,
+        h,
+        &crop,
+        240..241,
+        [&mut row, &mut row2, &mut row3]
+    )
+    .is_err());
 }

@@ -17,7 +17,7 @@ use posed_engines::contract::{POSE_INPUT_CHANNELS, POSE_UPDATE_LEN};
 use posed_engines::tensor::OutputData;
 use posed_engines::{Contract, DetectorLayout, EngineError, ModelOptions, Outputs, Role, Session};
 use posed_kernels::cosypose::crop::{
-    crop_box, k_crop, normalize_rgb8, projected_box, roi_align_normalized,
+    crop_box, k_crop, normalize_rgb8, projected_box, roi_align_normalized_rows,
 };
 use posed_kernels::cosypose::init::{init_pose_z1, init_pose_zup_autodepth};
 use posed_kernels::cosypose::update::apply_update;
@@ -34,6 +34,10 @@ use crate::{Error, Result};
 
 /// The most objects one network pass takes (CosyPose's `bsz_objects` default).
 pub const MAX_BATCH_SIZE: usize = 64;
+/// Most bands of rows one crop is split into for the CPU's threads.
+const MAX_CROP_BANDS: usize = 8;
+/// Most RoIAlign tasks of one batch.
+const MAX_CROP_TASKS: usize = MAX_BATCH_SIZE * MAX_CROP_BANDS;
 
 const PLANE: usize = CROP_HEIGHT * CROP_WIDTH;
 /// Floats of one batch item of the network input: 6 planes of 240 x 320.
@@ -810,23 +814,54 @@ impl SingleViewPipeline {
     }
 
     /// RoIAlign of the normalised camera image over each batch item's crop box into
-    /// channels 0-2 of its network input, one item per task on the renderer's threads.
+    /// channels 0-2 of its network input, on the renderer's threads. Each crop is split
+    /// into bands of rows, enough for every thread to have work to the end (5 crops on 2
+    /// threads as 5 tasks kept one thread idle for a fifth of the time).
     fn crop_batch(&mut self, image: &ImageView<'_>) -> Result<()> {
         let count = self.batch.len();
-        let mut outputs: heapless::Vec<Mutex<&mut [f32]>, MAX_BATCH_SIZE> = heapless::Vec::new();
-        for item in self.input.chunks_exact_mut(ITEM_LEN).take(count) {
-            // `count` never exceeds MAX_BATCH_SIZE (see `new`), so the push cannot fail.
-            let _ = outputs.push(Mutex::new(&mut item[..3 * PLANE]));
+        if count == 0 {
+            return Ok(());
+        }
+        let threads = self.renderer.pool().thread_count().max(1);
+        let bands = (4 * threads).div_ceil(count).clamp(1, MAX_CROP_BANDS);
+        let band_rows = CROP_HEIGHT.div_ceil(bands);
+        let band_len = band_rows * CROP_WIDTH;
+        // (item, first row, its three planes' rows), one per task.
+        type Band<'a> = (usize, usize, [&'a mut [f32]; 3]);
+        let mut tasks: heapless::Vec<Mutex<Band<'_>>, MAX_CROP_TASKS> = heapless::Vec::new();
+        for (item, input) in self
+            .input
+            .chunks_exact_mut(ITEM_LEN)
+            .take(count)
+            .enumerate()
+        {
+            let (red, rest) = input[..3 * PLANE].split_at_mut(PLANE);
+            let (green, blue) = rest.split_at_mut(PLANE);
+            let planes = red
+                .chunks_mut(band_len)
+                .zip(green.chunks_mut(band_len))
+                .zip(blue.chunks_mut(band_len));
+            for (band, ((r, g), b)) in planes.enumerate() {
+                // count <= MAX_BATCH_SIZE and bands <= MAX_CROP_BANDS: the push cannot fail.
+                let _ = tasks.push(Mutex::new((item, band * band_rows, [r, g, b])));
+            }
         }
         let failure: Mutex<Option<KernelError>> = Mutex::new(None);
         let texels = &self.normalized[..image.rgb.len()];
         let batch = &self.batch;
-        self.renderer.pool().run(count, &|task| {
-            let mut out = outputs[task].lock().unwrap_or_else(PoisonError::into_inner);
-            let crop = &batch[task].crop;
-            if let Err(error) =
-                roi_align_normalized(texels, image.width, image.height, crop, &mut out)
-            {
+        self.renderer.pool().run(tasks.len(), &|task| {
+            let mut band = tasks[task].lock().unwrap_or_else(PoisonError::into_inner);
+            let (item, first_row, planes) = &mut *band;
+            let rows = *first_row..*first_row + planes[0].len() / CROP_WIDTH;
+            let [r, g, b] = planes;
+            if let Err(error) = roi_align_normalized_rows(
+                texels,
+                image.width,
+                image.height,
+                &batch[*item].crop,
+                rows,
+                [r, g, b],
+            ) {
                 *failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
             }
         });
