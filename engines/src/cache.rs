@@ -31,6 +31,16 @@ use sha2::{Digest, Sha256};
 use crate::network::hex;
 use crate::EngineError;
 
+/// Whether an error opening the build lock says the cache cannot be written (a read-only
+/// file system; a folder or lock file of another user), rather than that something is
+/// wrong (no space, too many open files, a folder in the lock's place).
+fn cannot_write(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
+    )
+}
+
 /// Magic bytes at the start of every entry.
 pub const ENTRY_MAGIC: &[u8; 8] = b"POSEDENG";
 /// Version of the entry layout above.
@@ -227,7 +237,8 @@ impl EngineCache {
             // A cache that cannot be written (a read-only root file system on a robot,
             // engines built ahead of time) is still usable for what it holds: the lock
             // only keeps two builds apart, and entries are replaced by atomic renames.
-            Err(e) => return self.use_without_lock(key, &lock_path, e, check),
+            Err(e) if cannot_write(&e) => return self.use_without_lock(key, &lock_path, e, check),
+            Err(e) => return Err(EngineError::io(&lock_path, "opening the build lock", e)),
         };
         let waited = match lock.try_lock() {
             Ok(()) => false,
@@ -278,7 +289,7 @@ impl EngineCache {
         Ok((bytes, engine, outcome))
     }
 
-    /// The entry for `key` from a cache whose build lock cannot be opened (`error`): a
+    /// The entry for `key` from a cache whose build lock cannot be created (`error`): a
     /// verified entry that `check` accepts, else an error that says why none can be
     /// built here.
     fn use_without_lock<T>(

@@ -12,6 +12,36 @@ fn five_watt_sysfs() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/bench/testdata/five-watts")
 }
 
+/// A copy of a Jetson Orin Nano's sysfs (power rails and clocks; made-up readings).
+fn orin_nano_sysfs() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/bench/testdata/orin-nano")
+}
+
+/// `posed bench --demo --rate-hz 0` with `args`, its socket and JSON report in `dir`,
+/// its sysfs at `sysfs_root`; it must succeed. Returns its stdout and the report.
+fn bench_demo(dir: &Path, sysfs_root: &Path, args: &[&str]) -> (String, serde_json::Value) {
+    let (report, socket) = (dir.join("report.json"), dir.join("bench.sock"));
+    let output = posed()
+        .args(["bench", "--demo", "--rate-hz", "0"])
+        .args(args)
+        .arg("--sysfs-root")
+        .arg(sysfs_root)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--json")
+        .arg(&report)
+        .output()
+        .expect("posed bench");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!socket.exists(), "the bench's socket is removed after");
+    (stdout, json(&report))
+}
+
 fn json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).expect("report")).expect("json")
 }
@@ -25,53 +55,38 @@ fn number(value: &serde_json::Value, what: &str) -> f64 {
 #[test]
 fn the_demo_bench_reports_latency_per_stage_and_energy_per_frame() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let report = dir.path().join("report.json");
-    let socket = dir.path().join("bench.sock");
-    let output = posed()
-        .args([
-            "bench",
-            "--demo",
+    let (stdout, report) = bench_demo(
+        dir.path(),
+        &five_watt_sysfs(),
+        &[
             "--frames",
             "4",
             "--warmup",
             "1",
-            "--rate-hz",
-            "0",
-        ])
-        .args(["--idle-s", "0.2", "--sample-ms", "5", "--sysfs-root"])
-        .arg(five_watt_sysfs())
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--json")
-        .arg(&report)
-        .output()
-        .expect("posed bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
+            "--idle-s",
+            "0.2",
+            "--sample-ms",
+            "5",
+        ],
     );
     for part in ["latency (ms)", "refiner", "total", "VDD_IN", "J/frame"] {
         assert!(stdout.contains(part), "expected {part:?} in:\n{stdout}");
     }
-    assert!(!socket.exists(), "the bench's socket is removed after");
-
-    let report = json(&report);
     assert_eq!(report["frames"], 4);
+    assert_eq!(
+        report["clocks"],
+        serde_json::json!([]),
+        "the tree has no clocks"
+    );
     assert_eq!(report["warmup_frames"], 1);
     // Played as fast as the pipeline takes them, a sequence's frames are captured on
-    // demand: none is overtaken in the queue.
-    assert_eq!(report["dropped"], 0);
+    // demand: none is overtaken before inference.
+    assert_eq!(report["dropped_before_inference"], 0);
     assert_eq!(report["failed"], 0);
     assert!(number(&report["objects_per_frame"], "objects") > 0.0);
     let measured_s = number(&report["measured_s"], "measured_s");
     assert!(measured_s > 0.0);
-    let fps = number(&report["frames_per_s"], "fps");
-    assert!(
-        (fps * measured_s - 4.0).abs() < 1e-9,
-        "{fps} x {measured_s}"
-    );
+    assert!(number(&report["frames_per_s"], "fps") > 0.0);
 
     let stages = report["latency"].as_array().expect("latency");
     let names: Vec<&str> = stages
@@ -129,32 +144,7 @@ fn the_demo_bench_reports_latency_per_stage_and_energy_per_frame() {
 #[test]
 fn bench_without_meters_reports_no_power_and_required_power_fails() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let report = dir.path().join("report.json");
-    let output = posed()
-        .args([
-            "bench",
-            "--demo",
-            "--frames",
-            "1",
-            "--warmup",
-            "0",
-            "--rate-hz",
-            "0",
-        ])
-        .arg("--sysfs-root")
-        .arg(dir.path())
-        .arg("--socket")
-        .arg(dir.path().join("bench.sock"))
-        .arg("--json")
-        .arg(&report)
-        .output()
-        .expect("posed bench");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report = json(&report);
+    let (_, report) = bench_demo(dir.path(), dir.path(), &["--frames", "1", "--warmup", "1"]);
     assert_eq!(report["frames"], 1);
     assert!(report["power"].is_null(), "{report}");
 
@@ -176,7 +166,8 @@ fn bench_without_meters_reports_no_power_and_required_power_fails() {
 #[test]
 fn bench_refuses_bad_options_before_running() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
+        (&["--warmup", "0"], "--warmup"),
         (&["--idle-s=-1"], "--idle-s"),
         (&["--rate-hz=-3"], "--rate-hz"),
         (&["--frames", "0"], "--frames"),
@@ -197,4 +188,44 @@ fn bench_refuses_bad_options_before_running() {
         assert!(!output.status.success(), "{args:?}");
         assert!(message.contains(named), "{args:?}: {message}");
     }
+}
+
+#[test]
+fn on_an_orin_nano_the_bench_reports_its_rails_and_clocks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (stdout, report) = bench_demo(
+        dir.path(),
+        &orin_nano_sysfs(),
+        &[
+            "--frames",
+            "2",
+            "--warmup",
+            "1",
+            "--idle-s",
+            "0",
+            "--sample-ms",
+            "2",
+        ],
+    );
+    assert!(
+        stdout.contains(
+            "clock:   devfreq 17000000.gpu: 305 MHz on average of 625 MHz allowed, governor nvhost_podgov"
+        ),
+        "{stdout}"
+    );
+    assert!(report["power_mode"].is_null());
+    let clocks = report["clocks"].as_array().expect("clocks");
+    assert_eq!(clocks.len(), 3, "{report}");
+    assert_eq!(clocks[0]["clock"], "cpu policy0 (cpus 0 1 2 3)");
+    assert_eq!(clocks[0]["governor"], "schedutil");
+    assert!((number(&clocks[0]["mean_mhz"], "mean") - 729.6).abs() < 1e-9);
+    assert!((number(&clocks[0]["max_mhz"], "max") - 1510.4).abs() < 1e-9);
+    // VDD_IN reads 5080 mV x 1240 mA; no idle measured.
+    let whole = &report["power"]["rails"][0];
+    assert!(
+        (number(&whole["running_w"], "running") - 6.2992).abs() < 1e-9,
+        "{whole}"
+    );
+    assert!(whole["idle_w"].is_null() && whole["energy_per_frame_above_idle_j"].is_null());
+    assert_eq!(report["power"]["whole"], "VDD_IN");
 }

@@ -290,30 +290,39 @@ fn default_dir_follows_the_environment_convention() {
 }
 
 #[test]
-fn a_cache_whose_lock_cannot_be_opened_serves_its_verified_entries_and_builds_nothing() {
-    // What a read-only cache looks like to the cache (EROFS on a robot's read-only root,
-    // EACCES for another user): the build lock cannot be opened. Tests may run as root,
-    // which permissions do not stop, so the lock's path is made a folder instead.
+fn a_cache_that_cannot_be_written_serves_its_verified_entries_and_builds_nothing() {
+    // What a read-only cache looks like to the cache: EROFS (a robot's read-only root) or
+    // EACCES (another user's folder) when creating the build lock. Tests may run as root,
+    // whom permissions do not stop, and cannot mount: the fallback is called with the
+    // error the open would give.
     let dir = tempfile::tempdir().expect("tempdir");
     let cache = EngineCache::open(dir.path()).expect("open");
+    let read_only = || std::io::Error::from(std::io::ErrorKind::ReadOnlyFilesystem);
+    let accept = |bytes: &[u8]| Ok::<usize, String>(bytes.len());
     let stored = key(Precision::Fp16);
     cache.store(&stored, &payload()).expect("store");
-    std::fs::create_dir(cache.lock_path(&stored)).expect("lock path as a folder");
-    let (bytes, outcome) = cache.get_or_build(&stored, never_built()).expect("hit");
-    assert_eq!((bytes, outcome), (payload(), CacheOutcome::Hit));
+    let lock = cache.lock_path(&stored);
+    let (bytes, engine, outcome) = cache
+        .use_without_lock(&stored, &lock, read_only(), accept)
+        .expect("hit");
+    assert_eq!(
+        (bytes, engine, outcome),
+        (payload(), payload().len(), CacheOutcome::Hit)
+    );
 
     // No entry, or one that does not verify: an error naming the entry and the lock,
     // nothing built, nothing moved.
     let other = key(Precision::Fp32);
-    std::fs::create_dir(cache.lock_path(&other)).expect("lock path as a folder");
+    let lock = cache.lock_path(&other);
     let error = cache
-        .get_or_build(&other, never_built())
+        .use_without_lock(&other, &lock, read_only(), accept)
         .expect_err("nothing to serve")
         .to_string();
     let entry = cache.entry_path(&other).display().to_string();
-    let lock = cache.lock_path(&other).display().to_string();
     assert!(
-        error.contains(&entry) && error.contains(&lock) && error.contains("no entry"),
+        error.contains(&entry)
+            && error.contains(&lock.display().to_string())
+            && error.contains("no entry"),
         "{error}"
     );
     let path = cache.store(&other, &payload()).expect("store");
@@ -322,7 +331,7 @@ fn a_cache_whose_lock_cannot_be_opened_serves_its_verified_entries_and_builds_no
     bytes[last] ^= 0xff;
     std::fs::write(&path, &bytes).expect("damage");
     let error = cache
-        .get_or_build(&other, never_built())
+        .use_without_lock(&other, &lock, read_only(), accept)
         .expect_err("damaged")
         .to_string();
     assert!(error.contains("unusable"), "{error}");
@@ -330,4 +339,36 @@ fn a_cache_whose_lock_cannot_be_opened_serves_its_verified_entries_and_builds_no
         path.exists(),
         "a read-only cache's entry is not moved aside"
     );
+
+    // Only "cannot write" takes that path; anything else is the error it is.
+    assert!(cannot_write(&read_only()));
+    assert!(cannot_write(&std::io::Error::from(
+        std::io::ErrorKind::PermissionDenied
+    )));
+    assert!(!cannot_write(&std::io::Error::from(
+        std::io::ErrorKind::StorageFull
+    )));
+    std::fs::create_dir(cache.lock_path(&stored)).expect("lock path as a folder");
+    let error = cache
+        .get_or_build(&stored, never_built())
+        .expect_err("a folder where the lock goes")
+        .to_string();
+    assert!(error.contains("opening the build lock"), "{error}");
+
+    // A real read-only folder, where permissions apply (not as root: /proc/self belongs
+    // to the process's user).
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() != 0) {
+        use std::os::unix::fs::PermissionsExt;
+        let locked = tempfile::tempdir().expect("tempdir");
+        let cache = EngineCache::open(locked.path()).expect("open");
+        let fresh = key(Precision::Int8);
+        cache.store(&fresh, &payload()).expect("store");
+        std::fs::set_permissions(locked.path(), std::fs::Permissions::from_mode(0o555))
+            .expect("chmod");
+        let served = cache.get_or_build(&fresh, never_built());
+        std::fs::set_permissions(locked.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod back");
+        assert_eq!(served.expect("hit").1, CacheOutcome::Hit);
+    }
 }

@@ -14,10 +14,12 @@
 //! It lives in the runtime, not in `benches/`, because it must run where the daemon
 //! runs: on the robot, from the installed package, where there is no cargo.
 
+pub mod clocks;
 pub mod power;
+mod sysfs;
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -28,6 +30,7 @@ use crate::daemon::notify::Notifier;
 use crate::daemon::{run as run_daemon, DaemonOptions, DaemonParts, RunReport};
 use crate::source::monotonic_ns;
 use crate::{Error, Result};
+use clocks::{ClockMeter, ClockTrace};
 use power::{EnergyTrace, PowerMeter};
 
 /// How to run a bench.
@@ -35,7 +38,8 @@ use power::{EnergyTrace, PowerMeter};
 pub struct BenchOptions {
     /// Frames measured, after the warm-up.
     pub frames: u64,
-    /// Frames run before measuring (engines warm up, caches fill, clocks rise).
+    /// Frames run before measuring (engines warm up, caches fill, clocks rise); at least
+    /// 1: the last one's publication starts the clock.
     pub warmup: u64,
     /// How long to measure the idle power before the first frame (engines loaded).
     pub idle: Duration,
@@ -77,6 +81,19 @@ pub struct RailSummary {
     pub energy_per_frame_above_idle_j: Option<f64>,
 }
 
+/// One clock over the measured frames.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClockSummary {
+    /// `cpu policy0 (cpus 0 1 2 3)`, `devfreq 17000000.gpu`.
+    pub clock: String,
+    /// Its governor.
+    pub governor: Option<String>,
+    /// The highest frequency allowed (the power mode's cap), MHz.
+    pub max_mhz: Option<f64>,
+    /// Mean of the frequencies read during the measured frames, MHz.
+    pub mean_mhz: Option<f64>,
+}
+
 /// What the power meters measured.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PowerSummary {
@@ -103,6 +120,10 @@ pub struct BenchReport {
     pub machine: String,
     /// The frame source, its size and format.
     pub source: String,
+    /// The Jetson power mode (`nvpmodel -q`), where there is one.
+    pub power_mode: Option<String>,
+    /// CPU frequency policies and devfreq devices (a Jetson's GPU among them).
+    pub clocks: Vec<ClockSummary>,
     /// Frames run before measuring.
     pub warmup_frames: u64,
     /// Frames measured.
@@ -113,6 +134,9 @@ pub struct BenchReport {
     pub frames_per_s: f64,
     /// Frames dropped by the pipeline (a newer one overtook them) during the whole run.
     pub dropped: u64,
+    /// Of those, the frames dropped before inference (a source faster than inference;
+    /// never with a sequence played at rate 0, whose frames are read on demand).
+    pub dropped_before_inference: u64,
     /// Frames whose inference failed during the whole run.
     pub failed: u64,
     /// Mean objects per measured frame.
@@ -140,11 +164,23 @@ struct Recorder {
     window_start_ns: Option<u64>,
     window_end_ns: u64,
     cpu_at_start_s: f64,
+    cpu_at_end_s: f64,
 }
 
-/// Runs the daemon's `parts` for `options.warmup + options.frames` frames and measures.
-/// `meter`, when given, is sampled from before the idle period to the end. The pose
-/// stream is served on `daemon_options.stream.socket` meanwhile.
+/// What `posed bench` reads besides the frames.
+#[derive(Debug, Default)]
+pub struct Meters {
+    /// Power meters, sampled from before the idle period to the end.
+    pub power: Option<PowerMeter>,
+    /// Clocks, sampled over the run.
+    pub clocks: ClockMeter,
+    /// The Jetson power mode, read before the run.
+    pub power_mode: Option<String>,
+}
+
+/// Runs the daemon's `parts` for `options.warmup + options.frames` frames and measures
+/// them, and what `meters` read. The pose stream is served on
+/// `daemon_options.stream.socket` meanwhile.
 ///
 /// # Errors
 /// The daemon fails; the power meter's first reading fails; the run ends (a sequence
@@ -153,18 +189,32 @@ pub fn run_bench(
     parts: DaemonParts,
     mut daemon_options: DaemonOptions,
     options: &BenchOptions,
-    meter: Option<PowerMeter>,
+    meters: Meters,
     shutdown: Arc<AtomicBool>,
     config: String,
 ) -> Result<BenchReport> {
+    if options.warmup == 0 {
+        return Err(Error::Invalid {
+            what: "bench warm-up frames".into(),
+            reason: "expected at least 1: the last warm-up frame's publication starts the \
+                     clock"
+                .into(),
+        });
+    }
     let info = parts.source.info().clone();
     let source = format!(
         "{} ({} x {}, {})",
         info.name, info.width, info.height, info.format
     );
-    let sampler = meter
+    let sampler = meters
+        .power
         .map(|meter| meter.start(options.sample_interval))
         .transpose()?;
+    let clock_sampler = if meters.clocks.is_empty() {
+        None
+    } else {
+        Some(meters.clocks.start(options.sample_interval)?)
+    };
     let idle_ns = if sampler.is_some() && !options.idle.is_zero() {
         let start = monotonic_ns();
         std::thread::sleep(options.idle);
@@ -182,9 +232,10 @@ pub fn run_bench(
         seen: 0,
         latencies: Vec::with_capacity(frames),
         objects: 0,
-        window_start_ns: (options.warmup == 0).then(monotonic_ns),
+        window_start_ns: None,
         window_end_ns: 0,
-        cpu_at_start_s: process_cpu_s(),
+        cpu_at_start_s: 0.0,
+        cpu_at_end_s: 0.0,
     }));
     let observer = {
         let recorder = Arc::clone(&recorder);
@@ -200,6 +251,8 @@ pub fn run_bench(
                 recorder.latencies.push(pose.latency_ns);
                 recorder.objects += pose.objects.len() as u64;
                 recorder.window_end_ns = pose.t_publish_ns;
+                // Here, not after the run: the next frame is already being inferred.
+                recorder.cpu_at_end_s = process_cpu_s();
             }
         })
     };
@@ -211,8 +264,8 @@ pub fn run_bench(
         Notifier::disabled(),
         Some(observer),
     )?;
-    let cpu_at_end_s = process_cpu_s();
-    let trace = sampler.map(power::Sampler::finish).transpose()?;
+    let trace = sampler.map(SamplingThread::finish).transpose()?;
+    let clock_trace = clock_sampler.map(SamplingThread::finish).transpose()?;
     let recorder = Arc::try_unwrap(recorder)
         .map_err(|_| Error::Invalid {
             what: "bench".into(),
@@ -251,7 +304,7 @@ pub fn run_bench(
             }
         ));
     }
-    let cpu_s = cpu_at_end_s - recorder.cpu_at_start_s;
+    let cpu_s = recorder.cpu_at_end_s - recorder.cpu_at_start_s;
     let power = trace.map(|trace| {
         power_summary(
             &trace,
@@ -266,6 +319,10 @@ pub fn run_bench(
         config,
         machine: machine_description(),
         source,
+        power_mode: meters.power_mode,
+        clocks: clock_trace.map_or_else(Vec::new, |trace| {
+            clock_summaries(&trace, window_start_ns, recorder.window_end_ns)
+        }),
         warmup_frames: options.warmup,
         frames: measured,
         measured_s,
@@ -275,6 +332,7 @@ pub fn run_bench(
             0.0
         },
         dropped: run.dropped,
+        dropped_before_inference: run.dropped_before_infer,
         failed: run.failed,
         objects_per_frame: recorder.objects as f64 / measured as f64,
         latency: stage_summaries(&recorder.latencies),
@@ -304,25 +362,25 @@ pub fn stage_summaries(frames: &[StageLatencies]) -> Vec<StageSummary> {
             values.clear();
             values.extend(frames.iter().map(|frame| frame.named()[index].1));
             values.sort_unstable();
-            let ms = |ns: u64| ns as f64 * 1e-6;
+            let ms = |p: f64| percentile(&values, p).map_or(0.0, |ns| ns as f64 * 1e-6);
             let mean = values.iter().map(|&v| v as f64).sum::<f64>() / values.len() as f64;
             StageSummary {
                 stage,
                 mean_ms: mean * 1e-6,
-                p50_ms: ms(percentile(&values, 50.0)),
-                p90_ms: ms(percentile(&values, 90.0)),
-                p99_ms: ms(percentile(&values, 99.0)),
-                max_ms: ms(values[values.len() - 1]),
+                p50_ms: ms(50.0),
+                p90_ms: ms(90.0),
+                p99_ms: ms(99.0),
+                max_ms: ms(100.0),
             }
         })
         .collect()
 }
 
-/// The nearest-rank percentile of sorted, non-empty `values`: the smallest value with at
-/// least `p` percent of the values at or below it.
-pub fn percentile(sorted: &[u64], p: f64) -> u64 {
+/// The nearest-rank percentile of sorted `values`: the smallest value with at least `p`
+/// percent of the values at or below it (None without values).
+pub fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+    sorted.get(rank.clamp(1, sorted.len().max(1)) - 1).copied()
 }
 
 fn power_summary(
@@ -386,6 +444,21 @@ fn power_summary(
     }
 }
 
+/// Each clock's settings and mean frequency over `[start_ns, end_ns]`.
+fn clock_summaries(trace: &ClockTrace, start_ns: u64, end_ns: u64) -> Vec<ClockSummary> {
+    trace
+        .clocks
+        .iter()
+        .enumerate()
+        .map(|(index, clock)| ClockSummary {
+            clock: clock.name.clone(),
+            governor: clock.governor.clone(),
+            max_mhz: clock.max_hz.map(|hz| hz * 1e-6),
+            mean_mhz: trace.mean_hz(index, start_ns, end_ns).map(|hz| hz * 1e-6),
+        })
+        .collect()
+}
+
 /// User + system CPU time of this process so far, s.
 fn process_cpu_s() -> f64 {
     let usage = resource_usage();
@@ -442,6 +515,23 @@ pub fn format_report(report: &BenchReport) -> String {
     let _ = writeln!(out, "posed bench: {}", report.config);
     let _ = writeln!(out, "machine: {}", report.machine);
     let _ = writeln!(out, "source:  {}", report.source);
+    if let Some(mode) = &report.power_mode {
+        let _ = writeln!(out, "power mode: {mode}");
+    }
+    for clock in &report.clocks {
+        let mhz = |value: Option<f64>| value.map_or_else(|| "?".to_owned(), |v| format!("{v:.0}"));
+        let _ = writeln!(
+            out,
+            "clock:   {}: {} MHz on average of {} MHz allowed{}",
+            clock.clock,
+            mhz(clock.mean_mhz),
+            mhz(clock.max_mhz),
+            clock
+                .governor
+                .as_ref()
+                .map_or_else(String::new, |g| format!(", governor {g}"))
+        );
+    }
     let _ = writeln!(
         out,
         "{} frame(s) measured after {} warm-up, in {:.2} s: {:.2} frames/s, {:.1} objects \
@@ -526,6 +616,73 @@ fn fixed(value: f64, decimals: usize) -> String {
             magnitude.to_owned()
         }
         _ => text,
+    }
+}
+
+/// A thread that samples meters every `interval` until it is stopped, then hands back
+/// what it gathered.
+pub struct SamplingThread<T> {
+    what: &'static str,
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<T>>,
+}
+
+impl<T> Drop for SamplingThread<T> {
+    /// A sampler dropped unfinished (the run failed) stops too.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl<T: Send + 'static> SamplingThread<T> {
+    /// Calls `sample(&mut state)` every `interval`, and once more when stopped; then
+    /// `finish(state)` is what [`SamplingThread::finish`] returns. `what` names it in
+    /// errors and the thread's name.
+    ///
+    /// # Errors
+    /// The thread cannot start.
+    pub fn spawn<S: Send + 'static>(
+        what: &'static str,
+        interval: Duration,
+        mut state: S,
+        mut sample: impl FnMut(&mut S) + Send + 'static,
+        finish: impl FnOnce(S) -> T + Send + 'static,
+    ) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = Arc::clone(&stop);
+        let handle = std::thread::Builder::new()
+            .name(format!("posed-{what}"))
+            .spawn(move || {
+                while !thread_stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(interval);
+                    sample(&mut state);
+                }
+                sample(&mut state);
+                finish(state)
+            })
+            .map_err(|e| Error::Invalid {
+                what: format!("{what} sampler"),
+                reason: format!("cannot start its thread: {e}"),
+            })?;
+        Ok(Self {
+            what,
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    /// Stops sampling (after one last sample) and returns what was gathered.
+    ///
+    /// # Errors
+    /// The sampling thread panicked.
+    pub fn finish(mut self) -> Result<T> {
+        self.stop.store(true, Ordering::Relaxed);
+        let panicked = || Error::Invalid {
+            what: format!("{} sampler", self.what),
+            reason: "its thread panicked".into(),
+        };
+        let handle = self.handle.take().ok_or_else(panicked)?;
+        handle.join().map_err(|_| panicked())
     }
 }
 

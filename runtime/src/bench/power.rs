@@ -13,9 +13,11 @@
 //!   wrap at `max_energy_range_uj`. Since Linux 5.10 only root may read them.
 //!
 //! Which rail is the whole: a rail that measures the module's input (`VDD_IN` on Orin
-//! Nano and NX, `POM_5V_IN` on L4T 32 boards, RAPL's `psys`) when there is one, else the
-//! sum of the top-level rails (AGX Orin's, RAPL's packages; RAPL's sub-zones are inside
-//! their package and left out). The INA3221s sit on the module: the carrier board is not
+//! Nano and NX, `POM_5V_IN` on L4T 32 boards, RAPL's `psys`) when there is one; else,
+//! beside INA3221 rails, the INA2xx monitors (the input they are fed from, as Thor's
+//! INA238: an assumption, not checked on a Thor); else the sum of the top-level rails
+//! (AGX Orin's, RAPL's packages and DRAM; a package's `core` and `uncore` sub-zones are
+//! inside it and left out). The INA3221s sit on the module: the carrier board is not
 //! measured.
 //!
 //! The sampler reads every rail at a fixed interval on its own thread and keeps, per rail,
@@ -23,14 +25,11 @@
 //! advance), so that [`EnergyTrace::energy_j`] gives the energy between any two instants
 //! of CLOCK_MONOTONIC, the clock the pipeline's timestamps use.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::sysfs::{read_text, sorted_entries, SysfsNumber};
+use super::SamplingThread;
 use crate::source::monotonic_ns;
 use crate::{Error, Result};
 
@@ -51,48 +50,6 @@ enum Reading {
     PowerMilliwatts(SysfsNumber),
     /// An energy counter in uJ that wraps at `wrap_uj` (RAPL).
     EnergyMicrojoules { counter: SysfsNumber, wrap_uj: u64 },
-}
-
-/// One sysfs attribute holding a decimal integer, kept open: sysfs regenerates the value
-/// on every read from offset 0.
-#[derive(Debug)]
-struct SysfsNumber {
-    path: PathBuf,
-    file: File,
-}
-
-impl SysfsNumber {
-    fn open(path: PathBuf) -> Result<Self> {
-        let file = File::open(&path).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
-        Ok(Self { path, file })
-    }
-
-    /// Reads the value; no allocation.
-    fn read(&self) -> Result<i64> {
-        let mut buffer = [0u8; 32];
-        let n = self
-            .file
-            .read_at(&mut buffer, 0)
-            .map_err(|source| Error::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-        parse_integer(&buffer[..n]).ok_or_else(|| Error::Sensor {
-            path: self.path.clone(),
-            detail: format!(
-                "expected a decimal integer, found {:?}",
-                String::from_utf8_lossy(&buffer[..n])
-            ),
-        })
-    }
-}
-
-/// Parses an ASCII decimal integer with optional sign and surrounding whitespace.
-fn parse_integer(bytes: &[u8]) -> Option<i64> {
-    std::str::from_utf8(bytes).ok()?.trim().parse().ok()
 }
 
 /// One power rail.
@@ -145,14 +102,31 @@ impl PowerMeter {
             .position(|rail| WHOLE_INPUT_RAILS.contains(&rail.name.as_str()))
         {
             Some(index) => Whole::Rail(index),
-            None => Whole::Sum(
-                rails
+            None => {
+                // An INA2xx next to INA3221s measures the input the INA3221 rails are
+                // fed from (Jetson Thor's INA238): summing both would count twice.
+                let input_monitors: Vec<usize> = rails
                     .iter()
                     .enumerate()
-                    .filter(|(_, rail)| rail.top_level)
+                    .filter(|(_, rail)| matches!(rail.reading, Reading::PowerMicrowatts(_)))
                     .map(|(index, _)| index)
-                    .collect(),
-            ),
+                    .collect();
+                let has_ina3221 = rails
+                    .iter()
+                    .any(|rail| matches!(rail.reading, Reading::VoltsAmps { .. }));
+                if has_ina3221 && !input_monitors.is_empty() {
+                    Whole::Sum(input_monitors)
+                } else {
+                    Whole::Sum(
+                        rails
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, rail)| rail.top_level)
+                            .map(|(index, _)| index)
+                            .collect(),
+                    )
+                }
+            }
         };
         Ok(Self {
             rails,
@@ -173,28 +147,20 @@ impl PowerMeter {
     ///
     /// # Errors
     /// A first reading fails (the rail is named), or the thread cannot start.
-    pub fn start(self, interval: Duration) -> Result<Sampler> {
+    pub fn start(self, interval: Duration) -> Result<SamplingThread<EnergyTrace>> {
         let mut state = SamplerState::new(&self.rails);
         state.sample(&self.rails, monotonic_ns())?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread_stop = Arc::clone(&stop);
-        let handle = std::thread::Builder::new()
-            .name("posed-power".into())
-            .spawn(move || {
-                while !thread_stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(interval);
-                    // A failed reading (an I2C error) skips this rail for one sample; the
-                    // next good one integrates across the gap.
-                    let _ = state.sample(&self.rails, monotonic_ns());
-                }
-                let _ = state.sample(&self.rails, monotonic_ns());
-                state.finish(self)
-            })
-            .map_err(|e| Error::Invalid {
-                what: "power sampler".into(),
-                reason: format!("cannot start its thread: {e}"),
-            })?;
-        Ok(Sampler { stop, handle })
+        SamplingThread::spawn(
+            "power",
+            interval,
+            (self, state),
+            |(meter, state)| {
+                // A failed reading (an I2C error) skips this rail for one sample; the
+                // next good one integrates across the gap.
+                let _ = state.sample(&meter.rails, monotonic_ns());
+            },
+            |(meter, state)| state.finish(meter),
+        )
     }
 }
 
@@ -323,26 +289,6 @@ pub fn counter_advance_uj(before: u64, after: u64, wrap: u64) -> u64 {
     }
 }
 
-/// A running sampler.
-pub struct Sampler {
-    stop: Arc<AtomicBool>,
-    handle: JoinHandle<EnergyTrace>,
-}
-
-impl Sampler {
-    /// Stops sampling (after one last sample) and returns what was measured.
-    ///
-    /// # Errors
-    /// The sampling thread panicked.
-    pub fn finish(self) -> Result<EnergyTrace> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().map_err(|_| Error::Invalid {
-            what: "power sampler".into(),
-            reason: "its thread panicked".into(),
-        })
-    }
-}
-
 /// Energy used per rail over time.
 #[derive(Debug, Clone)]
 pub struct EnergyTrace {
@@ -406,34 +352,6 @@ impl EnergyTrace {
     pub fn covers(&self, from_ns: u64, to_ns: u64) -> bool {
         matches!((self.t_ns.first(), self.t_ns.last()), (Some(&first), Some(&last)) if first <= from_ns && to_ns <= last)
     }
-}
-
-/// Lists a folder's entries sorted by name; a folder that does not exist has none.
-fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(Error::Io {
-                path: dir.to_owned(),
-                source,
-            })
-        }
-    };
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .collect();
-    paths.sort();
-    Ok(paths)
-}
-
-/// A small text attribute, trimmed; None when absent or unreadable.
-fn read_text(path: &Path) -> Option<String> {
-    let text = std::fs::read(path).ok()?;
-    if text.len() > 256 {
-        return None;
-    }
-    Some(String::from_utf8_lossy(&text).trim().to_owned())
 }
 
 /// The device a hwmon folder belongs to (`1-0040`), else the folder's own name. The
@@ -620,11 +538,13 @@ fn discover_rapl(root: &Path, rails: &mut Vec<Rail>, skipped: &mut Vec<String>) 
             .unwrap_or(0);
         let origin = zone.clone();
         let what = format!("{name} ({origin})");
+        // A package's sub-zones (core, uncore) are inside it; DRAM is not.
+        let top_level = !indices.contains(':') || name == "dram";
         if let Some(counter) = try_open(dir.join("energy_uj"), skipped, &what) {
             rails.push(Rail {
                 name,
                 origin,
-                top_level: !indices.contains(':'),
+                top_level,
                 reading: Reading::EnergyMicrojoules { counter, wrap_uj },
             });
         }

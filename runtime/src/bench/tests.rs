@@ -3,15 +3,16 @@ use super::*;
 #[test]
 fn percentiles_are_nearest_rank() {
     let values: Vec<u64> = (1..=10).collect();
-    assert_eq!(percentile(&values, 50.0), 5);
-    assert_eq!(percentile(&values, 90.0), 9);
-    assert_eq!(percentile(&values, 99.0), 10);
-    assert_eq!(percentile(&values, 100.0), 10);
-    assert_eq!(percentile(&values, 0.0), 1);
-    assert_eq!(percentile(&[7], 99.0), 7);
+    assert_eq!(percentile(&values, 50.0), Some(5));
+    assert_eq!(percentile(&values, 90.0), Some(9));
+    assert_eq!(percentile(&values, 99.0), Some(10));
+    assert_eq!(percentile(&values, 100.0), Some(10));
+    assert_eq!(percentile(&values, 0.0), Some(1));
+    assert_eq!(percentile(&[7], 99.0), Some(7));
+    assert_eq!(percentile(&[], 50.0), None);
     // 100 values: p99 is the 99th, not the largest.
     let hundred: Vec<u64> = (1..=100).collect();
-    assert_eq!(percentile(&hundred, 99.0), 99);
+    assert_eq!(percentile(&hundred, 99.0), Some(99));
 }
 
 #[test]

@@ -8,8 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::run::{ConfigOrDemo, STOP_SIGNALS};
+use crate::bench::clocks::{jetson_power_mode, ClockMeter};
 use crate::bench::power::PowerMeter;
-use crate::bench::{format_report, private_socket, run_bench, BenchOptions};
+use crate::bench::{format_report, private_socket, run_bench, BenchOptions, Meters};
 use crate::bop::atomic::{check_writable, write_atomically};
 use crate::config::{Config, SourceKind};
 use crate::daemon::setup::parts_from_config;
@@ -34,8 +35,9 @@ pub struct BenchArgs {
     /// Frames measured.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub frames: u64,
-    /// Frames run first and not measured.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    /// Frames run first and not measured (at least 1: the last one's publication starts
+    /// the clock).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub warmup: u64,
     /// An image sequence's rate, frames per second (0: as fast as the pipeline takes
     /// them) [default: source.rate_hz].
@@ -143,11 +145,19 @@ pub fn run_bench_command(args: &BenchArgs) -> anyhow::Result<()> {
         },
         sample_interval: Duration::from_millis(args.sample_ms),
     };
+    let meters = Meters {
+        power: meter,
+        clocks: ClockMeter::discover(&args.sysfs_root)?,
+        // Only the machine's own: a copied sysfs tree has no nvpmodel beside it.
+        power_mode: (args.sysfs_root == std::path::Path::new("/"))
+            .then(jetson_power_mode)
+            .flatten(),
+    };
     let report = run_bench(
         parts,
         daemon_options,
         &options,
-        meter,
+        meters,
         shutdown,
         config_path.display().to_string(),
     )?;

@@ -244,10 +244,14 @@ mod tests {
         tx.try_send(3).expect("room");
         let (first, rx) = receiver.join().expect("receiver");
         assert_eq!(first, Ok(3));
-        // A full channel is no demand, waiting receiver or not.
+        // A full channel is no demand, even with a receiver counted as waiting (as one
+        // is between announcing its wait and looking again).
         tx.try_send(4).expect("room");
+        tx.bell.receivers_waiting.fetch_add(1, Ordering::SeqCst);
         assert!(!tx.wait_for_demand(Duration::from_millis(5)));
         assert_eq!(rx.try_recv(), Ok(4));
+        assert!(tx.wait_for_demand(Duration::from_millis(5)));
+        tx.bell.receivers_waiting.fetch_sub(1, Ordering::SeqCst);
     }
 
     #[test]

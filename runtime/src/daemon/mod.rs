@@ -144,6 +144,8 @@ pub struct RunReport {
     pub published: u64,
     /// Frames dropped (overtaken) before inference or publishing.
     pub dropped: u64,
+    /// Of those, the frames dropped before inference (a source faster than inference).
+    pub dropped_before_infer: u64,
     /// Frames whose inference failed.
     pub failed: u64,
     /// Times the camera was lost.
@@ -430,6 +432,7 @@ pub fn run(
         captured: stats.captured.load(Ordering::Relaxed),
         published: stats.published.load(Ordering::Relaxed),
         dropped: stats.dropped(),
+        dropped_before_infer: stats.dropped_before_infer.load(Ordering::Relaxed),
         failed: stats.failed.load(Ordering::Relaxed),
         camera_lost: stats.camera_lost.load(Ordering::Relaxed),
         subscribers: server.stats().accepted.load(Ordering::Relaxed),

@@ -1,3 +1,4 @@
+use super::super::sysfs::parse_integer;
 use super::*;
 
 fn testdata(name: &str) -> PathBuf {
@@ -71,10 +72,11 @@ fn l4t32_ina3221x_rails_are_read_in_milliwatts() {
 }
 
 #[test]
-fn rapl_packages_make_the_whole_and_their_sub_zones_do_not() {
+fn rapl_packages_and_dram_make_the_whole_and_core_does_not() {
     let meter = PowerMeter::discover(&testdata("rapl")).expect("discover");
     assert_eq!(names(&meter), ["package-0", "core", "dram", "package-1"]);
-    assert_eq!(meter.whole, Whole::Sum(vec![0, 3]));
+    // DRAM is a domain of its own, beside the packages, not inside them.
+    assert_eq!(meter.whole, Whole::Sum(vec![0, 2, 3]));
     assert!(powers_w(&meter).iter().all(Option::is_none));
 }
 
@@ -243,4 +245,25 @@ fn parse_integer_takes_sysfs_numbers_only() {
     assert_eq!(parse_integer(b""), None);
     assert_eq!(parse_integer(b"1.5\n"), None);
     assert_eq!(parse_integer(b"\xff\n"), None);
+}
+
+#[test]
+fn an_ina2xx_beside_ina3221_rails_is_the_whole_they_are_fed_from() {
+    // Jetson Thor-like: an INA238 on the input (no label), INA3221 rails behind it.
+    let root = tempfile::tempdir().expect("tempdir");
+    let ina3221 = root.path().join("sys/class/hwmon/hwmon1");
+    let ina238 = root.path().join("sys/class/hwmon/hwmon2");
+    std::fs::create_dir_all(&ina3221).expect("mkdir");
+    std::fs::create_dir_all(&ina238).expect("mkdir");
+    let five_watts = testdata("five-watts/sys/class/hwmon/hwmon1");
+    for file in ["name", "in1_label", "in1_input", "curr1_input"] {
+        std::fs::copy(five_watts.join(file), ina3221.join(file)).expect("copy");
+    }
+    std::fs::write(ina3221.join("in1_label"), "VDD_GPU\n").expect("write");
+    std::fs::write(ina238.join("name"), "ina238\n").expect("write");
+    std::fs::write(ina238.join("power1_input"), "30000000\n").expect("write");
+    let meter = PowerMeter::discover(root.path()).expect("discover");
+    assert_eq!(names(&meter), ["VDD_GPU", "ina238 hwmon2/power1"]);
+    assert_eq!(meter.whole, Whole::Sum(vec![1]));
+    assert_eq!(powers_w(&meter), [Some(5.0), Some(30.0)]);
 }
