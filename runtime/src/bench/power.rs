@@ -225,17 +225,22 @@ impl SamplerState {
     /// records a sample. Returns the first error (after reading the other rails).
     fn sample(&mut self, rails: &[Rail], t_ns: u64) -> Result<()> {
         let mut first_error = None;
+        self.t_ns.push(t_ns);
         for (index, rail) in rails.iter().enumerate() {
             match read_rail(rail) {
-                Ok(value) => self.add(index, t_ns, &value),
+                Ok(value) => {
+                    self.add(index, t_ns, &value);
+                    self.cumulative_j.push(self.energy_j[index]);
+                }
                 Err(e) => {
+                    // Not known here: the next good reading integrates across the gap,
+                    // and the trace interpolates between the two.
+                    self.cumulative_j.push(f64::NAN);
                     self.read_errors[index] += 1;
                     first_error.get_or_insert(e);
                 }
             }
         }
-        self.t_ns.push(t_ns);
-        self.cumulative_j.extend_from_slice(&self.energy_j);
         first_error.map_or(Ok(()), Err)
     }
 
@@ -306,7 +311,8 @@ pub struct EnergyTrace {
     pub read_errors: Vec<u64>,
     /// Sample instants, CLOCK_MONOTONIC ns.
     pub t_ns: Vec<u64>,
-    /// Per sample, each rail's energy since the first sample (J), rail-major per sample.
+    /// Per sample, each rail's energy since the first sample (J), rail-major per sample;
+    /// NaN where that rail's reading failed.
     pub cumulative_j: Vec<f64>,
 }
 
@@ -321,14 +327,18 @@ impl EnergyTrace {
     fn cumulative_at(&self, rail: usize, t_ns: u64) -> f64 {
         let stride = self.rails.len();
         let at = |sample: usize| self.cumulative_j[sample * stride + rail];
-        match self.t_ns.partition_point(|&t| t <= t_ns) {
-            0 => self.t_ns.first().map_or(0.0, |_| at(0)),
-            n if n == self.t_ns.len() => at(n - 1),
-            n => {
-                let (t0, t1) = (self.t_ns[n - 1], self.t_ns[n]);
+        // The rail's good samples around `t_ns` (a failed reading left a NaN).
+        let n = self.t_ns.partition_point(|&t| t <= t_ns);
+        let before = (0..n).rev().find(|&i| at(i).is_finite());
+        let after = (n..self.t_ns.len()).find(|&i| at(i).is_finite());
+        match (before, after) {
+            (Some(b), Some(a)) => {
+                let (t0, t1) = (self.t_ns[b], self.t_ns[a]);
                 let fraction = (t_ns - t0) as f64 / (t1 - t0) as f64;
-                at(n - 1) + (at(n) - at(n - 1)) * fraction
+                at(b) + (at(a) - at(b)) * fraction
             }
+            (Some(only), None) | (None, Some(only)) => at(only),
+            (None, None) => 0.0,
         }
     }
 

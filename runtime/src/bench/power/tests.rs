@@ -194,6 +194,9 @@ fn a_failed_reading_is_counted_and_the_next_integrates_across_the_gap() {
     let trace = state.finish(meter);
     assert_eq!(trace.read_errors, [1]);
     assert!((trace.energy_j(0, 0, 2 * second) - 4.0).abs() < 1e-12);
+    // The gap's energy is spread over it, not lumped after it: 2 W in each second.
+    assert!((trace.energy_j(0, 0, second) - 2.0).abs() < 1e-12);
+    assert!((trace.energy_j(0, second, 2 * second) - 2.0).abs() < 1e-12);
 }
 
 #[test]
