@@ -193,6 +193,7 @@ fn bench_refuses_bad_options_before_running() {
 #[test]
 fn on_an_orin_nano_the_bench_reports_its_rails_and_clocks() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let traces = dir.path().join("traces");
     let (stdout, report) = bench_demo(
         dir.path(),
         &orin_nano_sysfs(),
@@ -205,8 +206,50 @@ fn on_an_orin_nano_the_bench_reports_its_rails_and_clocks() {
             "0",
             "--sample-ms",
             "2",
+            "--trace-dir",
+            traces.to_str().expect("utf-8 temp path"),
         ],
     );
+    // The traces: one row per measured frame, one per sample.
+    let read = |name: &str| std::fs::read_to_string(traces.join(name)).expect(name);
+    let frames = read("frames.csv");
+    let mut lines = frames.lines();
+    assert_eq!(
+        lines.next(),
+        Some(
+            "frame,t_s,objects,capture_ms,queue_ms,detect_ms,init_ms,crop_ms,render_ms,\
+             coarse_ms,refiner_ms,update_ms,publish_ms,total_ms"
+        )
+    );
+    assert_eq!(lines.count(), 2, "{frames}");
+    let power = read("power.csv");
+    assert!(
+        power.starts_with("t_s,VDD_IN_w,VDD_CPU_GPU_CV_w,VDD_SOC_w\n"),
+        "{power}"
+    );
+    // Every interval of a constant 6.2992 W reads 6.2992 W.
+    for line in power.lines().skip(1) {
+        assert_eq!(line.split(',').nth(1), Some("6.2992"), "{power}");
+    }
+    let clocks = read("clocks.csv");
+    assert!(
+        clocks.starts_with(
+            "t_s,cpu_policy0_cpus_0_1_2_3_mhz,cpu_policy4_cpus_4_5_mhz,devfreq_17000000_gpu_mhz\n"
+        ),
+        "{clocks}"
+    );
+    let first: Vec<f64> = clocks
+        .lines()
+        .nth(1)
+        .expect("a sample")
+        .split(',')
+        .skip(1)
+        .map(|field| field.parse().expect("MHz"))
+        .collect();
+    assert_eq!(first.len(), 3, "{clocks}");
+    for (found, expected) in first.iter().zip([729.6, 1510.4, 305.25]) {
+        assert!((found - expected).abs() <= 0.06, "{clocks}");
+    }
     assert!(
         stdout.contains(
             "clock:   devfreq 17000000.gpu: 305 MHz on average of 625 MHz allowed, governor nvhost_podgov"

@@ -160,6 +160,8 @@ struct Recorder {
     warmup: u64,
     seen: u64,
     latencies: Vec<StageLatencies>,
+    /// Per measured frame: its publication instant and object count.
+    published: Vec<(u64, usize)>,
     objects: u64,
     window_start_ns: Option<u64>,
     window_end_ns: u64,
@@ -192,7 +194,7 @@ pub fn run_bench(
     meters: Meters,
     shutdown: Arc<AtomicBool>,
     config: String,
-) -> Result<BenchReport> {
+) -> Result<BenchRun> {
     if options.warmup == 0 {
         return Err(Error::Invalid {
             what: "bench warm-up frames".into(),
@@ -231,6 +233,7 @@ pub fn run_bench(
         warmup: options.warmup,
         seen: 0,
         latencies: Vec::with_capacity(frames),
+        published: Vec::with_capacity(frames),
         objects: 0,
         window_start_ns: None,
         window_end_ns: 0,
@@ -249,6 +252,9 @@ pub fn run_bench(
                 && recorder.latencies.len() < recorder.latencies.capacity()
             {
                 recorder.latencies.push(pose.latency_ns);
+                recorder
+                    .published
+                    .push((pose.t_publish_ns, pose.objects.len()));
                 recorder.objects += pose.objects.len() as u64;
                 recorder.window_end_ns = pose.t_publish_ns;
                 // Here, not after the run: the next frame is already being inferred.
@@ -305,9 +311,9 @@ pub fn run_bench(
         ));
     }
     let cpu_s = recorder.cpu_at_end_s - recorder.cpu_at_start_s;
-    let power = trace.map(|trace| {
+    let power = trace.as_ref().map(|trace| {
         power_summary(
-            &trace,
+            trace,
             idle_ns,
             (window_start_ns, recorder.window_end_ns),
             measured,
@@ -315,13 +321,13 @@ pub fn run_bench(
             &mut notes,
         )
     });
-    Ok(BenchReport {
+    let report = BenchReport {
         config,
         machine: machine_description(),
         source,
         power_mode: meters.power_mode,
-        clocks: clock_trace.map_or_else(Vec::new, |trace| {
-            clock_summaries(&trace, window_start_ns, recorder.window_end_ns)
+        clocks: clock_trace.as_ref().map_or_else(Vec::new, |trace| {
+            clock_summaries(trace, window_start_ns, recorder.window_end_ns)
         }),
         warmup_frames: options.warmup,
         frames: measured,
@@ -345,7 +351,141 @@ pub fn run_bench(
         peak_resident_mib: peak_resident_mib(),
         power,
         notes,
+    };
+    Ok(BenchRun {
+        report,
+        traces: Traces {
+            window_start_ns,
+            frames: recorder
+                .published
+                .into_iter()
+                .zip(recorder.latencies)
+                .map(|((t_publish_ns, objects), latency)| (t_publish_ns, objects, latency))
+                .collect(),
+            energy: trace,
+            clocks: clock_trace,
+        },
     })
+}
+
+/// A bench's report and the samples behind it.
+#[derive(Debug)]
+pub struct BenchRun {
+    /// The summary.
+    pub report: BenchReport,
+    /// Every measured frame and sample.
+    pub traces: Traces,
+}
+
+/// Every measured frame and every power and clock sample of a bench, for plots (a
+/// Jetson that heats up throttles its clocks minutes into a run: a summary hides it).
+#[derive(Debug)]
+pub struct Traces {
+    /// The instant the measured frames' clock started, CLOCK_MONOTONIC ns.
+    pub window_start_ns: u64,
+    /// Per measured frame: publication instant (ns), objects, stage latencies.
+    pub frames: Vec<(u64, usize, StageLatencies)>,
+    /// Power samples.
+    pub energy: Option<EnergyTrace>,
+    /// Clock samples.
+    pub clocks: Option<ClockTrace>,
+}
+
+impl Traces {
+    /// Writes `frames.csv` (one row per measured frame: publication time, objects, each
+    /// stage's latency in ms), and where sampled `power.csv` (per sample, each rail's
+    /// mean power since the previous sample, W) and `clocks.csv` (each clock, MHz), all
+    /// with times in seconds from the start of the measured frames (negative before).
+    /// Returns the files written.
+    ///
+    /// # Errors
+    /// A file cannot be written.
+    pub fn write_csv(&self, dir: &std::path::Path) -> Result<Vec<PathBuf>> {
+        use std::fmt::Write as _;
+        let seconds = |t_ns: u64| (t_ns as f64 - self.window_start_ns as f64) * 1e-9;
+        let mut written = Vec::new();
+        let mut write = |name: &str, text: String| -> Result<()> {
+            let path = dir.join(name);
+            crate::bop::atomic::write_atomically(&path, |out| out.write_all(text.as_bytes()))?;
+            written.push(path);
+            Ok(())
+        };
+
+        let mut text = String::from("frame,t_s,objects");
+        for (stage, _) in StageLatencies::default().named() {
+            let _ = write!(text, ",{stage}_ms");
+        }
+        text.push('\n');
+        for (index, (t_ns, objects, latency)) in self.frames.iter().enumerate() {
+            let _ = write!(text, "{},{:.6},{objects}", index + 1, seconds(*t_ns));
+            for (_, ns) in latency.named() {
+                let _ = write!(text, ",{:.3}", ns as f64 * 1e-6);
+            }
+            text.push('\n');
+        }
+        write("frames.csv", text)?;
+
+        if let Some(energy) = &self.energy {
+            let stride = energy.rails.len();
+            let mut text = String::from("t_s");
+            for rail in &energy.rails {
+                let _ = write!(text, ",{}_w", csv_name(rail));
+            }
+            text.push('\n');
+            for sample in 1..energy.t_ns.len() {
+                let dt_s = (energy.t_ns[sample] - energy.t_ns[sample - 1]) as f64 * 1e-9;
+                let _ = write!(text, "{:.6}", seconds(energy.t_ns[sample]));
+                for rail in 0..stride {
+                    let before = energy.cumulative_j[(sample - 1) * stride + rail];
+                    let after = energy.cumulative_j[sample * stride + rail];
+                    let power_w = (after - before) / dt_s;
+                    if power_w.is_finite() {
+                        let _ = write!(text, ",{power_w:.4}");
+                    } else {
+                        text.push(',');
+                    }
+                }
+                text.push('\n');
+            }
+            write("power.csv", text)?;
+        }
+
+        if let Some(clocks) = &self.clocks {
+            let stride = clocks.clocks.len();
+            let mut text = String::from("t_s");
+            for clock in &clocks.clocks {
+                let _ = write!(text, ",{}_mhz", csv_name(&clock.name));
+            }
+            text.push('\n');
+            for (sample, t_ns) in clocks.t_ns.iter().enumerate() {
+                let _ = write!(text, "{:.6}", seconds(*t_ns));
+                for hz in &clocks.hz[sample * stride..(sample + 1) * stride] {
+                    if hz.is_finite() {
+                        let _ = write!(text, ",{:.1}", hz * 1e-6);
+                    } else {
+                        text.push(',');
+                    }
+                }
+                text.push('\n');
+            }
+            write("clocks.csv", text)?;
+        }
+        Ok(written)
+    }
+}
+
+/// `name` as a CSV column name: letters, digits and `_` (`cpu policy0 (cpus 0 1)` ->
+/// `cpu_policy0_cpus_0_1`).
+fn csv_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else if !out.is_empty() && !out.ends_with('_') {
+            out.push('_');
+        }
+    }
+    out.trim_end_matches('_').to_owned()
 }
 
 /// The latency summary of every stage over `frames`.

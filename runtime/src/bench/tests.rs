@@ -56,3 +56,14 @@ fn values_that_round_to_zero_lose_their_sign() {
     assert_eq!(fixed(-0.25, 2), "-0.25");
     assert_eq!(fixed(1.23456, 3), "1.235");
 }
+
+#[test]
+fn csv_names_keep_letters_digits_and_single_underscores() {
+    assert_eq!(
+        csv_name("cpu policy0 (cpus 0 1 2 3)"),
+        "cpu_policy0_cpus_0_1_2_3"
+    );
+    assert_eq!(csv_name("devfreq 17000000.gpu"), "devfreq_17000000_gpu");
+    assert_eq!(csv_name("VDD_IN"), "VDD_IN");
+    assert_eq!(csv_name("ina238 hwmon2/power1"), "ina238_hwmon2_power1");
+}

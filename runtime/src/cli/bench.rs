@@ -62,6 +62,10 @@ pub struct BenchArgs {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also write every measured frame, power sample and clock sample as CSV files into
+    /// this folder (frames.csv, power.csv, clocks.csv), for plots.
+    #[arg(long)]
+    pub trace_dir: Option<PathBuf>,
 }
 
 /// `posed bench`.
@@ -75,6 +79,11 @@ pub fn run_bench_command(args: &BenchArgs) -> anyhow::Result<()> {
     );
     if let Some(json) = &args.json {
         check_writable(json)?;
+    }
+    if let Some(dir) = &args.trace_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("--trace-dir {}: cannot create it", dir.display()))?;
+        check_writable(&dir.join("frames.csv"))?;
     }
     let mut config = Config::load(&config_path)?;
     config.stream.socket = args.socket.clone().unwrap_or_else(private_socket);
@@ -153,7 +162,7 @@ pub fn run_bench_command(args: &BenchArgs) -> anyhow::Result<()> {
             .then(jetson_power_mode)
             .flatten(),
     };
-    let report = run_bench(
+    let run = run_bench(
         parts,
         daemon_options,
         &options,
@@ -161,9 +170,15 @@ pub fn run_bench_command(args: &BenchArgs) -> anyhow::Result<()> {
         shutdown,
         config_path.display().to_string(),
     )?;
-    print!("{}", format_report(&report));
+    let report = &run.report;
+    print!("{}", format_report(report));
+    if let Some(dir) = &args.trace_dir {
+        for path in run.traces.write_csv(dir)? {
+            println!("wrote {}", path.display());
+        }
+    }
     if let Some(path) = &args.json {
-        let mut text = serde_json::to_vec_pretty(&report).context("encoding the report")?;
+        let mut text = serde_json::to_vec_pretty(report).context("encoding the report")?;
         text.push(b'\n');
         write_atomically(path, |out| out.write_all(&text))?;
     }
