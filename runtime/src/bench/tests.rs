@@ -48,22 +48,3 @@ fn stage_summaries_cover_every_stage_in_stream_order() {
     assert_eq!(summaries[10].p50_ms, 22.0);
     assert!(stage_summaries(&[]).is_empty());
 }
-
-#[test]
-fn values_that_round_to_zero_lose_their_sign() {
-    assert_eq!(fixed(-1e-17, 4), "0.0000");
-    assert_eq!(fixed(-0.0, 2), "0.00");
-    assert_eq!(fixed(-0.25, 2), "-0.25");
-    assert_eq!(fixed(1.23456, 3), "1.235");
-}
-
-#[test]
-fn csv_names_keep_letters_digits_and_single_underscores() {
-    assert_eq!(
-        csv_name("cpu policy0 (cpus 0 1 2 3)"),
-        "cpu_policy0_cpus_0_1_2_3"
-    );
-    assert_eq!(csv_name("devfreq 17000000.gpu"), "devfreq_17000000_gpu");
-    assert_eq!(csv_name("VDD_IN"), "VDD_IN");
-    assert_eq!(csv_name("ina238 hwmon2/power1"), "ina238_hwmon2_power1");
-}
