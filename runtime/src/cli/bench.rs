@@ -132,10 +132,20 @@ pub fn run_bench_command(args: &BenchArgs) -> anyhow::Result<()> {
         }
     };
 
+    // As for `posed run`: while the networks load (a TensorRT build can take minutes) a
+    // signal ends the process at once, with 128 + its number; then it stops the bench,
+    // which reports what it measured.
     let shutdown = Arc::new(AtomicBool::new(false));
+    let loading = Arc::new(AtomicBool::new(true));
     for (signal, name) in STOP_SIGNALS {
-        signal_hook::flag::register(signal, Arc::clone(&shutdown))
-            .with_context(|| format!("installing the handler of {name}"))?;
+        let installing = || format!("installing the handler of {name}");
+        signal_hook::flag::register_conditional_shutdown(
+            signal,
+            128 + signal,
+            Arc::clone(&loading),
+        )
+        .with_context(installing)?;
+        signal_hook::flag::register(signal, Arc::clone(&shutdown)).with_context(installing)?;
     }
     tracing::info!(
         "posed bench: loading {} ({} warm-up + {} measured frames)",
@@ -144,6 +154,7 @@ pub fn run_bench_command(args: &BenchArgs) -> anyhow::Result<()> {
         args.frames
     );
     let (parts, daemon_options) = parts_from_config(&config)?;
+    loading.store(false, std::sync::atomic::Ordering::SeqCst);
     let options = BenchOptions {
         frames: args.frames,
         warmup: args.warmup,
