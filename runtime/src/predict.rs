@@ -16,6 +16,7 @@ use posed_engines::{Backend, ModelOptions, Network, Role, Session};
 use crate::bop::atomic::check_writable;
 use crate::bop::dataset::BopDataset;
 use crate::bop::detections::read_detections;
+use crate::bop::models::ModelSet;
 use crate::bop::results::{read_results, write_results, Estimate};
 use crate::bop::targets::read_targets;
 use crate::config::EnginesConfig;
@@ -134,20 +135,11 @@ pub fn predict(
     );
     options.max_image_hw = (options.max_image_hw.0.max(h), options.max_image_hw.1.max(w));
     let open = |path: &Path, role: Role| open_session(backend.as_ref(), path, role, options);
-    // The objects this run estimates: the label filter's, else every model's.
-    let estimated: Vec<u32> = if request.filter.obj_ids.is_empty() {
-        dataset.models.objects.keys().copied().collect()
-    } else {
-        request.filter.obj_ids.clone()
-    };
     let open_pose = |path: &Path, role: Role| {
         let (session, network) = open(path, role)?;
-        let unknown = objects_unknown_to(&network, estimated.iter().copied());
-        if !unknown.is_empty() {
-            eprintln!(
-                "posed predict: warning: {}",
-                unknown_objects_warning(&network, role, &unknown)
-            );
+        let labels = &request.filter.obj_ids;
+        if let Some(warning) = uncovered_objects_warning(&network, role, labels, &dataset.models) {
+            eprintln!("posed predict: warning: {warning}");
         }
         Ok::<_, Error>(session)
     };
@@ -321,41 +313,53 @@ fn rows_of<'a>(
     })
 }
 
-/// The objects among `obj_ids` that a pose network's sidecar does not list: the network
-/// was never trained on them, and its poses for them mean nothing. Empty when a sidecar
-/// label is not a BOP object name (`obj_000007`), since coverage cannot be told then.
-pub fn objects_unknown_to(network: &Network, obj_ids: impl IntoIterator<Item = u32>) -> Vec<u32> {
-    let known: Option<Vec<u32>> = network
+/// A warning when a pose network's sidecar does not list some of the objects to
+/// estimate (`labels`, else every object of `models`): the network was never trained on
+/// them, and its poses for them mean nothing. None for a detector, when every object is
+/// listed, or when a sidecar label is not a BOP object name (`obj_000007`), since
+/// coverage cannot be told then.
+pub fn uncovered_objects_warning(
+    network: &Network,
+    role: Role,
+    labels: &[u32],
+    models: &ModelSet,
+) -> Option<String> {
+    if role == Role::Detector {
+        return None;
+    }
+    let known: Vec<u32> = network
         .sidecar()
         .labels
         .iter()
         .map(|label| crate::pipeline::obj_id_of_label(label))
-        .collect();
-    let Some(known) = known else {
-        return Vec::new();
+        .collect::<Option<_>>()?;
+    let estimated: Vec<u32> = if labels.is_empty() {
+        models.objects.keys().copied().collect()
+    } else {
+        labels.to_vec()
     };
-    obj_ids
-        .into_iter()
+    let unknown: Vec<String> = estimated
+        .iter()
         .filter(|obj_id| !known.contains(obj_id))
-        .collect()
-}
-
-/// The warning for [`objects_unknown_to`]'s objects, naming the network and its role.
-pub fn unknown_objects_warning(network: &Network, role: Role, unknown: &[u32]) -> String {
-    let listed: Vec<String> = unknown.iter().take(16).map(u32::to_string).collect();
-    format!(
+        .map(u32::to_string)
+        .collect();
+    if unknown.is_empty() {
+        return None;
+    }
+    let listed = &unknown[..unknown.len().min(16)];
+    Some(format!(
         "the {role} network {} was trained for {} object(s), not for object(s) {}{}: its \
          poses for them mean nothing (restrict the objects with --labels or \
          pipeline.labels)",
         network.path().display(),
-        network.sidecar().labels.len(),
+        known.len(),
         listed.join(", "),
         if unknown.len() > listed.len() {
             ", ..."
         } else {
             ""
         }
-    )
+    ))
 }
 
 /// Opens a network for `role` and makes a session.

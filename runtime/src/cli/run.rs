@@ -12,7 +12,7 @@ use crate::daemon::client::{watch, WatchOptions};
 use crate::daemon::notify::Notifier;
 use crate::daemon::run as run_daemon;
 use crate::daemon::setup::{check_config, check_labels, parts_from_config, Checking};
-use crate::predict::{objects_unknown_to, unknown_objects_warning};
+use crate::predict::uncovered_objects_warning;
 
 /// The signals that stop `posed run`: SIGTERM (systemd), SIGINT (Ctrl-C) and SIGHUP (the
 /// terminal of a `posed run` in the foreground closing). Each stops it cleanly, removing
@@ -243,6 +243,7 @@ pub fn run_config(command: &ConfigCommand) -> anyhow::Result<()> {
             let config = Config::load(file)?;
             // What `posed run` checks before loading anything, by the same code.
             let notes = check_config(&config, Checking::Ahead)?;
+            let mut networks = Vec::new();
             for (role, path) in config.networks.by_role() {
                 let network = posed_engines::Network::open(path)
                     .with_context(|| format!("networks.{role}"))?;
@@ -253,27 +254,15 @@ pub fn run_config(command: &ConfigCommand) -> anyhow::Result<()> {
                     path.display()
                 );
                 println!("networks.{role}: {} ok", path.display());
+                networks.push((role, network));
             }
             if let Some(models) = &config.pipeline.models {
                 let set = crate::bop::models::ModelSet::load(models).context("pipeline.models")?;
                 check_labels(&config, &set)?;
-                let estimated: Vec<u32> = if config.pipeline.labels.is_empty() {
-                    set.objects.keys().copied().collect()
-                } else {
-                    config.pipeline.labels.clone()
-                };
-                for (role, path) in config.networks.by_role() {
-                    if role == posed_engines::Role::Detector {
-                        continue;
-                    }
-                    let network = posed_engines::Network::open(path)
-                        .with_context(|| format!("networks.{role}"))?;
-                    let unknown = objects_unknown_to(&network, estimated.iter().copied());
-                    if !unknown.is_empty() {
-                        println!(
-                            "warning: networks.{role}: {}",
-                            unknown_objects_warning(&network, role, &unknown)
-                        );
+                for (role, network) in &networks {
+                    let labels = &config.pipeline.labels;
+                    if let Some(warning) = uncovered_objects_warning(network, *role, labels, &set) {
+                        println!("warning: networks.{role}: {warning}");
                     }
                 }
                 println!(

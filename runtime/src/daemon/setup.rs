@@ -14,7 +14,7 @@ use crate::pipeline::{
     open_compute_device, DetectionFilter, Detector, PipelineOptions, PoseNetworks,
     SingleViewPipeline,
 };
-use crate::predict::{objects_unknown_to, open_session, unknown_objects_warning};
+use crate::predict::{open_session, uncovered_objects_warning};
 use crate::source::sequence::{bop_boxes, SequenceSource};
 use crate::source::v4l2::V4l2Source;
 use crate::source::{Cuda, FrameSource};
@@ -172,12 +172,6 @@ pub fn parts_from_config(config: &Config) -> Result<(DaemonParts, DaemonOptions)
     let models = ModelSet::load(models_dir)?;
     check_labels(config, &models)?;
     let obj_ids: Vec<u32> = models.objects.keys().copied().collect();
-    // The objects the daemon estimates: pipeline.labels, else every model.
-    let estimated: &[u32] = if config.pipeline.labels.is_empty() {
-        &obj_ids
-    } else {
-        &config.pipeline.labels
-    };
 
     let backend = make_backend(&config.engines)?;
     let model_options = config.engines.model_options();
@@ -191,14 +185,9 @@ pub fn parts_from_config(config: &Config) -> Result<(DaemonParts, DaemonOptions)
             return Ok(None);
         };
         let (session, network) = open_session(backend.as_ref(), path, role, model_options)?;
-        if role != Role::Detector {
-            let unknown = objects_unknown_to(&network, estimated.iter().copied());
-            if !unknown.is_empty() {
-                tracing::warn!(
-                    "networks.{role}: {}",
-                    unknown_objects_warning(&network, role, &unknown)
-                );
-            }
+        let labels = &config.pipeline.labels;
+        if let Some(warning) = uncovered_objects_warning(&network, role, labels, &models) {
+            tracing::warn!("networks.{role}: {warning}");
         }
         Ok(Some((session, network)))
     };
