@@ -209,7 +209,7 @@ pub(crate) fn describe_bytes(bytes: Option<usize>) -> String {
 }
 
 /// The message a panic carried (`panic!`'s text), for an error built from a caught panic.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(text) = payload.downcast_ref::<&str>() {
         (*text).to_owned()
     } else if let Some(text) = payload.downcast_ref::<String>() {

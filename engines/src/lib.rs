@@ -28,6 +28,6 @@ pub use backend::{Backend, BackendKind, Model, ModelOptions, Session};
 pub use cache::{CacheOutcome, EngineCache, EngineKey, Precision};
 pub use contract::{Contract, DetectorLayout, Role};
 pub use cpu::CpuBackend;
-pub use error::EngineError;
+pub use error::{panic_message, EngineError};
 pub use network::{Network, Sidecar};
 pub use tensor::{DType, OutputTensor, Outputs, Shape};

@@ -23,6 +23,7 @@ use posed::pipeline::{
 use posed::source::sequence::{bop_boxes, SequenceSource};
 use posed::source::{Captured, Frame, FrameSource, SourceInfo};
 use posed::{Error, Result};
+use posed_engines::{Contract, EngineError, ModelOptions, Outputs, Session};
 
 fn ycbv() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/ycbv-mini")
@@ -40,13 +41,6 @@ fn sequence_config(rate_hz: f64, looping: bool) -> SourceConfig {
 
 fn parts(source: Box<dyn FrameSource>) -> DaemonParts {
     let models = ModelSet::load(&ycbv().join("models")).expect("models");
-    let options = PipelineOptions {
-        coarse_iterations: 0,
-        refiner_iterations: 1,
-        batch_size: 8,
-        render_threads: 2,
-        ..PipelineOptions::default()
-    };
     let networks = PoseNetworks {
         coarse: None,
         refiner: Some(Box::new(ConstantPoseNetwork::identity(8))),
@@ -56,8 +50,18 @@ fn parts(source: Box<dyn FrameSource>) -> DaemonParts {
         objects: ObjectsProvider::DatasetBoxes(bop_boxes(&ycbv().join("test")).expect("boxes")),
         filter: DetectionFilter::default(),
         init: InitScheme::ZupAutodepth,
-        pipeline: SingleViewPipeline::new(&models, networks, options).expect("pipeline"),
+        pipeline: SingleViewPipeline::new(&models, networks, pipeline_options()).expect("pipeline"),
         obj_ids: models.objects.keys().copied().collect(),
+    }
+}
+
+fn pipeline_options() -> PipelineOptions {
+    PipelineOptions {
+        coarse_iterations: 0,
+        refiner_iterations: 1,
+        batch_size: 8,
+        render_threads: 2,
+        ..PipelineOptions::default()
     }
 }
 
@@ -290,6 +294,101 @@ fn a_bad_socket_path_fails_before_any_work() {
     .expect_err("no folder")
     .to_string();
     assert!(message.contains("/nonexistent-posed-dir"), "{message}");
+}
+
+/// A source that delivers `good` frames, then panics: a bug in a source.
+struct PanickingSource {
+    inner: SequenceSource,
+    good: u32,
+}
+
+impl FrameSource for PanickingSource {
+    fn info(&self) -> &SourceInfo {
+        self.inner.info()
+    }
+
+    fn capture(&mut self, frame: &mut Frame) -> Result<Captured> {
+        assert!(self.good > 0, "the source's test bug");
+        self.good -= 1;
+        self.inner.capture(frame)
+    }
+
+    fn reopen(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A refiner that answers the identity `good` times, then panics: a bug in a backend.
+struct PanickingNetwork {
+    inner: ConstantPoseNetwork,
+    good: u32,
+}
+
+impl Session for PanickingNetwork {
+    fn contract(&self) -> Contract {
+        self.inner.contract()
+    }
+
+    fn options(&self) -> ModelOptions {
+        self.inner.options()
+    }
+
+    fn max_detections(&self) -> usize {
+        self.inner.max_detections()
+    }
+
+    fn run(
+        &mut self,
+        input: &[f32],
+        shape: &[usize],
+        outputs: &mut Outputs,
+    ) -> std::result::Result<(), EngineError> {
+        assert!(self.good > 0, "the network's test bug");
+        self.good -= 1;
+        self.inner.run(input, shape, outputs)
+    }
+}
+
+/// A panic in the capture or the inference thread ends the run with an error naming the
+/// thread and the panic (so `posed run` exits with a failure, which systemd restarts), not
+/// with the success of a source that ended; the socket file is removed all the same.
+#[test]
+fn a_panic_in_a_pipeline_thread_ends_the_run_with_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("poses.sock");
+    let source = || SequenceSource::open(&sequence_config(0.0, true)).expect("sequence");
+
+    let capture_panics = parts(Box::new(PanickingSource {
+        inner: source(),
+        good: 3,
+    }));
+    let mut infer_panics = parts(Box::new(source()));
+    let models = ModelSet::load(&ycbv().join("models")).expect("models");
+    let networks = PoseNetworks {
+        coarse: None,
+        refiner: Some(Box::new(PanickingNetwork {
+            inner: ConstantPoseNetwork::identity(8),
+            good: 2,
+        })),
+    };
+    infer_panics.pipeline =
+        SingleViewPipeline::new(&models, networks, pipeline_options()).expect("pipeline");
+
+    for (parts, thread, bug) in [
+        (capture_panics, "posed-capture", "the source's test bug"),
+        (infer_panics, "posed-infer", "the network's test bug"),
+    ] {
+        let (daemon, _shutdown) = start(parts, options(&socket, None), None);
+        let message = daemon
+            .join()
+            .expect("the daemon's own thread does not panic")
+            .expect_err("a panicked thread is an error")
+            .to_string();
+        for part in [thread, "panicked", bug] {
+            assert!(message.contains(part), "{part:?} in {message}");
+        }
+        assert!(!socket.exists(), "{thread}: the socket file is left");
+    }
 }
 
 /// The demo's first frames with `pipeline.device` "cpu" and "cuda": the same objects and

@@ -219,6 +219,24 @@ fn the_unit_is_a_notify_service_with_a_watchdog() {
     }
 }
 
+/// `Restart=on-failure` restarts posed after a panic only because a panicked pipeline
+/// thread ends `posed run` with a failure (tests/daemon.rs); and the `catch_unwind`s that
+/// turn a panic in tract or cudarc into an error naming the file only work in a binary
+/// that unwinds. The packaged binary is the release profile's: it must not abort.
+#[test]
+fn the_packaged_binary_unwinds_on_panic() {
+    let manifest: toml::Table = read("Cargo.toml").parse().expect("Cargo.toml");
+    let release = manifest
+        .get("profile")
+        .and_then(|p| p.get("release"))
+        .expect("[profile.release]");
+    let panic = release.get("panic").and_then(toml::Value::as_str);
+    assert!(
+        matches!(panic, None | Some("unwind")),
+        "[profile.release] panic = {panic:?}: the catch_unwind guards would be dead code"
+    );
+}
+
 #[test]
 fn the_unit_runs_the_packaged_binary_with_the_packaged_config() {
     let unit = Unit::load();

@@ -28,8 +28,9 @@ pub mod stream;
 pub(crate) mod unix;
 
 use std::fmt::Write as _;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,7 @@ use message::{
     MAX_MESSAGE_BYTES, MAX_OBJECTS,
 };
 use notify::Notifier;
+use posed_engines::panic_message;
 use stream::{EncodedFrame, StreamServer};
 
 /// Frames in the capture pool: one being captured, one queued, one in inference, one spare.
@@ -198,6 +200,10 @@ pub fn run(
     let stats = Arc::new(DaemonStats::default());
     let source_state = Arc::new(AtomicU8::new(SOURCE_OK));
     let fatal: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
+    let on_panic = StopOnPanic {
+        fatal: Arc::clone(&fatal),
+        shutdown: Arc::clone(&shutdown),
+    };
 
     let (free_frames_tx, free_frames_rx) = bounded::<Box<Frame>>(FRAME_POOL);
     for _ in 0..FRAME_POOL {
@@ -219,7 +225,7 @@ pub fn run(
         let free_tx = free_frames_tx.clone();
         let to_infer_rx = to_infer_rx.clone();
         let (reopen_min, reopen_max) = (options.reopen_min, options.reopen_max);
-        spawn("posed-capture", move || {
+        spawn_pipeline_thread("posed-capture", &on_panic, move || {
             let mut number = 0u64;
             let mut lost_since: Option<u32> = None;
             let paced = source.paced();
@@ -300,7 +306,7 @@ pub fn run(
             estimates: Vec::with_capacity(MAX_DETECTIONS),
             failures_logged: 0,
         };
-        spawn("posed-infer", move || {
+        spawn_pipeline_thread("posed-infer", &on_panic, move || {
             while !shutdown.load(Ordering::Relaxed) {
                 let frame = match to_infer_rx.recv_timeout(TICK) {
                     Ok(frame) => frame,
@@ -491,6 +497,42 @@ fn spawn(name: &str, work: impl FnOnce() + Send + 'static) -> Result<JoinHandle<
             what: format!("thread {name}"),
             reason: format!("cannot start: {e}"),
         })
+}
+
+/// What a pipeline thread that panics sets: the run's error, and the stop.
+#[derive(Clone)]
+struct StopOnPanic {
+    fatal: Arc<Mutex<Option<Error>>>,
+    shutdown: Arc<AtomicBool>,
+}
+
+/// Starts a pipeline thread. A panic in it (a bug in posed: bad input is an error, not a
+/// panic) becomes the run's error, naming the thread, and stops the run, so that the
+/// process exits with a failure and systemd restarts it. Without this the other threads
+/// would see the panicked one's channels close, take it for the end of the source and
+/// exit with success, which `Restart=on-failure` does not restart.
+fn spawn_pipeline_thread(
+    name: &'static str,
+    on_panic: &StopOnPanic,
+    work: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>> {
+    let StopOnPanic { fatal, shutdown } = on_panic.clone();
+    spawn(name, move || {
+        // The work owns what it changes; the other threads only stop after it.
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(work)) {
+            let mut fatal = fatal.lock().unwrap_or_else(PoisonError::into_inner);
+            if fatal.is_none() {
+                *fatal = Some(Error::Invalid {
+                    what: format!("thread {name}"),
+                    reason: format!(
+                        "panicked: {} (a bug in posed: please report it with the log)",
+                        panic_message(&*panic)
+                    ),
+                });
+            }
+            shutdown.store(true, Ordering::Relaxed);
+        }
+    })
 }
 
 /// The inference thread's state.
