@@ -3,9 +3,13 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
-use common::posed;
+use common::{kill, posed, wait_with_stderr, Running};
 
 /// A sysfs tree with one INA3221 channel, `VDD_IN`, at 5.000 V and 1.000 A: 5 W.
 fn five_watt_sysfs() -> PathBuf {
@@ -271,4 +275,81 @@ fn on_an_orin_nano_the_bench_reports_its_rails_and_clocks() {
     );
     assert!(whole["idle_w"].is_null() && whole["energy_per_frame_above_idle_j"].is_null());
     assert_eq!(report["power"]["whole"], "VDD_IN");
+}
+
+/// SIGINT while frames are measured stops the bench, which reports the frames it measured
+/// (and says it was stopped) and exits with success. The test reads the bench's own pose
+/// stream to know that measured frames were published before it sends the signal.
+#[test]
+fn a_stop_signal_while_measuring_gives_a_report_of_what_was_measured() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (report, socket) = (
+        dir.path().join("report.json"),
+        dir.path().join("bench.sock"),
+    );
+    let frames = 10_000u64;
+    let mut bench = Running(
+        posed()
+            .args(["bench", "--demo", "--rate-hz", "0", "--warmup", "1"])
+            .args([
+                "--frames",
+                &frames.to_string(),
+                "--power",
+                "off",
+                "--socket",
+            ])
+            .arg(&socket)
+            .arg("--json")
+            .arg(&report)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start posed bench"),
+    );
+    // Loading takes seconds natively, minutes under qemu (the aarch64 run in CI).
+    let until = Instant::now() + Duration::from_secs(600);
+    while !socket.exists() {
+        assert!(Instant::now() < until, "the bench never listened");
+        assert!(
+            bench.0.try_wait().expect("wait").is_none(),
+            "the bench ended before listening"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stream = UnixStream::connect(&socket).expect("connect to the bench's stream");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(600)))
+        .expect("timeout");
+    // Frame 0 is the warm-up; with frame 3 out, frames 1 to 3 were measured.
+    for line in BufReader::new(stream).lines() {
+        let message: serde_json::Value =
+            serde_json::from_str(&line.expect("a line")).expect("JSON");
+        if message["type"] == "poses" && message["frame"].as_u64().expect("frame") >= 3 {
+            break;
+        }
+    }
+    kill(&bench.0, libc::SIGINT);
+    let (status, stderr) = wait_with_stderr(&mut bench.0, Duration::from_secs(30), "SIGINT");
+    let mut stdout = String::new();
+    if let Some(mut pipe) = bench.0.stdout.take() {
+        use std::io::Read;
+        let _ = pipe.read_to_string(&mut stdout);
+    }
+    assert!(status.success(), "exit status {status:?}\n{stdout}{stderr}");
+    let report = json(&report);
+    let measured = report["frames"].as_u64().expect("frames");
+    assert!(
+        (3..frames).contains(&measured),
+        "{measured} frames measured"
+    );
+    let note = format!("stopped after {measured} of {frames} measured frames (stop signal)");
+    assert!(stdout.contains(&note), "{note:?} in {stdout}");
+    assert!(
+        report["notes"]
+            .as_array()
+            .expect("notes")
+            .contains(&note.into()),
+        "{report}"
+    );
+    assert!(!socket.exists(), "the bench's socket is removed after");
 }

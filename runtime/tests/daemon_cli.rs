@@ -6,10 +6,10 @@ mod common;
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{data_dir, posed};
+use common::{data_dir, kill, posed, wait_with_stderr, Running};
 
 /// Runs `posed ARGS... PATH`, which must fail with every part in its stderr.
 fn posed_fails_on(args: &[&str], path: &Path, parts: &[&str]) {
@@ -55,28 +55,13 @@ fn wait_for_notification(socket: &UnixDatagram, prefix: &str, seen: &mut Vec<Str
     }
 }
 
-fn kill(child: &Child, signal: i32) {
-    // SAFETY: sending a signal to our own child process, whose pid we hold.
-    let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
-    assert_eq!(rc, 0, "kill");
-}
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn the_demo_streams_poses_to_watch_and_python_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("poses.sock");
     let (notify_path, notify) = notify_socket(dir.path());
 
-    let mut daemon = Daemon(
+    let mut daemon = Running(
         posed()
             .args(["run", "--demo", "--socket"])
             .arg(&socket)
@@ -168,22 +153,8 @@ fn the_demo_streams_poses_to_watch_and_python_and_stops_cleanly_on_sigterm() {
 
     kill(&daemon.0, libc::SIGTERM);
     let asked = Instant::now();
-    let status = loop {
-        if let Some(status) = daemon.0.try_wait().expect("wait") {
-            break status;
-        }
-        // One second is the promise; qemu (the aarch64 run in CI) gets more room.
-        assert!(
-            asked.elapsed() < Duration::from_secs(10),
-            "still running 10 s after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut stderr = String::new();
-    if let Some(mut pipe) = daemon.0.stderr.take() {
-        use std::io::Read;
-        let _ = pipe.read_to_string(&mut stderr);
-    }
+    // One second is the promise; qemu (the aarch64 run in CI) gets more room.
+    let (status, stderr) = wait_with_stderr(&mut daemon.0, Duration::from_secs(10), "SIGTERM");
     assert!(status.success(), "exit status {status:?}\n{stderr}");
     eprintln!("stopped {} ms after SIGTERM", asked.elapsed().as_millis());
     wait_for_notification(&notify, "STOPPING=1", &mut seen);
@@ -311,35 +282,13 @@ fn quick_config(dir: &Path) -> PathBuf {
     path
 }
 
-/// Waits for `child` to exit, at most `limit`; its status and stderr.
-fn wait_with_stderr(child: &mut Child, limit: Duration) -> (std::process::ExitStatus, String) {
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "still running after {} s",
-            limit.as_secs()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        use std::io::Read;
-        let _ = pipe.read_to_string(&mut stderr);
-    }
-    (status, stderr)
-}
-
 #[test]
 fn sighup_stops_the_daemon_cleanly_and_a_log_into_a_pipe_has_no_colour() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = quick_config(dir.path());
     let socket = dir.path().join("poses.sock");
     let (notify_path, notify) = notify_socket(dir.path());
-    let mut daemon = Daemon(
+    let mut daemon = Running(
         posed()
             .args(["run", "--config"])
             .arg(&config)
@@ -358,7 +307,7 @@ fn sighup_stops_the_daemon_cleanly_and_a_log_into_a_pipe_has_no_colour() {
     );
 
     kill(&daemon.0, libc::SIGHUP);
-    let (status, stderr) = wait_with_stderr(&mut daemon.0, Duration::from_secs(10));
+    let (status, stderr) = wait_with_stderr(&mut daemon.0, Duration::from_secs(10), "SIGHUP");
     assert!(status.success(), "exit status {status:?}\n{stderr}");
     assert!(stderr.contains("stopped on SIGHUP"), "{stderr}");
     assert!(
@@ -386,7 +335,7 @@ fn run_refuses_at_once_a_live_socket_whose_listener_accepts_nobody() {
     let _queued = UnixStream::connect(&socket).expect("the queued connection");
 
     let started = Instant::now();
-    let mut daemon = Daemon(
+    let mut daemon = Running(
         posed()
             .args(["run", "--config"])
             .arg(&config)
@@ -395,7 +344,7 @@ fn run_refuses_at_once_a_live_socket_whose_listener_accepts_nobody() {
             .spawn()
             .expect("start posed run"),
     );
-    let (status, stderr) = wait_with_stderr(&mut daemon.0, Duration::from_secs(60));
+    let (status, stderr) = wait_with_stderr(&mut daemon.0, Duration::from_secs(60), "start");
     assert!(!status.success(), "{stderr}");
     assert!(
         stderr.contains("accepts nobody") && stderr.contains("poses.sock"),

@@ -1,7 +1,8 @@
 //! Helpers shared by the integration tests that run the `posed` binary.
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
 
 /// The `posed` binary as a command. For cross-target test runs (aarch64 under qemu on an
 /// x86_64 host) `POSED_TEST_RUNNER` names the runner that executes it, as cargo's own
@@ -24,4 +25,48 @@ pub fn data_dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../data")
         .join(name)
+}
+
+/// A running `posed` process, killed and reaped when dropped (a failed test leaves no
+/// process behind).
+#[allow(dead_code)]
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends `signal` to the process (under qemu, to qemu, which hands it to the program).
+#[allow(dead_code)]
+pub fn kill(child: &Child, signal: i32) {
+    // SAFETY: sending a signal to our own child process, whose pid we hold.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    assert_eq!(rc, 0, "kill");
+}
+
+/// Waits for `child` to exit, failing the test if it runs `limit` longer than `what`
+/// (the signal sent, say); its status and what it wrote to a piped stderr.
+#[allow(dead_code)]
+pub fn wait_with_stderr(child: &mut Child, limit: Duration, what: &str) -> (ExitStatus, String) {
+    let asked = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            asked.elapsed() < limit,
+            "still running {} s after {what}",
+            limit.as_secs()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        use std::io::Read;
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    (status, stderr)
 }
