@@ -286,6 +286,12 @@ fn quick_config(dir: &Path) -> PathBuf {
 fn sighup_stops_the_daemon_cleanly_and_a_log_into_a_pipe_has_no_colour() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = quick_config(dir.path());
+    let text = std::fs::read_to_string(&config).expect("the configuration");
+    std::fs::write(
+        &config,
+        text.replace("status_interval_ms = 60000", "status_interval_ms = 100"),
+    )
+    .expect("write the configuration");
     let socket = dir.path().join("poses.sock");
     let (notify_path, notify) = notify_socket(dir.path());
     let mut daemon = Running(
@@ -305,11 +311,24 @@ fn sighup_stops_the_daemon_cleanly_and_a_log_into_a_pipe_has_no_colour() {
         dir.path().join("poses.sock.lock").exists(),
         "the lock is held"
     );
+    // The status line: frame rate, drops, subscribers, and memory (an 8 GB Orin Nano
+    // shares it with the GPU).
+    wait_for_notification(&notify, "STATUS=", &mut seen);
+    let status = seen.last().expect("a status");
+    for part in [
+        " fps, ",
+        " frames, dropped ",
+        " subscriber(s), ",
+        " MiB resident at peak",
+    ] {
+        assert!(status.contains(part), "{part:?} in {status}");
+    }
 
     kill(&daemon.0, libc::SIGHUP);
     let (status, stderr) = wait_with_stderr(&mut daemon.0, Duration::from_secs(10), "SIGHUP");
     assert!(status.success(), "exit status {status:?}\n{stderr}");
     assert!(stderr.contains("stopped on SIGHUP"), "{stderr}");
+    assert!(stderr.contains("MiB resident at peak"), "{stderr}");
     assert!(
         !stderr.contains('\u{1b}'),
         "colour codes in a pipe: {stderr:?}"

@@ -30,6 +30,7 @@ use serde::Serialize;
 
 use crate::daemon::message::StageLatencies;
 use crate::daemon::notify::Notifier;
+use crate::daemon::unix::{peak_resident_mib, process_cpu_s};
 use crate::daemon::{run as run_daemon, DaemonOptions, DaemonParts, RunReport};
 use crate::source::monotonic_ns;
 use crate::{Error, Result};
@@ -489,27 +490,6 @@ fn clock_summaries(trace: &ClockTrace, start_ns: u64, end_ns: u64) -> Vec<ClockS
             mean_mhz: trace.mean_hz(index, start_ns, end_ns).map(|hz| hz * 1e-6),
         })
         .collect()
-}
-
-/// User + system CPU time of this process so far, s.
-fn process_cpu_s() -> f64 {
-    let usage = resource_usage();
-    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
-    seconds(usage.ru_utime) + seconds(usage.ru_stime)
-}
-
-/// Peak resident memory of this process, MiB.
-fn peak_resident_mib() -> f64 {
-    // Linux reports ru_maxrss in KiB.
-    resource_usage().ru_maxrss as f64 / 1024.0
-}
-
-fn resource_usage() -> libc::rusage {
-    // SAFETY: rusage is plain data, valid when zeroed.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `usage` is a valid, writable rusage; RUSAGE_SELF always exists.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    usage
 }
 
 /// The machine in one line: the device-tree model (a Jetson's), else the CPU model; the

@@ -380,7 +380,11 @@ pub fn run(
                         published,
                         server.path().display()
                     ));
-                    tracing::info!("posed: ready after {published} warm-up frame(s)");
+                    tracing::info!(
+                        "posed: ready after {published} warm-up frame(s), {:.0} MiB resident \
+                         at peak",
+                        unix::peak_resident_mib()
+                    );
                 }
                 if options.max_frames.is_some_and(|max| published >= max) {
                     shutdown.store(true, Ordering::Relaxed);
@@ -414,11 +418,12 @@ pub fn run(
             let _ = write!(
                 status,
                 "{fps:.1} fps, {published} frames, dropped {} before inference and {} before \
-                 publishing, {} failed, {} subscriber(s){}",
+                 publishing, {} failed, {} subscriber(s), {:.0} MiB resident at peak{}",
                 stats.dropped_before_infer.load(Ordering::Relaxed),
                 stats.dropped_before_publish.load(Ordering::Relaxed),
                 stats.failed.load(Ordering::Relaxed),
                 server.stats().subscribers.load(Ordering::Relaxed),
+                unix::peak_resident_mib(),
                 match source_state.load(Ordering::Relaxed) {
                     SOURCE_LOST => ", camera lost: reopening",
                     SOURCE_ENDED => ", sequence ended",

@@ -89,6 +89,29 @@ pub fn connect(path: &Path, wait: Option<Duration>) -> io::Result<UnixStream> {
     Ok(UnixStream::from(fd))
 }
 
+/// User + system CPU time of this process so far, s.
+pub(crate) fn process_cpu_s() -> f64 {
+    let usage = resource_usage();
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+/// Peak resident memory of this process, MiB: what it took of the machine's RAM at most
+/// (on a Jetson, memory the GPU driver maps for CUDA may not be counted in it).
+pub(crate) fn peak_resident_mib() -> f64 {
+    // Linux reports ru_maxrss in KiB.
+    resource_usage().ru_maxrss as f64 / 1024.0
+}
+
+/// getrusage(RUSAGE_SELF): a system call, no allocation (the daemon's status reads it).
+fn resource_usage() -> libc::rusage {
+    // SAFETY: rusage is plain data, valid when zeroed.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable rusage; RUSAGE_SELF always exists.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    usage
+}
+
 /// The id of the group named `name` (the group database: /etc/group, or what NSS reads).
 ///
 /// # Errors
