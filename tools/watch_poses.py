@@ -5,6 +5,10 @@ A minimal client of protocol version 1 (newline-delimited JSON; see README "The 
 stream"), standard library only:
 
     python3 tools/watch_poses.py --socket /run/posed/poses.sock [--count N] [--binary]
+                                 [--follow]
+
+With --follow it waits for posed when it is not there yet and reconnects when posed stops
+or restarts (systemd restarts it after a crash), as a robot's consumer should.
 
 With --binary it asks for the binary encoding and decodes it with `struct`, from the
 layout in docs/pose-stream-binary.md alone.
@@ -13,11 +17,14 @@ Each poses message gives, per object, R (row-major 3x3, camera_from_object) and 
 (metres, camera frame); a point p of the model (metres) is at R @ p + t_m in the camera.
 """
 
+from __future__ import annotations
+
 import argparse
 import json
 import socket
 import struct
 import sys
+import time
 
 # docs/pose-stream-binary.md, layout version 1.
 BINARY_REQUEST = b'{"encoding":"binary","version":1}\n'
@@ -81,48 +88,72 @@ def messages(stream):
             yield decode_binary(prefix + body), "binary"
 
 
+def watch(args, frames: int) -> tuple[int, str | None]:
+    """One connection: prints what comes until the count is reached or the stream ends.
+    Returns the frame count so far and why the connection ended (None: the count)."""
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        client.connect(args.socket)
+    except OSError as error:
+        client.close()
+        return frames, f"cannot connect to {args.socket}: {error}; is posed running?"
+    if args.binary:
+        client.sendall(BINARY_REQUEST)
+    with client, client.makefile("rb") as stream:
+        try:
+            for message, encoding in messages(stream):
+                kind = message.get("type")
+                if kind == "hello":
+                    if message.get("version") != 1:
+                        sys.exit(f"unknown protocol version {message.get('version')}")
+                    camera = message["camera"]
+                    print(f"hello: {message['source']}, {camera['width']}x{camera['height']}, "
+                          f"{len(message['labels'])} labels"
+                          + (", binary requested" if args.binary else ""), flush=True)
+                elif kind == "poses":
+                    frames += 1
+                    latency_ms = message["latency_ns"]["total"] / 1e6
+                    print(f"frame {message['frame']} ({encoding}): "
+                          f"{len(message['objects'])} objects, {latency_ms:.1f} ms, "
+                          f"dropped {message['dropped']}")
+                    for obj in message["objects"]:
+                        x, y, z = obj["t_m"]
+                        print(f"  {obj['label']} score {obj['score']:.3f} "
+                              f"t = ({x:+.3f}, {y:+.3f}, {z:+.3f}) m")
+                    sys.stdout.flush()
+                    if args.count is not None and frames >= args.count:
+                        return frames, None
+                elif kind == "error":
+                    return frames, f"posed refused: {message.get('reason')}"
+        except OSError as error:
+            return frames, f"connection lost: {error}"
+    return frames, "posed closed the stream"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--socket", default="/run/posed/poses.sock")
     parser.add_argument("--count", type=int, default=None, help="stop after N frames")
     parser.add_argument("--binary", action="store_true", help="use the binary encoding")
+    parser.add_argument("--follow", action="store_true",
+                        help="wait for posed, and reconnect when it stops or restarts")
     args = parser.parse_args()
 
-    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        client.connect(args.socket)
-    except OSError as error:
-        print(f"cannot connect to {args.socket}: {error}; is posed running?", file=sys.stderr)
-        return 1
-    if args.binary:
-        client.sendall(BINARY_REQUEST)
-    frames = 0
-    with client, client.makefile("rb") as stream:
-        for message, encoding in messages(stream):
-            kind = message.get("type")
-            if kind == "hello":
-                if message.get("version") != 1:
-                    print(f"unknown protocol version {message.get('version')}", file=sys.stderr)
-                    return 1
-                camera = message["camera"]
-                print(f"hello: {message['source']}, {camera['width']}x{camera['height']}, "
-                      f"{len(message['labels'])} labels"
-                      + (", binary requested" if args.binary else ""))
-            elif kind == "poses":
-                frames += 1
-                latency_ms = message["latency_ns"]["total"] / 1e6
-                print(f"frame {message['frame']} ({encoding}): {len(message['objects'])} objects, "
-                      f"{latency_ms:.1f} ms, dropped {message['dropped']}")
-                for obj in message["objects"]:
-                    x, y, z = obj["t_m"]
-                    print(f"  {obj['label']} score {obj['score']:.3f} "
-                          f"t = ({x:+.3f}, {y:+.3f}, {z:+.3f}) m")
-                if args.count is not None and frames >= args.count:
-                    break
-            elif kind == "error":
-                print(f"posed refused: {message.get('reason')}", file=sys.stderr)
-                return 1
-    return 0 if args.count is None or frames >= args.count else 1
+    frames, delay_s, last_reason = 0, 0.1, None
+    while True:
+        before = frames
+        frames, reason = watch(args, frames)
+        if reason is None:
+            return 0
+        if not args.follow:
+            print(reason, file=sys.stderr)
+            return 0 if args.count is None and reason == "posed closed the stream" else 1
+        if reason != last_reason:
+            print(f"{reason}; trying again", file=sys.stderr, flush=True)
+            last_reason = reason
+        # Back off from 0.1 s to 2 s while posed stays away; at once after a good stream.
+        delay_s = 0.1 if frames > before else min(2 * delay_s, 2.0)
+        time.sleep(delay_s)
 
 
 if __name__ == "__main__":

@@ -535,3 +535,118 @@ fn watch_gives_up_on_a_server_that_sends_no_hello() {
     );
     drop(server);
 }
+
+/// `posed watch --follow` and the Python client's `--follow` keep a subscriber across a
+/// restart of posed (what systemd does after a crash): both see the first posed's frames,
+/// then the second's, and end at their count with success.
+#[test]
+fn follow_keeps_watching_across_a_restart_of_posed() {
+    use std::io::{BufRead, BufReader};
+    use std::sync::mpsc;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = quick_config(dir.path());
+    let text = std::fs::read_to_string(&config).expect("the configuration");
+    std::fs::write(&config, text.replace("rate_hz = 20.0", "rate_hz = 1.0"))
+        .expect("write the configuration");
+    let socket = dir.path().join("poses.sock");
+    let start_posed = || {
+        let daemon = Running(
+            posed()
+                .args(["run", "--config"])
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start posed run"),
+        );
+        let until = Instant::now() + Duration::from_secs(120);
+        while !socket.exists() {
+            assert!(Instant::now() < until, "posed never listened");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        daemon
+    };
+    let mut first = start_posed();
+
+    // Each watcher's stdout lines go to `lines`, tagged with the watcher's index.
+    let (line_tx, lines) = mpsc::channel::<(usize, String)>();
+    let mut watchers = Vec::new();
+    let count = "5";
+    let mut command = posed();
+    command.args(["watch", "--follow", "--json", "--count", count, "--socket"]);
+    watchers.push(("posed watch", command));
+    if std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let mut command = std::process::Command::new("python3");
+        command
+            .arg(data_dir("../tools/watch_poses.py"))
+            .args(["--follow", "--count", count, "--socket"]);
+        watchers.push(("watch_poses.py", command));
+    } else {
+        eprintln!("python3 not found: the Python client was not exercised");
+    }
+    let mut running = Vec::new();
+    for (index, (name, command)) in watchers.iter_mut().enumerate() {
+        let mut child = Running(
+            command
+                .arg(&socket)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start a watcher"),
+        );
+        let stdout = child.0.stdout.take().expect("stdout");
+        let tx = line_tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send((index, line));
+            }
+        });
+        running.push((*name, child));
+    }
+    let is_frame = |line: &str| line.contains("\"type\":\"poses\"") || line.starts_with("frame ");
+    let is_hello = |line: &str| line.contains("\"type\":\"hello\"") || line.starts_with("hello: ");
+    drop(line_tx);
+    let mut seen: Vec<Vec<String>> = vec![Vec::new(); running.len()];
+    while !seen.iter().all(|s| s.iter().any(|l| is_frame(l))) {
+        let (index, line) = lines
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("no frame of the first posed; seen {seen:?}"));
+        seen[index].push(line);
+    }
+
+    kill(&first.0, libc::SIGTERM);
+    let (status, _) = wait_with_stderr(&mut first.0, Duration::from_secs(10), "SIGTERM");
+    assert!(status.success());
+    let _second = start_posed();
+    for (name, mut child) in running {
+        let (status, stderr) =
+            wait_with_stderr(&mut child.0, Duration::from_secs(120), "the restart");
+        assert!(status.success(), "{name}: {status:?}\n{stderr}");
+        assert!(
+            stderr.contains("posed closed the stream"),
+            "{name}: {stderr}"
+        );
+    }
+    // The readers end with the watchers' stdout.
+    while let Ok((index, line)) = lines.recv_timeout(Duration::from_secs(10)) {
+        seen[index].push(line);
+    }
+    for (index, (name, _)) in watchers.iter().enumerate() {
+        let lines = &seen[index];
+        assert_eq!(
+            lines.iter().filter(|l| is_hello(l)).count(),
+            2,
+            "{name}: {lines:?}"
+        );
+        assert_eq!(
+            lines.iter().filter(|l| is_frame(l)).count(),
+            5,
+            "{name}: {lines:?}"
+        );
+    }
+}

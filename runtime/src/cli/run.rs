@@ -76,6 +76,11 @@ pub struct WatchArgs {
     /// Stop after this many frames.
     #[arg(long)]
     pub count: Option<u64>,
+    /// Keep watching across restarts of posed: wait for it when it is not there yet, and
+    /// reconnect (within 2 s) when it stops or refuses the subscriber. Only a stream that
+    /// breaks the protocol ends the watch.
+    #[arg(long)]
+    pub follow: bool,
 }
 
 /// `posed config ...`.
@@ -223,10 +228,11 @@ pub fn run_watch(args: &WatchArgs) -> anyhow::Result<()> {
     let options = WatchOptions {
         json: args.json,
         count: args.count,
+        follow: args.follow,
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let report = watch(&socket, options, &mut out)?;
+    let report = watch(&socket, options, &mut out, &mut std::io::stderr())?;
     if !args.json {
         eprintln!(
             "posed watch: {} frame(s), {} dropped by the server for this subscriber",

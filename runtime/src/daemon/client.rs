@@ -41,7 +41,17 @@ pub struct WatchOptions {
     pub json: bool,
     /// Stop after this many frames.
     pub count: Option<u64>,
+    /// Keep watching across posed restarts: when posed is not there (yet), hangs, refuses
+    /// the subscriber or closes the stream, try again (after [`RETRY_MIN`], doubling up
+    /// to [`RETRY_MAX`]) instead of ending. A stream that breaks the protocol still ends
+    /// the watch: trying again would not mend it.
+    pub follow: bool,
 }
+
+/// First delay before connecting again, with [`WatchOptions::follow`].
+pub const RETRY_MIN: Duration = Duration::from_millis(100);
+/// Longest delay between attempts to connect again.
+pub const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// What a watch saw.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -53,17 +63,42 @@ pub struct WatchReport {
 }
 
 /// Connects to the pose stream at `socket` and prints every message to `out` until the
-/// stream ends or `options.count` frames arrived. Connecting and the hello must take less
-/// than [`HELLO_TIMEOUT`]; frames may then take as long as they take.
+/// stream ends or `options.count` frames arrived (with `options.follow`, until the count
+/// only: see there; each retry is announced on `notes`, once per new reason). Connecting
+/// and the hello must take less than [`HELLO_TIMEOUT`]; frames may then take as long as
+/// they take.
 ///
 /// # Errors
 /// [`Error::Stream`] naming `socket` when nothing listens there, the connection or the
 /// hello takes too long, the connection breaks or closes before the hello, a line is
 /// longer than [`MAX_LINE_BYTES`], not UTF-8 or not JSON, a message lacks a field of the
 /// protocol or has it of another type, the hello is of another protocol version, or the
-/// server sends an error message.
-pub fn watch(socket: &Path, options: WatchOptions, out: &mut dyn Write) -> Result<WatchReport> {
-    watch_within(socket, options, HELLO_TIMEOUT, out)
+/// server sends an error message. With `options.follow`, only the protocol errors (and
+/// failing to print).
+pub fn watch(
+    socket: &Path,
+    options: WatchOptions,
+    out: &mut dyn Write,
+    notes: &mut dyn Write,
+) -> Result<WatchReport> {
+    watch_within(socket, options, HELLO_TIMEOUT, out, notes)
+}
+
+/// Why one connection's watch ended without an error.
+enum Ended {
+    /// `options.count` frames were received.
+    Counted,
+    /// The server closed the stream.
+    Closed,
+}
+
+/// Why one connection's watch failed.
+enum Failure {
+    /// posed is not there, hangs, refused the subscriber, or the connection broke: posed
+    /// may be back later.
+    Lost(String),
+    /// The stream broke the protocol, or printing failed: trying again would not help.
+    Fatal(String),
 }
 
 /// [`watch`], with the time connecting and the hello may take.
@@ -72,14 +107,56 @@ fn watch_within(
     options: WatchOptions,
     hello_timeout: Duration,
     out: &mut dyn Write,
+    notes: &mut dyn Write,
 ) -> Result<WatchReport> {
     let error = |detail: String| Error::Stream {
         peer: socket.display().to_string(),
         detail,
     };
+    let mut report = WatchReport::default();
+    let mut attempt = 0u32;
+    let mut last_note = String::new();
+    loop {
+        let frames_before = report.frames;
+        let reason = match watch_connection(socket, options, hello_timeout, &mut report, out) {
+            Ok(Ended::Counted) => return Ok(report),
+            Ok(Ended::Closed) if !options.follow => return Ok(report),
+            Ok(Ended::Closed) => "posed closed the stream".to_owned(),
+            Err(Failure::Lost(detail)) if options.follow => detail,
+            Err(Failure::Lost(detail) | Failure::Fatal(detail)) => return Err(error(detail)),
+        };
+        if report.frames > frames_before {
+            attempt = 0;
+        }
+        let delay = super::reopen_delay(attempt, RETRY_MIN, RETRY_MAX);
+        attempt = attempt.saturating_add(1);
+        // Once per reason: a posed stopped for an hour is one line, not 1,800.
+        if reason != last_note {
+            writeln!(
+                notes,
+                "posed watch: {}: {reason}; trying again every {} s at most",
+                socket.display(),
+                RETRY_MAX.as_secs()
+            )
+            .map_err(|e| error(format!("cannot print: {e}")))?;
+            last_note = reason;
+        }
+        std::thread::sleep(delay);
+    }
+}
+
+/// One connection: connects, checks the hello and prints what comes, adding its frames to
+/// `report`.
+fn watch_connection(
+    socket: &Path,
+    options: WatchOptions,
+    hello_timeout: Duration,
+    report: &mut WatchReport,
+    out: &mut dyn Write,
+) -> std::result::Result<Ended, Failure> {
     let started = Instant::now();
     let stream = unix::connect(socket, Some(hello_timeout)).map_err(|e| {
-        error(if e.kind() == ErrorKind::WouldBlock {
+        Failure::Lost(if e.kind() == ErrorKind::WouldBlock {
             format!(
                 "nothing accepted the connection within {} ms: whatever listens there has \
                  stopped accepting (is posed hung? `systemctl status posed`)",
@@ -96,71 +173,75 @@ fn watch_within(
     let mut lines = LineReader::new(stream);
     // For the whole hello, however the server dribbles it.
     lines.deadline = Some(started + hello_timeout);
-    let write_error = |e: std::io::Error| error(format!("cannot print: {e}"));
+    let print_error = |e: std::io::Error| Failure::Fatal(format!("cannot print: {e}"));
+    let fatal = Failure::Fatal;
 
     let hello = match lines.next_line() {
-        Ok(Some(line)) => parse_line(line).map_err(error)?,
+        Ok(Some(line)) => parse_line(line).map_err(fatal)?,
         Ok(None) => {
-            return Err(error(
+            return Err(Failure::Lost(
                 "closed the connection without sending a hello".to_owned(),
             ))
         }
         Err(LineError::TimedOut) => {
-            return Err(error(format!(
+            return Err(Failure::Lost(format!(
                 "sent no hello within {} ms of connecting (posed sends it at once: is this \
                  a posed socket?)",
                 hello_timeout.as_millis()
             )))
         }
-        Err(e) => return Err(error(e.describe())),
+        Err(e) => return Err(e.into_failure()),
     };
     match hello.kind.as_str() {
-        "hello" => check_hello(&hello.value).map_err(error)?,
-        "error" => return Err(error(refusal(&hello.value))),
+        "hello" => check_hello(&hello.value).map_err(fatal)?,
+        "error" => return Err(Failure::Lost(refusal(&hello.value))),
         other => {
-            return Err(error(format!(
+            return Err(fatal(format!(
                 "sent a message of type \"{}\" before its hello",
                 quote(other)
             )))
         }
     }
-    print_message(&hello, options, out).map_err(write_error)?;
+    print_message(&hello, options, out).map_err(print_error)?;
     // Frames may pause for as long as the camera takes to come back.
     lines.deadline = None;
     lines
         .reader
         .get_ref()
         .set_read_timeout(None)
-        .map_err(|e| error(format!("cannot clear the read timeout: {e}")))?;
+        .map_err(|e| Failure::Lost(format!("cannot clear the read timeout: {e}")))?;
 
-    let mut report = WatchReport::default();
+    // The server counts drops per connection.
+    let dropped_before = report.dropped;
     while options.count.is_none_or(|count| report.frames < count) {
         let message = match lines.next_line() {
-            Ok(Some(line)) => parse_line(line).map_err(error)?,
-            Ok(None) => break,
-            Err(e) => return Err(error(e.describe())),
+            Ok(Some(line)) => parse_line(line).map_err(fatal)?,
+            Ok(None) => return Ok(Ended::Closed),
+            Err(e) => return Err(e.into_failure()),
         };
         match message.kind.as_str() {
-            "error" => return Err(error(refusal(&message.value))),
-            "hello" => return Err(error("sent a second hello".to_owned())),
+            "error" => return Err(Failure::Lost(refusal(&message.value))),
+            "hello" => return Err(fatal("sent a second hello".to_owned())),
             // What follows would be binary, which this client never asks for.
             "encoding" => {
-                return Err(error(
+                return Err(fatal(
                     "switched encodings, which posed watch did not ask for (it reads NDJSON)"
                         .to_owned(),
                 ))
             }
             "poses" => {
-                check_poses(&message.value).map_err(error)?;
+                check_poses(&message.value).map_err(fatal)?;
                 report.frames += 1;
-                report.dropped = message.value["dropped"].as_u64().unwrap_or(report.dropped);
+                if let Some(dropped) = message.value["dropped"].as_u64() {
+                    report.dropped = dropped_before + dropped;
+                }
             }
             // A message type of a later server: shown, not understood.
             _ => {}
         }
-        print_message(&message, options, out).map_err(write_error)?;
+        print_message(&message, options, out).map_err(print_error)?;
     }
-    Ok(report)
+    Ok(Ended::Counted)
 }
 
 /// Reads lines of at most [`MAX_LINE_BYTES`].
@@ -186,6 +267,14 @@ enum LineError {
 }
 
 impl LineError {
+    /// A line too long breaks the protocol; the others are a connection lost.
+    fn into_failure(self) -> Failure {
+        match self {
+            Self::TooLong => Failure::Fatal(self.describe()),
+            _ => Failure::Lost(self.describe()),
+        }
+    }
+
     fn describe(&self) -> String {
         match self {
             Self::TimedOut => "the connection timed out".to_owned(),
@@ -646,9 +735,14 @@ mod tests {
             let mut out = Vec::new();
             let result = watch_within(
                 &self.socket,
-                WatchOptions { json, count },
+                WatchOptions {
+                    json,
+                    count,
+                    follow: false,
+                },
                 Duration::from_millis(300),
                 &mut out,
+                &mut Vec::new(),
             );
             (result, String::from_utf8(out).expect("UTF-8 output"))
         }
@@ -738,8 +832,10 @@ mod tests {
             WatchOptions {
                 json: true,
                 count: None,
+                follow: false,
             },
             Duration::from_millis(300),
+            &mut Vec::new(),
             &mut Vec::new(),
         )
         .expect_err("a full queue")
@@ -749,6 +845,117 @@ mod tests {
             "{message}"
         );
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    /// Serves one connection per script, in order, on a socket that appears only after
+    /// `absent_for` (a posed starting after its client).
+    fn serve_in_turn(
+        socket: PathBuf,
+        absent_for: Duration,
+        scripts: Vec<Box<dyn FnOnce(UnixStream) + Send>>,
+    ) -> JoinHandle<()> {
+        let bind = move || UnixListener::bind(&socket).expect("bind");
+        let listening = absent_for.is_zero().then(&bind);
+        std::thread::spawn(move || {
+            let listener = listening.unwrap_or_else(|| {
+                std::thread::sleep(absent_for);
+                bind()
+            });
+            for script in scripts {
+                if let Ok((stream, _)) = listener.accept() {
+                    script(stream);
+                }
+            }
+        })
+    }
+
+    fn follow(socket: &Path, count: u64) -> (Result<WatchReport>, String, String) {
+        let (mut out, mut notes) = (Vec::new(), Vec::new());
+        let options = WatchOptions {
+            json: true,
+            count: Some(count),
+            follow: true,
+        };
+        let result = watch_within(
+            socket,
+            options,
+            Duration::from_secs(2),
+            &mut out,
+            &mut notes,
+        );
+        let text = |bytes: Vec<u8>| String::from_utf8(bytes).expect("UTF-8");
+        (result, text(out), text(notes))
+    }
+
+    #[test]
+    fn follow_waits_for_posed_and_reconnects_after_it_stops_or_refuses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("poses.sock");
+        let send = |text: String| -> Box<dyn FnOnce(UnixStream) + Send> {
+            Box::new(move |mut stream| {
+                let _ = stream.write_all(text.as_bytes());
+            })
+        };
+        let server = serve_in_turn(
+            socket.clone(),
+            Duration::from_millis(300),
+            vec![
+                // Two frames, then posed stops.
+                send(format!("{HELLO}{}{}", poses(1), poses(2))),
+                // A posed with no room for another subscriber.
+                send("{\"type\":\"error\",\"reason\":\"too many subscribers\"}\n".into()),
+                // posed again: its frame numbers start over.
+                send(format!("{HELLO}{}{}", poses(0), poses(1))),
+            ],
+        );
+        let (result, out, notes) = follow(&socket, 4);
+        server.join().expect("server");
+        let report = result.expect("followed");
+        // Each connection's server dropped 2 for this subscriber.
+        assert_eq!(
+            report,
+            WatchReport {
+                frames: 4,
+                dropped: 4
+            }
+        );
+        assert_eq!(out.matches("\"type\":\"hello\"").count(), 2, "{out}");
+        assert_eq!(out.matches("\"type\":\"poses\"").count(), 4, "{out}");
+        for reason in [
+            "cannot connect",
+            "posed closed the stream",
+            "too many subscribers",
+        ] {
+            assert_eq!(
+                notes.matches(reason).count(),
+                1,
+                "{reason:?} once in {notes}"
+            );
+        }
+        assert!(notes.contains("poses.sock"), "{notes}");
+    }
+
+    #[test]
+    fn follow_still_ends_on_a_stream_that_breaks_the_protocol() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("poses.sock");
+        let server = serve_in_turn(
+            socket.clone(),
+            Duration::ZERO,
+            vec![Box::new(|mut stream| {
+                let _ = stream.write_all(format!("{HELLO}{{\"type\":\"poses\"}}\n").as_bytes());
+            })],
+        );
+        let (result, _, notes) = follow(&socket, 4);
+        server.join().expect("server");
+        let message = result
+            .expect_err("a poses message without its fields")
+            .to_string();
+        assert!(
+            message.contains("poses.sock") && message.contains("frame"),
+            "{message}"
+        );
+        assert!(notes.is_empty(), "{notes}");
     }
 
     #[test]
