@@ -13,9 +13,14 @@
 //! Before them, a thread's first waits on the daemon's hand-offs: a thread can wait for
 //! the first time in any frame (when the scheduler stops a sender mid-hand-off), so the
 //! frames above cannot show it every time.
+//!
+//! The daemons run as under systemd, with what runs once a second there running at every
+//! frame here: a status line (STATUS= and the log), watchdog pings to a real
+//! `NOTIFY_SOCKET`, and a `tracing` subscriber formatting every log line as `posed run`'s
+//! does (into a sink rather than stderr).
 
 use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -52,6 +57,8 @@ fn main() {
 
 fn steady_state_frames_allocate_nothing() {
     let first_waits = first_waits_of_a_thread();
+    let service_dir = tempfile::tempdir().expect("tempdir");
+    let service_manager = service_manager(service_dir.path());
     assert_eq!(
         first_waits, 0,
         "a thread's first waits on a hand-off: {first_waits} allocations"
@@ -67,7 +74,7 @@ fn steady_state_frames_allocate_nothing() {
     demo.engines.cpu_threads = Some(3);
     demo.stream.socket = dir.path().join("demo.sock");
     let (parts, options) = parts_from_config(&demo).expect("the demo's parts");
-    let counted = run_counted(parts, options, 4, 6);
+    let counted = run_counted(parts, options, 4, 6, &service_manager);
     assert_eq!(
         counted, 0,
         "the demo: {counted} allocations over 6 steady-state frames (all threads)"
@@ -116,7 +123,7 @@ fn steady_state_frames_allocate_nothing() {
         reopen_max: Duration::from_millis(10),
         max_frames: None,
     };
-    let counted = run_counted(parts, options, WARMUP, 12);
+    let counted = run_counted(parts, options, WARMUP, 12, &service_manager);
     assert_eq!(
         counted, 0,
         "annotated boxes: {counted} allocations over 12 steady-state frames (all threads)"
@@ -150,16 +157,41 @@ fn first_waits_of_a_thread() -> u64 {
     counted as u64
 }
 
+/// What systemd gives `posed run`: a `NOTIFY_SOCKET` (bound here, returned, read after each
+/// run), a watchdog, and a log subscriber formatting every enabled line.
+fn service_manager(dir: &std::path::Path) -> UnixDatagram {
+    let path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).expect("bind the notification socket");
+    socket.set_nonblocking(true).expect("non-blocking");
+    // Before any thread of the daemon reads the environment.
+    std::env::set_var("NOTIFY_SOCKET", &path);
+    // A ping due at every frame (half the period).
+    std::env::set_var("WATCHDOG_USEC", "1000");
+    std::env::remove_var("WATCHDOG_PID");
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(std::io::sink)
+        .init();
+    socket
+}
+
 /// Runs a daemon for `warmup + counted` frames with two subscribers and returns the heap
 /// allocations (every thread) of the last `counted` frames, after checking that the frames
-/// went out with objects and reached both subscribers.
-fn run_counted(parts: DaemonParts, mut options: DaemonOptions, warmup: u64, counted: u64) -> u64 {
+/// went out with objects and reached both subscribers, and that `service_manager` heard
+/// status lines and watchdog pings.
+fn run_counted(
+    parts: DaemonParts,
+    mut options: DaemonOptions,
+    warmup: u64,
+    counted: u64,
+    service_manager: &UnixDatagram,
+) -> u64 {
     assert!(warmup > 2, "the warm-up covers the subscribers' start");
     let socket = options.stream.socket.clone();
     options.service = ServiceConfig {
         warmup_frames: 1,
-        // No status line inside the counted frames.
-        status_interval_ms: 3_600_000,
+        // A status line at every turn of the publish loop, counted frames included.
+        status_interval_ms: 0,
     };
     options.max_frames = Some(warmup + counted);
     let total = warmup + counted;
@@ -223,7 +255,7 @@ fn run_counted(parts: DaemonParts, mut options: DaemonOptions, warmup: u64, coun
             parts,
             options,
             Arc::new(AtomicBool::new(false)),
-            Notifier::disabled(),
+            Notifier::from_env().expect("NOTIFY_SOCKET"),
             Some(observer),
         )
     });
@@ -286,6 +318,17 @@ fn run_counted(parts: DaemonParts, mut options: DaemonOptions, warmup: u64, coun
     assert!(
         binary_bytes > 160 * total as usize && binary_bytes < bytes,
         "the binary subscriber got binary frames ({binary_bytes} bytes, JSON {bytes})"
+    );
+    let (mut statuses, mut pings) = (0, 0);
+    let mut message = [0u8; 1024];
+    while let Ok(n) = service_manager.recv(&mut message) {
+        let text = String::from_utf8_lossy(&message[..n]);
+        statuses += usize::from(text.starts_with("STATUS=") && text.contains(" fps, "));
+        pings += usize::from(text == "WATCHDOG=1");
+    }
+    assert!(
+        statuses > 0 && pings > 0,
+        "{statuses} status lines, {pings} pings"
     );
     at_end.load(Ordering::SeqCst) - at_warmup.load(Ordering::SeqCst)
 }
