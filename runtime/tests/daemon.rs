@@ -76,6 +76,7 @@ fn options(socket: &Path, max_frames: Option<u64>) -> DaemonOptions {
         service: ServiceConfig {
             warmup_frames: 1,
             status_interval_ms: 60_000,
+            idle_without_subscribers: false,
         },
         reopen_min: Duration::from_millis(10),
         reopen_max: Duration::from_millis(40),
@@ -294,6 +295,132 @@ fn a_bad_socket_path_fails_before_any_work() {
     .expect_err("no folder")
     .to_string();
     assert!(message.contains("/nonexistent-posed-dir"), "{message}");
+}
+
+/// A camera at 20 Hz as V4L2 behaves when nobody dequeues for a while: the driver fills
+/// its buffers with the frames that follow, then drops the rest; the next dequeues return
+/// those old frames first.
+struct QueueingCamera {
+    inner: SequenceSource,
+    last_capture_ns: u64,
+    /// Old frames still to hand out, and when each was taken.
+    queued: Vec<u64>,
+}
+
+impl FrameSource for QueueingCamera {
+    fn info(&self) -> &SourceInfo {
+        self.inner.info()
+    }
+
+    fn capture(&mut self, frame: &mut Frame) -> Result<Captured> {
+        let now = posed::source::monotonic_ns();
+        if self.last_capture_ns > 0 && now - self.last_capture_ns > 200_000_000 {
+            // Four buffers filled 50, 100, 150 and 200 ms after the last dequeue.
+            self.queued = (1..=4)
+                .rev()
+                .map(|i| self.last_capture_ns + i * 50_000_000)
+                .collect();
+        }
+        let captured = self.inner.capture(frame)?;
+        if let Some(t_ns) = self.queued.pop() {
+            frame.t_capture_ns = t_ns;
+        }
+        self.last_capture_ns = now;
+        Ok(captured)
+    }
+
+    fn reopen(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// With `idle_without_subscribers`, once ready the daemon captures and infers nothing
+/// while no one is connected, and resumes for a subscriber with frames captured after it
+/// connected: those a camera queued meanwhile are dropped as stale.
+#[test]
+fn without_subscribers_the_daemon_pauses_and_resumes_with_fresh_frames() {
+    for paced in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("poses.sock");
+        let source: Box<dyn FrameSource> = if paced {
+            Box::new(QueueingCamera {
+                inner: SequenceSource::open(&sequence_config(20.0, true)).expect("sequence"),
+                last_capture_ns: 0,
+                queued: Vec::new(),
+            })
+        } else {
+            Box::new(SequenceSource::open(&sequence_config(0.0, true)).expect("sequence"))
+        };
+        let mut options = options(&socket, None);
+        options.service.idle_without_subscribers = true;
+        // (publish time, capture time) of every frame published.
+        let published = Arc::new(std::sync::Mutex::new(Vec::<(u64, u64)>::new()));
+        let observer: FrameObserver = {
+            let published = Arc::clone(&published);
+            Box::new(move |frame: &PoseFrame, _: &StreamStats| {
+                let mut published = published.lock().expect("lock");
+                published.push((frame.t_publish_ns, frame.t_capture_ns));
+            })
+        };
+        let (daemon, shutdown) = start(parts(source), options, Some(observer));
+        let count = || published.lock().expect("lock").len();
+
+        // The warm-up frame, then nothing while nobody listens (a frame already past
+        // the capture thread may still go out).
+        let until = Instant::now() + Duration::from_secs(60);
+        while count() == 0 {
+            assert!(Instant::now() < until, "no warm-up frame");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let before = count();
+        std::thread::sleep(Duration::from_millis(700));
+        assert_eq!(
+            count(),
+            before,
+            "paced {paced}: frames went out with no subscriber"
+        );
+
+        for round in 0..2 {
+            let connected_ns = posed::source::monotonic_ns();
+            let subscriber = UnixStream::connect(&socket).expect("subscribe");
+            let mut lines = BufReader::new(subscriber).lines();
+            for _ in 0..3 {
+                lines.next().expect("a line").expect("read");
+            }
+            drop(lines);
+            // The observer runs after the frame was queued for the subscriber.
+            let fresh_count = || {
+                let frames = published.lock().expect("lock");
+                frames.iter().filter(|(t, _)| *t > connected_ns).count()
+            };
+            let until = Instant::now() + Duration::from_secs(10);
+            while fresh_count() < 2 && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let frames = published.lock().expect("lock").clone();
+            let fresh: Vec<_> = frames.iter().filter(|(t, _)| *t > connected_ns).collect();
+            assert!(fresh.len() >= 2, "paced {paced}, round {round}: {frames:?}");
+            for (_, t_capture_ns) in fresh {
+                assert!(
+                    *t_capture_ns >= connected_ns,
+                    "paced {paced}, round {round}: a frame captured before the subscriber \
+                     connected went out"
+                );
+            }
+            // The subscriber's writer ends within 50 ms of the hang-up; then the pause.
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        shutdown.store(true, Ordering::Relaxed);
+        let report = daemon.join().expect("daemon thread").expect("run");
+        assert_eq!(report.idle_periods, 3, "paced {paced}: {report:?}");
+        if paced {
+            // Each resumption met the camera's four queued frames.
+            assert_eq!(report.stale_dropped, 8, "{report:?}");
+        } else {
+            assert_eq!(report.stale_dropped, 0, "{report:?}");
+        }
+    }
 }
 
 /// A source that delivers `good` frames, then panics: a bug in a source.

@@ -192,6 +192,8 @@ fn run_counted(
         warmup_frames: 1,
         // A status line at every turn of the publish loop, counted frames included.
         status_interval_ms: 0,
+        // Subscribed throughout: only the check whether to pause runs, at every frame.
+        idle_without_subscribers: true,
     };
     options.max_frames = Some(warmup + counted);
     let total = warmup + counted;

@@ -36,6 +36,21 @@ fn posed_on(args: &[&str], path: &Path) -> std::process::Output {
     posed().args(args).arg(path).output().expect("posed runs")
 }
 
+/// `posed run --config CONFIG` with `NOTIFY_SOCKET` and `env` set, stderr piped.
+fn run_notifying(config: &Path, notify_path: &Path, env: &[(&str, &str)]) -> Running {
+    Running(
+        posed()
+            .args(["run", "--config"])
+            .arg(config)
+            .env("NOTIFY_SOCKET", notify_path)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start posed run"),
+    )
+}
+
 /// Waits for a notification that starts with `prefix`; returns every message seen.
 fn wait_for_notification(socket: &UnixDatagram, prefix: &str, seen: &mut Vec<String>) {
     let until = Instant::now() + Duration::from_secs(300);
@@ -259,19 +274,23 @@ fn watch_without_a_daemon_says_so() {
     );
 }
 
+/// The `[service]` section of [`quick_config`] unless a test needs another.
+const QUIET_SERVICE: &str = "status_interval_ms = 60000";
+
 /// A configuration of the daemon that loads no network (objects are the scenes' annotated
-/// boxes, no iterations): it starts in a fraction of a second.
-fn quick_config(dir: &Path) -> PathBuf {
+/// boxes, no iterations), its source at `rate_hz`, with `service` as its `[service]`
+/// section: it starts in a fraction of a second.
+fn quick_config(dir: &Path, rate_hz: f64, service: &str) -> PathBuf {
     let data = data_dir("ycbv-mini");
     let path = dir.join("quick.toml");
     std::fs::write(
         &path,
         format!(
-            "[source]\nkind = \"sequence\"\npath = \"{}\"\nrate_hz = 20.0\n\n\
+            "[source]\nkind = \"sequence\"\npath = \"{}\"\nrate_hz = {rate_hz:?}\n\n\
              [pipeline]\nmodels = \"{}\"\nobjects = \"dataset-boxes\"\n\
              coarse_iterations = 0\nrefiner_iterations = 0\n\n\
              [engines]\ncache_dir = \"{}\"\n\n\
-             [stream]\nsocket = \"{}\"\n\n[service]\nstatus_interval_ms = 60000\n",
+             [stream]\nsocket = \"{}\"\n\n[service]\n{service}\n",
             data.join("test").display(),
             data.join("models").display(),
             dir.join("cache").display(),
@@ -285,26 +304,10 @@ fn quick_config(dir: &Path) -> PathBuf {
 #[test]
 fn sighup_stops_the_daemon_cleanly_and_a_log_into_a_pipe_has_no_colour() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = quick_config(dir.path());
-    let text = std::fs::read_to_string(&config).expect("the configuration");
-    std::fs::write(
-        &config,
-        text.replace("status_interval_ms = 60000", "status_interval_ms = 100"),
-    )
-    .expect("write the configuration");
+    let config = quick_config(dir.path(), 20.0, "status_interval_ms = 100");
     let socket = dir.path().join("poses.sock");
     let (notify_path, notify) = notify_socket(dir.path());
-    let mut daemon = Running(
-        posed()
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("NOTIFY_SOCKET", &notify_path)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start posed run"),
-    );
+    let mut daemon = run_notifying(&config, &notify_path, &[("RUST_LOG", "info")]);
     let mut seen = Vec::new();
     wait_for_notification(&notify, "READY=1", &mut seen);
     assert!(
@@ -338,13 +341,45 @@ fn sighup_stops_the_daemon_cleanly_and_a_log_into_a_pipe_has_no_colour() {
     assert!(!dir.path().join("poses.sock.lock").exists());
 }
 
+/// `idle_without_subscribers`: paused for want of subscribers, posed says so in its status
+/// and still pings the watchdog (a pause is not a hang: systemd must not restart it).
+#[test]
+fn a_daemon_paused_for_want_of_subscribers_keeps_the_watchdog_fed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = quick_config(
+        dir.path(),
+        20.0,
+        "status_interval_ms = 100\nidle_without_subscribers = true",
+    );
+    let (notify_path, notify) = notify_socket(dir.path());
+    let mut daemon = run_notifying(&config, &notify_path, &[("WATCHDOG_USEC", "200000")]);
+    let mut seen = Vec::new();
+    wait_for_notification(&notify, "READY=1", &mut seen);
+    let until = Instant::now() + Duration::from_secs(60);
+    while !seen
+        .last()
+        .is_some_and(|s| s.contains("paused: no subscriber"))
+    {
+        assert!(Instant::now() < until, "never paused: {seen:?}");
+        wait_for_notification(&notify, "STATUS=", &mut seen);
+    }
+    // Two pings after the pause began: it goes on.
+    for _ in 0..2 {
+        wait_for_notification(&notify, "WATCHDOG=1", &mut seen);
+    }
+    kill(&daemon.0, libc::SIGTERM);
+    let (status, stderr) = wait_with_stderr(&mut daemon.0, Duration::from_secs(10), "SIGTERM");
+    assert!(status.success(), "exit status {status:?}\n{stderr}");
+    assert!(stderr.contains("capture and inference paused"), "{stderr}");
+}
+
 #[test]
 fn run_refuses_at_once_a_live_socket_whose_listener_accepts_nobody() {
     use std::os::fd::AsRawFd;
     use std::os::unix::net::{UnixListener, UnixStream};
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = quick_config(dir.path());
+    let config = quick_config(dir.path(), 20.0, QUIET_SERVICE);
     let socket = dir.path().join("poses.sock");
     // A listener whose queue holds one connection, filled: a server that has stopped
     // accepting (a hung posed).
@@ -482,7 +517,7 @@ fn config_check_notes_a_runtime_directory_systemd_has_not_made_yet() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = std::fs::read_to_string(quick_config(dir.path()))
+    let config = std::fs::read_to_string(quick_config(dir.path(), 20.0, QUIET_SERVICE))
         .expect("read")
         .replace(
             &dir.path().join("poses.sock").display().to_string(),
@@ -545,10 +580,7 @@ fn follow_keeps_watching_across_a_restart_of_posed() {
     use std::sync::mpsc;
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = quick_config(dir.path());
-    let text = std::fs::read_to_string(&config).expect("the configuration");
-    std::fs::write(&config, text.replace("rate_hz = 20.0", "rate_hz = 1.0"))
-        .expect("write the configuration");
+    let config = quick_config(dir.path(), 1.0, QUIET_SERVICE);
     let socket = dir.path().join("poses.sock");
     let start_posed = || {
         let daemon = Running(

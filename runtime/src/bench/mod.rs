@@ -267,6 +267,8 @@ pub fn run_bench(
         })
     };
     daemon_options.max_frames = Some(options.warmup.saturating_add(options.frames));
+    // The bench has no subscriber: it measures frames, not a pause.
+    daemon_options.service.idle_without_subscribers = false;
     let run: RunReport = run_daemon(
         parts,
         daemon_options,

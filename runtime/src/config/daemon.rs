@@ -49,6 +49,8 @@
 //! [service]
 //! warmup_frames = 1             # frames run before READY=1, 0 to 100 (0 counts as 1)
 //! status_interval_ms = 1000     # STATUS= and the log line, this often
+//! idle_without_subscribers = false  # true: once ready, capture and inference pause while
+//!                               # no subscriber is connected (saves power on battery)
 //! ```
 
 use std::path::PathBuf;
@@ -268,6 +270,11 @@ pub struct ServiceConfig {
     pub warmup_frames: usize,
     /// How often STATUS= and the status log line are written, ms.
     pub status_interval_ms: u64,
+    /// Once ready, pause capture and inference while no subscriber is connected: no one
+    /// reads the poses, so computing them only spends the battery. A subscriber that
+    /// connects gets poses of frames captured after it connected (frames a camera held
+    /// in its queue meanwhile are dropped as stale).
+    pub idle_without_subscribers: bool,
 }
 
 impl Default for ServiceConfig {
@@ -275,6 +282,7 @@ impl Default for ServiceConfig {
         Self {
             warmup_frames: 1,
             status_interval_ms: 1000,
+            idle_without_subscribers: false,
         }
     }
 }

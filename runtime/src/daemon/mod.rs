@@ -119,6 +119,13 @@ pub struct DaemonStats {
     pub published: AtomicU64,
     /// Times the camera was lost.
     pub camera_lost: AtomicU64,
+    /// Times the daemon paused for want of subscribers (`idle_without_subscribers`).
+    pub idle_periods: AtomicU64,
+    /// Turns of the capture loop while paused: its sign of life for the watchdog.
+    pub idle_ticks: AtomicU64,
+    /// Frames captured before the end of a pause (held in a camera's queue meanwhile),
+    /// dropped as stale.
+    pub stale_dropped: AtomicU64,
 }
 
 impl DaemonStats {
@@ -152,6 +159,10 @@ pub struct RunReport {
     pub failed: u64,
     /// Times the camera was lost.
     pub camera_lost: u64,
+    /// Times the daemon paused for want of subscribers.
+    pub idle_periods: u64,
+    /// Frames dropped as stale after a pause.
+    pub stale_dropped: u64,
     /// Subscribers ever connected.
     pub subscribers: u64,
     /// Subscribers disconnected for not reading.
@@ -199,6 +210,9 @@ pub fn run(
 
     let stats = Arc::new(DaemonStats::default());
     let source_state = Arc::new(AtomicU8::new(SOURCE_OK));
+    // Set once READY=1 went out: only then may the daemon pause for want of subscribers.
+    let serving = Arc::new(AtomicBool::new(false));
+    let idle = Arc::new(AtomicBool::new(false));
     let fatal: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
     let on_panic = StopOnPanic {
         fatal: Arc::clone(&fatal),
@@ -225,11 +239,33 @@ pub fn run(
         let free_tx = free_frames_tx.clone();
         let to_infer_rx = to_infer_rx.clone();
         let (reopen_min, reopen_max) = (options.reopen_min, options.reopen_max);
+        let pause = options.service.idle_without_subscribers.then(|| IdlePause {
+            serving: Arc::clone(&serving),
+            idle: Arc::clone(&idle),
+            stream: server.shared(),
+        });
         spawn_pipeline_thread("posed-capture", &on_panic, move || {
             let mut number = 0u64;
             let mut lost_since: Option<u32> = None;
             let paced = source.paced();
+            // Frames captured before this instant are stale (the end of the last pause).
+            let mut fresh_after_ns = 0u64;
             while !shutdown.load(Ordering::Relaxed) {
+                if let Some(pause) = &pause {
+                    if pause.wanted() {
+                        if !pause.idle.swap(true, Ordering::Relaxed) {
+                            stats.idle_periods.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!("no subscriber: capture and inference paused");
+                        }
+                        stats.idle_ticks.fetch_add(1, Ordering::Relaxed);
+                        sleep_unless(&shutdown, TICK);
+                        continue;
+                    }
+                    if pause.idle.swap(false, Ordering::Relaxed) {
+                        fresh_after_ns = monotonic_ns();
+                        tracing::info!("a subscriber: capture and inference resumed");
+                    }
+                }
                 if !paced && !to_infer_tx.wait_for_demand(TICK) {
                     continue;
                 }
@@ -237,7 +273,14 @@ pub fn run(
                     continue;
                 };
                 match source.capture(&mut frame) {
+                    Ok(Captured::Frame) if frame.t_capture_ns < fresh_after_ns => {
+                        // Held in the camera's queue during the pause: a subscriber must
+                        // not get poses of the past as news.
+                        stats.stale_dropped.fetch_add(1, Ordering::Relaxed);
+                        let _ = free_tx.try_send(frame);
+                    }
                     Ok(Captured::Frame) => {
+                        fresh_after_ns = 0;
                         if lost_since.take().is_some() {
                             source_state.store(SOURCE_OK, Ordering::Relaxed);
                         }
@@ -352,6 +395,7 @@ pub fn run(
     let watchdog_interval = notifier.watchdog().map(|period| period / 2);
     let mut last_ping = Instant::now();
     let mut published_at_ping = 0u64;
+    let mut idle_ticks_at_ping = 0u64;
     let mut last_status = Instant::now();
     let mut published_at_status = 0u64;
     let mut source_ended = false;
@@ -375,6 +419,7 @@ pub fn run(
                 let _ = free_poses_tx.try_send(pose);
                 if !ready && published >= warmup {
                     ready = true;
+                    serving.store(true, Ordering::Relaxed);
                     notifier.ready(format_args!(
                         "running: {} warm-up frame(s) done, poses on {}",
                         published,
@@ -397,17 +442,22 @@ pub fn run(
             }
         }
         if let Some(interval) = watchdog_interval {
-            // Progress is a frame gone out since the last ping, or a lost camera that the
+            // Progress is a frame gone out since the last ping, a lost camera that the
             // capture thread is still reopening (systemd must not restart a daemon that is
-            // waiting for its camera to come back). A stuck pipeline stops the pings, and
-            // systemd restarts it.
+            // waiting for its camera to come back), or a pause for want of subscribers
+            // that the capture thread is still keeping. A stuck pipeline stops the pings,
+            // and systemd restarts it.
             let published = stats.published.load(Ordering::Relaxed);
+            let idle_ticks = stats.idle_ticks.load(Ordering::Relaxed);
             let reopening =
                 source_state.load(Ordering::Relaxed) == SOURCE_LOST && !capture.is_finished();
-            if (published != published_at_ping || reopening) && last_ping.elapsed() >= interval {
+            let progress =
+                published != published_at_ping || idle_ticks != idle_ticks_at_ping || reopening;
+            if progress && last_ping.elapsed() >= interval {
                 notifier.watchdog_ping();
                 last_ping = Instant::now();
                 published_at_ping = published;
+                idle_ticks_at_ping = idle_ticks;
             }
         }
         if last_status.elapsed() >= status_interval {
@@ -427,6 +477,7 @@ pub fn run(
                 match source_state.load(Ordering::Relaxed) {
                     SOURCE_LOST => ", camera lost: reopening",
                     SOURCE_ENDED => ", sequence ended",
+                    _ if idle.load(Ordering::Relaxed) => ", paused: no subscriber",
                     _ => "",
                 }
             );
@@ -446,6 +497,8 @@ pub fn run(
         dropped_before_infer: stats.dropped_before_infer.load(Ordering::Relaxed),
         failed: stats.failed.load(Ordering::Relaxed),
         camera_lost: stats.camera_lost.load(Ordering::Relaxed),
+        idle_periods: stats.idle_periods.load(Ordering::Relaxed),
+        stale_dropped: stats.stale_dropped.load(Ordering::Relaxed),
         subscribers: server.stats().accepted.load(Ordering::Relaxed),
         subscribers_stalled: 0,
         subscribers_garbage: 0,
@@ -502,6 +555,24 @@ fn spawn(name: &str, work: impl FnOnce() + Send + 'static) -> Result<JoinHandle<
             what: format!("thread {name}"),
             reason: format!("cannot start: {e}"),
         })
+}
+
+/// When the capture thread pauses (`service.idle_without_subscribers`).
+struct IdlePause {
+    /// READY=1 went out: the warm-up ran whatever the subscribers.
+    serving: Arc<AtomicBool>,
+    /// Paused now (for the status line).
+    idle: Arc<AtomicBool>,
+    /// The pose stream, whose subscribers are counted.
+    stream: Arc<stream::Shared>,
+}
+
+impl IdlePause {
+    /// Whether to pause: ready, and nobody connected.
+    fn wanted(&self) -> bool {
+        self.serving.load(Ordering::Relaxed)
+            && self.stream.stats().subscribers.load(Ordering::Relaxed) == 0
+    }
 }
 
 /// What a pipeline thread that panics sets: the run's error, and the stop.

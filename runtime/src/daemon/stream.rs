@@ -303,6 +303,11 @@ impl StreamServer {
         &self.shared.stats
     }
 
+    /// The server's shared state, for other threads to read its counters.
+    pub fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
     /// Queues one frame for every subscriber, in its encoding. Never blocks on a
     /// subscriber; allocates nothing.
     pub fn publish(&self, frame: &EncodedFrame<'_>) {
