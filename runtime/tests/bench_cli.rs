@@ -151,6 +151,10 @@ fn bench_without_meters_reports_no_power_and_required_power_fails() {
     let (_, report) = bench_demo(dir.path(), dir.path(), &["--frames", "1", "--warmup", "1"]);
     assert_eq!(report["frames"], 1);
     assert!(report["power"].is_null(), "{report}");
+    assert!(
+        report["sampler_cores"].is_null(),
+        "no sampler ran: {report}"
+    );
 
     let output = posed()
         .args(["bench", "--demo", "--frames", "1", "--power", "required"])
@@ -254,6 +258,10 @@ fn on_an_orin_nano_the_bench_reports_its_rails_and_clocks() {
     for (found, expected) in first.iter().zip([729.6, 1510.4, 305.25]) {
         assert!((found - expected).abs() <= 0.06, "{clocks}");
     }
+    // Two samplers every 2 ms: their cost is measured, and it is some, not cores.
+    let sampler_cores = number(&report["sampler_cores"], "sampler_cores");
+    assert!(sampler_cores > 0.0 && sampler_cores < 2.0, "{report}");
+    assert!(stdout.contains("samplers: "), "{stdout}");
     assert!(
         stdout.contains(
             "clock:   devfreq 17000000.gpu: 305 MHz on average of 625 MHz allowed, governor nvhost_podgov"

@@ -24,13 +24,13 @@ pub use report::{format_report, Traces};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::daemon::message::StageLatencies;
 use crate::daemon::notify::Notifier;
-use crate::daemon::unix::{peak_resident_mib, process_cpu_s};
+use crate::daemon::unix::{peak_resident_mib, process_cpu_s, thread_cpu_s};
 use crate::daemon::{run as run_daemon, DaemonOptions, DaemonParts, RunReport};
 use crate::source::monotonic_ns;
 use crate::{Error, Result};
@@ -153,6 +153,9 @@ pub struct BenchReport {
     pub cores_busy: f64,
     /// Peak resident memory of the process, MiB.
     pub peak_resident_mib: f64,
+    /// Cores the power and clock samplers kept busy on average (their CPU time over
+    /// their life, summed); inside `cores_busy` and the energy. Null without samplers.
+    pub sampler_cores: Option<f64>,
     /// Power and energy; null when no meter was found or asked for.
     pub power: Option<PowerSummary>,
     /// Why a part is missing, what to keep in mind.
@@ -276,8 +279,23 @@ pub fn run_bench(
         Notifier::disabled(),
         Some(observer),
     )?;
-    let trace = sampler.map(SamplingThread::finish).transpose()?;
-    let clock_trace = clock_sampler.map(SamplingThread::finish).transpose()?;
+    let trace = sampler.map(SamplingThread::finish_with_cost).transpose()?;
+    let clock_trace = clock_sampler
+        .map(SamplingThread::finish_with_cost)
+        .transpose()?;
+    // The samplers run beside the pipeline and their cost is inside the CPU time and the
+    // energy measured: said, so that it can be weighed.
+    let sampler_costs = [
+        trace.as_ref().map(|(_, cost)| *cost),
+        clock_trace.as_ref().map(|(_, cost)| *cost),
+    ];
+    let sampler_cores = sampler_costs
+        .iter()
+        .flatten()
+        .map(|cost| cost.cpu_s / cost.wall_s.max(f64::MIN_POSITIVE))
+        .reduce(|a, b| a + b);
+    let trace = trace.map(|(trace, _)| trace);
+    let clock_trace = clock_trace.map(|(trace, _)| trace);
     let recorder = Arc::try_unwrap(recorder)
         .map_err(|_| Error::Invalid {
             what: "bench".into(),
@@ -355,6 +373,7 @@ pub fn run_bench(
             0.0
         },
         peak_resident_mib: peak_resident_mib(),
+        sampler_cores,
         power,
         notes,
     };
@@ -527,7 +546,16 @@ pub fn machine_description() -> String {
 pub struct SamplingThread<T> {
     what: &'static str,
     stop: Arc<AtomicBool>,
-    handle: Option<std::thread::JoinHandle<T>>,
+    handle: Option<std::thread::JoinHandle<(T, SamplerCost)>>,
+}
+
+/// What a sampling thread cost: its own CPU time over its life, s.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SamplerCost {
+    /// CPU time of the thread, s.
+    pub cpu_s: f64,
+    /// From its start to its end, s.
+    pub wall_s: f64,
 }
 
 impl<T> Drop for SamplingThread<T> {
@@ -556,12 +584,18 @@ impl<T: Send + 'static> SamplingThread<T> {
         let handle = std::thread::Builder::new()
             .name(format!("posed-{what}"))
             .spawn(move || {
+                let (started, cpu_at_start_s) = (Instant::now(), thread_cpu_s());
                 while !thread_stop.load(Ordering::Relaxed) {
                     std::thread::sleep(interval);
                     sample(&mut state);
                 }
                 sample(&mut state);
-                finish(state)
+                let gathered = finish(state);
+                let cost = SamplerCost {
+                    cpu_s: thread_cpu_s() - cpu_at_start_s,
+                    wall_s: started.elapsed().as_secs_f64(),
+                };
+                (gathered, cost)
             })
             .map_err(|e| Error::Invalid {
                 what: format!("{what} sampler"),
@@ -578,7 +612,15 @@ impl<T: Send + 'static> SamplingThread<T> {
     ///
     /// # Errors
     /// The sampling thread panicked.
-    pub fn finish(mut self) -> Result<T> {
+    pub fn finish(self) -> Result<T> {
+        self.finish_with_cost().map(|(gathered, _)| gathered)
+    }
+
+    /// [`SamplingThread::finish`], with what the thread cost.
+    ///
+    /// # Errors
+    /// The sampling thread panicked.
+    pub fn finish_with_cost(mut self) -> Result<(T, SamplerCost)> {
         self.stop.store(true, Ordering::Relaxed);
         let panicked = || Error::Invalid {
             what: format!("{} sampler", self.what),

@@ -63,6 +63,13 @@ pub fn format_report(report: &BenchReport) -> String {
          {:.0} MiB",
         report.cores_busy, report.cpu_s, report.peak_resident_mib
     );
+    if let Some(cores) = report.sampler_cores {
+        let _ = writeln!(
+            out,
+            "samplers: {cores:.4} core(s) busy reading the meters (inside the CPU and energy \
+             figures)"
+        );
+    }
     match &report.power {
         None => {}
         Some(power) => {

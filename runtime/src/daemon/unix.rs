@@ -103,6 +103,18 @@ pub(crate) fn peak_resident_mib() -> f64 {
     resource_usage().ru_maxrss as f64 / 1024.0
 }
 
+/// CPU time of the calling thread so far, s.
+pub(crate) fn thread_cpu_s() -> f64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID always exists
+    // on Linux (on failure `now` stays zero).
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    now.tv_sec as f64 + now.tv_nsec as f64 * 1e-9
+}
+
 /// getrusage(RUSAGE_SELF): a system call, no allocation (the daemon's status reads it).
 fn resource_usage() -> libc::rusage {
     // SAFETY: rusage is plain data, valid when zeroed.
