@@ -383,9 +383,8 @@ pub(crate) fn decode_onnx(path: &Path, bytes: &[u8]) -> Result<pb::ModelProto, E
 /// Refuses a graph with a `ConstantOfShape` or an `Expand` whose shape is a constant (an
 /// initialiser or a `Constant` node) asking for more than [`MAX_BUFFER_BYTES`], before
 /// tract sees it: tract evaluates such constants while it types the graph, and on huge
-/// ones it panics (caught, but after evaluating for a long time) or fails to allocate,
-/// which ends the process. Shapes computed from the input are checked later, on the typed
-/// graph.
+/// ones it panics or fails to allocate, which ends a release build's process (`panic =
+/// "abort"`). Shapes computed from the input are checked later, on the typed graph.
 pub(crate) fn check_constant_shapes(
     path: &Path,
     model: &pb::ModelProto,

@@ -250,8 +250,9 @@ fn tract_error(path: &Path, stage: &'static str) -> impl Fn(TractError) -> Engin
 /// Runs one of tract's stages on a network, an error naming the file and the stage; a
 /// panic inside tract (a bug some malformed graphs trigger: a division by zero in a
 /// reduction of a huge constant, a failed allocation) becomes such an error too, and the
-/// network is dropped. The panic's default message is still printed. `network.rs` refuses
-/// the graphs known to cause one before tract sees them.
+/// network is dropped. The panic's default message is still printed. In a build with
+/// `panic = "abort"` (the release profile) a panic still ends the process: `network.rs`
+/// refuses the graphs known to cause one before tract sees them.
 fn tract_stage<T>(
     path: &Path,
     stage: &'static str,

@@ -22,8 +22,9 @@
 //!
 //! cudarc panics (instead of returning an error) when a library or one of its symbols is
 //! missing. This module checks that the libraries load before the first call and runs
-//! every cudarc call that could hit a missing symbol inside `catch_unwind` (posed's release
-//! profile unwinds, so this holds in the shipped binary too).
+//! every cudarc call that could hit a missing symbol inside `catch_unwind`; with
+//! `panic = "abort"` (posed's release profile) only the presence checks protect, so they
+//! come first.
 
 pub mod color;
 pub mod compile;

@@ -399,6 +399,7 @@ pub fn run(
     let mut last_status = Instant::now();
     let mut published_at_status = 0u64;
     let mut source_ended = false;
+    let mut pipeline_ended = false;
     while !shutdown.load(Ordering::Relaxed) {
         match to_publish_rx.recv_timeout(TICK) {
             Ok(mut pose) => {
@@ -438,6 +439,7 @@ pub fn run(
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 source_ended = source_state.load(Ordering::Relaxed) == SOURCE_ENDED;
+                pipeline_ended = true;
                 break;
             }
         }
@@ -514,8 +516,15 @@ pub fn run(
         ..report
     };
     // A frame in flight may take longer than the second a stop may take: past the
-    // deadline it is abandoned (its thread ends with the process).
-    let deadline = Instant::now() + Duration::from_millis(300);
+    // deadline it is abandoned (its thread ends with the process). A pipeline that ended
+    // by itself (a channel closed) is waited for longer: a thread that panicked closes
+    // its channels while it unwinds, before it records its error.
+    let deadline = Instant::now()
+        + if pipeline_ended {
+            Duration::from_secs(5)
+        } else {
+            Duration::from_millis(300)
+        };
     for handle in [capture, infer] {
         while !handle.is_finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
@@ -582,11 +591,12 @@ struct StopOnPanic {
     shutdown: Arc<AtomicBool>,
 }
 
-/// Starts a pipeline thread. A panic in it (a bug in posed: bad input is an error, not a
-/// panic) becomes the run's error, naming the thread, and stops the run, so that the
-/// process exits with a failure and systemd restarts it. Without this the other threads
-/// would see the panicked one's channels close, take it for the end of the source and
-/// exit with success, which `Restart=on-failure` does not restart.
+/// Starts a pipeline thread. The release build aborts on a panic (a bug in posed: bad
+/// input is an error, not a panic), and systemd restarts it. A build that unwinds (debug
+/// builds, tests) gets the same outcome from here: the panic becomes the run's error,
+/// naming the thread, and stops the run, so the process exits with a failure. Without
+/// this the other threads would see the panicked one's channels close, take it for the
+/// end of the source and exit with success.
 fn spawn_pipeline_thread(
     name: &'static str,
     on_panic: &StopOnPanic,

@@ -23,7 +23,6 @@ use std::io::{ErrorKind, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -270,18 +269,7 @@ impl StreamServer {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("posed-accept".to_owned())
-                .spawn(move || {
-                    let mut next_id = 0u64;
-                    // A panic while taking one connection (a bug in posed) loses that
-                    // connection, not the stream: the loop starts again.
-                    while catch_unwind(AssertUnwindSafe(|| {
-                        accept_loop(&listener, &shared, &mut next_id);
-                    }))
-                    .is_err()
-                    {
-                        tracing::error!("pose stream: the accept loop panicked; restarting it");
-                    }
-                })
+                .spawn(move || accept_loop(&listener, &shared))
                 .map_err(|e| error(format!("cannot start the accept thread: {e}")))?
         };
         Ok(Self {
@@ -535,13 +523,14 @@ fn set_group(path: &Path, group: &str) -> std::result::Result<(), String> {
         .map_err(|e| format!("cannot give the socket to group \"{group}\": {e}"))
 }
 
-fn accept_loop(listener: &UnixListener, shared: &Arc<Shared>, next_id: &mut u64) {
+fn accept_loop(listener: &UnixListener, shared: &Arc<Shared>) {
+    let mut next_id = 0u64;
     let mut failures = Throttle::new(ACCEPT_FAILURE_LOG_INTERVAL);
     while !shared.stopping.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, _)) => {
-                *next_id += 1;
-                accept(stream, *next_id, shared);
+                next_id += 1;
+                accept(stream, next_id, shared);
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(20));
