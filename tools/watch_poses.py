@@ -70,8 +70,8 @@ def messages(stream):
     while True:
         if not switched:
             line = stream.readline()
-            if not line:
-                return
+            if not line.endswith(b"\n"):
+                return  # the end of the stream, or a line cut short by a posed killed
             message = json.loads(line)
             if message.get("type") == "encoding":
                 switched = True
@@ -88,22 +88,24 @@ def messages(stream):
             yield decode_binary(prefix + body), "binary"
 
 
-def watch(args, frames: int) -> tuple[int, str | None]:
+def watch(args, frames: int, connected: list) -> tuple[int, str | None]:
     """One connection: prints what comes until the count is reached or the stream ends.
-    Returns the frame count so far and why the connection ended (None: the count)."""
+    Returns the frame count so far and why the connection ended (None: the count);
+    sets connected[0] once a hello came."""
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         client.connect(args.socket)
     except OSError as error:
         client.close()
         return frames, f"cannot connect to {args.socket}: {error}; is posed running?"
-    if args.binary:
-        client.sendall(BINARY_REQUEST)
     with client, client.makefile("rb") as stream:
         try:
+            if args.binary:
+                client.sendall(BINARY_REQUEST)
             for message, encoding in messages(stream):
                 kind = message.get("type")
                 if kind == "hello":
+                    connected[0] = True
                     if message.get("version") != 1:
                         sys.exit(f"unknown protocol version {message.get('version')}")
                     camera = message["camera"]
@@ -139,21 +141,24 @@ def main() -> int:
                         help="wait for posed, and reconnect when it stops or restarts")
     args = parser.parse_args()
 
-    frames, delay_s, last_reason = 0, 0.1, None
+    frames, attempt, last_reason = 0, 0, None
     while True:
-        before = frames
-        frames, reason = watch(args, frames)
+        connected = [False]
+        frames, reason = watch(args, frames, connected)
         if reason is None:
             return 0
         if not args.follow:
             print(reason, file=sys.stderr)
             return 0 if args.count is None and reason == "posed closed the stream" else 1
+        if connected[0]:
+            # A new outage: start the backoff again, and say it even for the same reason.
+            attempt, last_reason = 0, None
         if reason != last_reason:
             print(f"{reason}; trying again", file=sys.stderr, flush=True)
             last_reason = reason
-        # Back off from 0.1 s to 2 s while posed stays away; at once after a good stream.
-        delay_s = 0.1 if frames > before else min(2 * delay_s, 2.0)
-        time.sleep(delay_s)
+        # 0.1 s, doubling to 2 s while posed stays away.
+        time.sleep(min(0.1 * 2 ** attempt, 2.0))
+        attempt = min(attempt + 1, 5)
 
 
 if __name__ == "__main__":

@@ -162,7 +162,9 @@ fn first_waits_of_a_thread() -> u64 {
 fn service_manager(dir: &std::path::Path) -> UnixDatagram {
     let path = dir.join("notify.sock");
     let socket = UnixDatagram::bind(&path).expect("bind the notification socket");
-    socket.set_nonblocking(true).expect("non-blocking");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("a read timeout");
     // Before any thread of the daemon reads the environment.
     std::env::set_var("NOTIFY_SOCKET", &path);
     // A ping due at every frame (half the period).
@@ -252,6 +254,28 @@ fn run_counted(
             }
         })
     };
+    // The service manager reads as the daemon sends (its queue holds 10 datagrams), into
+    // a buffer of its own: it allocates nothing either.
+    let listening = Arc::new(AtomicBool::new(true));
+    let heard = {
+        let listening = Arc::clone(&listening);
+        let socket = service_manager
+            .try_clone()
+            .expect("the notification socket");
+        std::thread::spawn(move || {
+            let (mut statuses, mut pings) = (0u64, 0u64);
+            let mut message = [0u8; 1024];
+            while listening.load(Ordering::SeqCst) {
+                if let Ok(n) = socket.recv(&mut message) {
+                    let message = &message[..n];
+                    let fps = message.windows(6).any(|w| w == b" fps, ");
+                    statuses += u64::from(message.starts_with(b"STATUS=") && fps);
+                    pings += u64::from(message == b"WATCHDOG=1");
+                }
+            }
+            (statuses, pings)
+        })
+    };
     let daemon = std::thread::spawn(move || {
         run(
             parts,
@@ -321,13 +345,8 @@ fn run_counted(
         binary_bytes > 160 * total as usize && binary_bytes < bytes,
         "the binary subscriber got binary frames ({binary_bytes} bytes, JSON {bytes})"
     );
-    let (mut statuses, mut pings) = (0, 0);
-    let mut message = [0u8; 1024];
-    while let Ok(n) = service_manager.recv(&mut message) {
-        let text = String::from_utf8_lossy(&message[..n]);
-        statuses += usize::from(text.starts_with("STATUS=") && text.contains(" fps, "));
-        pings += usize::from(text == "WATCHDOG=1");
-    }
+    listening.store(false, Ordering::SeqCst);
+    let (statuses, pings) = heard.join().expect("the service manager's reader");
     assert!(
         statuses > 0 && pings > 0,
         "{statuses} status lines, {pings} pings"

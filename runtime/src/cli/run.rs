@@ -202,13 +202,16 @@ pub fn run_run(args: &RunArgs) -> anyhow::Result<()> {
         .map_or_else(String::new, |(_, name)| format!(" on {name}"));
     tracing::info!(
         "posed: stopped{stopped_by}: {} frames captured, {} published, {} dropped, {} \
-         failed, {} camera loss(es), {} subscriber(s){}",
+         failed, {} camera loss(es), {} subscriber(s), {} pause(s) without subscribers \
+         ({} stale frames dropped after them){}",
         report.captured,
         report.published,
         report.dropped,
         report.failed,
         report.camera_lost,
         report.subscribers,
+        report.idle_periods,
+        report.stale_dropped,
         if report.source_ended {
             ", the sequence ended"
         } else {

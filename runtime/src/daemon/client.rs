@@ -117,16 +117,27 @@ fn watch_within(
     let mut attempt = 0u32;
     let mut last_note = String::new();
     loop {
-        let frames_before = report.frames;
-        let reason = match watch_connection(socket, options, hello_timeout, &mut report, out) {
+        let mut greeted = false;
+        let watched = watch_connection(
+            socket,
+            options,
+            hello_timeout,
+            &mut report,
+            &mut greeted,
+            out,
+        );
+        let reason = match watched {
             Ok(Ended::Counted) => return Ok(report),
             Ok(Ended::Closed) if !options.follow => return Ok(report),
             Ok(Ended::Closed) => "posed closed the stream".to_owned(),
             Err(Failure::Lost(detail)) if options.follow => detail,
             Err(Failure::Lost(detail) | Failure::Fatal(detail)) => return Err(error(detail)),
         };
-        if report.frames > frames_before {
+        if greeted {
+            // A new outage: the backoff starts again, and its reason is said even when
+            // it is the last one's.
             attempt = 0;
+            last_note.clear();
         }
         let delay = super::reopen_delay(attempt, RETRY_MIN, RETRY_MAX);
         attempt = attempt.saturating_add(1);
@@ -145,13 +156,14 @@ fn watch_within(
     }
 }
 
-/// One connection: connects, checks the hello and prints what comes, adding its frames to
-/// `report`.
+/// One connection: connects, checks the hello (then sets `greeted`) and prints what
+/// comes, adding its frames to `report`.
 fn watch_connection(
     socket: &Path,
     options: WatchOptions,
     hello_timeout: Duration,
     report: &mut WatchReport,
+    greeted: &mut bool,
     out: &mut dyn Write,
 ) -> std::result::Result<Ended, Failure> {
     let started = Instant::now();
@@ -202,6 +214,7 @@ fn watch_connection(
             )))
         }
     }
+    *greeted = true;
     print_message(&hello, options, out).map_err(print_error)?;
     // Frames may pause for as long as the camera takes to come back.
     lines.deadline = None;
@@ -904,8 +917,10 @@ mod tests {
                 send(format!("{HELLO}{}{}", poses(1), poses(2))),
                 // A posed with no room for another subscriber.
                 send("{\"type\":\"error\",\"reason\":\"too many subscribers\"}\n".into()),
-                // posed again: its frame numbers start over.
-                send(format!("{HELLO}{}{}", poses(0), poses(1))),
+                // posed again (its frame numbers start over), which stops again...
+                send(format!("{HELLO}{}", poses(0))),
+                // ... and comes back.
+                send(format!("{HELLO}{}", poses(0))),
             ],
         );
         let (result, out, notes) = follow(&socket, 4);
@@ -916,20 +931,21 @@ mod tests {
             report,
             WatchReport {
                 frames: 4,
-                dropped: 4
+                dropped: 6
             }
         );
-        assert_eq!(out.matches("\"type\":\"hello\"").count(), 2, "{out}");
+        assert_eq!(out.matches("\"type\":\"hello\"").count(), 3, "{out}");
         assert_eq!(out.matches("\"type\":\"poses\"").count(), 4, "{out}");
-        for reason in [
-            "cannot connect",
-            "posed closed the stream",
-            "too many subscribers",
+        // Once per outage, however many attempts it took: the second stop is said again.
+        for (reason, times) in [
+            ("cannot connect", 1),
+            ("posed closed the stream", 2),
+            ("too many subscribers", 1),
         ] {
             assert_eq!(
                 notes.matches(reason).count(),
-                1,
-                "{reason:?} once in {notes}"
+                times,
+                "{reason:?} {times} time(s) in {notes}"
             );
         }
         assert!(notes.contains("poses.sock"), "{notes}");
