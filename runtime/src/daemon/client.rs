@@ -827,9 +827,10 @@ mod tests {
     fn a_server_that_sends_no_hello_or_accepts_nobody_times_out() {
         // The server's silence outlasts the bound by far: a generous limit still tells
         // "gave up" from "waited for the server" on a busy machine or under qemu.
-        let server = FakeServer::start(|stream| {
-            std::thread::sleep(Duration::from_secs(30));
-            drop(stream);
+        let server = FakeServer::start(|mut stream| {
+            // Silent until the client hangs up (a read of 0 bytes), or 30 s.
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+            let _ = stream.read(&mut [0u8; 1]);
         });
         let started = Instant::now();
         let message = server.error();
