@@ -88,16 +88,17 @@ def messages(stream):
             yield decode_binary(prefix + body), "binary"
 
 
-def watch(args, frames: int, connected: list) -> tuple[int, str | None]:
+def watch(args, frames: int) -> tuple[int, str | None, bool]:
     """One connection: prints what comes until the count is reached or the stream ends.
-    Returns the frame count so far and why the connection ended (None: the count);
-    sets connected[0] once a hello came."""
+    Returns the frame count so far, why the connection ended (None: the count), and
+    whether posed said hello."""
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         client.connect(args.socket)
     except OSError as error:
         client.close()
-        return frames, f"cannot connect to {args.socket}: {error}; is posed running?"
+        return frames, f"cannot connect to {args.socket}: {error}; is posed running?", False
+    greeted = False
     with client, client.makefile("rb") as stream:
         try:
             if args.binary:
@@ -105,7 +106,7 @@ def watch(args, frames: int, connected: list) -> tuple[int, str | None]:
             for message, encoding in messages(stream):
                 kind = message.get("type")
                 if kind == "hello":
-                    connected[0] = True
+                    greeted = True
                     if message.get("version") != 1:
                         sys.exit(f"unknown protocol version {message.get('version')}")
                     camera = message["camera"]
@@ -120,16 +121,18 @@ def watch(args, frames: int, connected: list) -> tuple[int, str | None]:
                           f"dropped {message['dropped']}")
                     for obj in message["objects"]:
                         x, y, z = obj["t_m"]
-                        print(f"  {obj['label']} score {obj['score']:.3f} "
+                        # A score that is not a number is null in JSON, NaN in binary.
+                        score = "none" if obj["score"] is None else f"{obj['score']:.3f}"
+                        print(f"  {obj['label']} score {score} "
                               f"t = ({x:+.3f}, {y:+.3f}, {z:+.3f}) m")
                     sys.stdout.flush()
                     if args.count is not None and frames >= args.count:
-                        return frames, None
+                        return frames, None, greeted
                 elif kind == "error":
-                    return frames, f"posed refused: {message.get('reason')}"
+                    return frames, f"posed refused: {message.get('reason')}", greeted
         except OSError as error:
-            return frames, f"connection lost: {error}"
-    return frames, "posed closed the stream"
+            return frames, f"connection lost: {error}", greeted
+    return frames, "posed closed the stream", greeted
 
 
 def main() -> int:
@@ -143,14 +146,13 @@ def main() -> int:
 
     frames, attempt, last_reason = 0, 0, None
     while True:
-        connected = [False]
-        frames, reason = watch(args, frames, connected)
+        frames, reason, greeted = watch(args, frames)
         if reason is None:
             return 0
         if not args.follow:
             print(reason, file=sys.stderr)
             return 0 if args.count is None and reason == "posed closed the stream" else 1
-        if connected[0]:
+        if greeted:
             # A new outage: start the backoff again, and say it even for the same reason.
             attempt, last_reason = 0, None
         if reason != last_reason:
