@@ -8,6 +8,7 @@
 //! taken as they are.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -77,6 +78,8 @@ pub struct PredictRequest {
 pub struct PredictReport {
     /// Images processed.
     pub images: usize,
+    /// Images the run was to process (more than `images` when it was stopped).
+    pub images_planned: usize,
     /// Objects that entered the pose loop.
     pub objects: usize,
     /// Estimates written.
@@ -100,15 +103,18 @@ pub struct PredictReport {
 /// One image to process.
 type ImageKey = (u32, u32);
 
-/// Runs the pipeline over the dataset. `progress(done, total)` is called after each image.
+/// Runs the pipeline over the dataset. `progress(done, total)` is called after each image;
+/// when it answers `Break` (a stop signal) the run stops there and writes the results of
+/// the images done (`images < images_planned` in the report): hours of a BOP run are not
+/// lost to a Ctrl-C.
 ///
 /// # Errors
 /// Any input that cannot be read or does not fit (dataset, networks, detections, initial
 /// poses naming objects the dataset lacks), a network that fails, a results file that
-/// cannot be written. Files are written only once every image is done.
+/// cannot be written. Files are written only once every image is done, or the run stopped.
 pub fn predict(
     request: &PredictRequest,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut dyn FnMut(usize, usize) -> ControlFlow<()>,
 ) -> Result<PredictReport> {
     let started = Instant::now();
     // Outputs are written at the end: find out now, not after the last image, that they
@@ -266,8 +272,11 @@ pub fn predict(
         report.objects += objects.len();
         report.images += 1;
         report.stages.accumulate(&pipeline.take_timings());
-        progress(done + 1, images.len());
+        if progress(done + 1, images.len()).is_break() {
+            break;
+        }
     }
+    report.images_planned = images.len();
 
     report.estimates = estimates.len();
     write_results(&request.out, &estimates)?;

@@ -40,6 +40,18 @@ fn check_fails(output: &Output, parts: &[&str]) {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// `posed eval` of `results` on `dataset`, which must succeed; its report.
+fn eval(dataset: &Path, results: &Path, cache: &Path) -> String {
+    let args = [
+        "eval",
+        "--dataset",
+        path_str(dataset),
+        "--results",
+        path_str(results),
+    ];
+    check_ok(&run(&args, cache), "eval")
+}
+
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("utf-8 temp path")
 }
@@ -225,19 +237,7 @@ fn identity_refiner_returns_the_noisy_initial_poses_and_eval_reads_the_result() 
 
     // `posed eval` reads the file; the estimates are the 5 degree / 10 mm initial poses,
     // so nothing is within the BOP thresholds' smallest steps but ADD-S AUC is not zero.
-    let report = check_ok(
-        &run(
-            &[
-                "eval",
-                "--dataset",
-                path_str(&dataset),
-                "--results",
-                path_str(&out),
-            ],
-            &cache,
-        ),
-        "eval",
-    );
+    let report = eval(&dataset, &out, &cache);
     assert!(report.contains("ADD-S"), "{report}");
 }
 
@@ -637,4 +637,79 @@ fn a_pose_network_not_trained_for_some_objects_is_warned_about_by_name() {
     // Restricted to the objects it knows: no warning.
     let stderr = predict(&["--labels", "1,2"]);
     assert!(!stderr.contains("trained for"), "{stderr}");
+}
+
+/// SIGINT during `posed predict`: it stops after the image in hand, writes the results of
+/// the images done (which `posed eval` reads), says so, and exits with 128 + 2. Where
+/// stderr is not a terminal it prints progress lines; the first one starts the signal.
+#[test]
+fn a_stop_signal_keeps_the_results_of_the_images_done() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+
+    let scratch = Scratch::new();
+    let dataset = data_dir("ycbv-mini");
+    let (detections, out) = (scratch.file("detections.json"), scratch.file("results.csv"));
+    make_detections(&dataset, "7", &detections, &scratch.root);
+    let (coarse, refiner) = (network("coarse-tiny.onnx"), network("refiner-tiny.onnx"));
+    let mut predict = common::Running(
+        posed()
+            .env("POSED_CACHE_DIR", &scratch.root)
+            .args([
+                "predict",
+                "--dataset",
+                path_str(&dataset),
+                "--coarse",
+                &coarse,
+            ])
+            .args(["--refiner", &refiner, "--detections", path_str(&detections)])
+            .args(["--refiner-iterations", "4", "--out", path_str(&out)])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start posed predict"),
+    );
+    let mut stderr = BufReader::new(predict.0.stderr.take().expect("stderr"));
+    let mut first = String::new();
+    while !first.starts_with("posed predict: 1/") {
+        first.clear();
+        let read = stderr.read_line(&mut first).expect("stderr");
+        assert!(read > 0, "predict ended before its first progress line");
+    }
+    common::kill(&predict.0, libc::SIGINT);
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).expect("stderr");
+    let status = predict.0.wait().expect("wait");
+    assert_eq!(status.code(), Some(130), "{first}{rest}");
+    let planned: usize = first
+        .trim_end()
+        .rsplit('/')
+        .next()
+        .and_then(|s| s.strip_suffix(" images"))
+        .and_then(|s| s.parse().ok())
+        .expect("N/M images");
+    let stopped = rest
+        .lines()
+        .find(|l| l.starts_with("posed predict: stopped by SIGINT after "))
+        .unwrap_or_else(|| panic!("no stop line in {rest}"));
+    assert!(
+        stopped.contains(&format!(" of {planned} images; ")),
+        "{stopped}"
+    );
+
+    // The images done are in the results, and eval reads them.
+    let images: std::collections::BTreeSet<(u32, u32)> = rows(&out)
+        .iter()
+        .map(|row| (row.estimate.scene_id, row.estimate.im_id))
+        .collect();
+    assert!(
+        !images.is_empty() && images.len() < planned,
+        "{} of {planned} images",
+        images.len()
+    );
+    assert!(
+        stopped.contains(&format!("after {} of", images.len())),
+        "{stopped}"
+    );
+    eval(&dataset, &out, &scratch.root);
 }

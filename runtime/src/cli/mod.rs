@@ -291,16 +291,28 @@ impl From<ShadingArg> for Shading {
 }
 
 /// Parses the process arguments and runs the command; errors are printed with their
-/// causes and give exit status 1.
+/// causes and give exit status 1, a command stopped by a signal 128 + the signal.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("posed: error: {}", error_chain(&err));
-            ExitCode::FAILURE
-        }
+        Err(err) => match err.downcast_ref::<Stopped>() {
+            // The command said what it did before it stopped.
+            Some(stopped) => ExitCode::from(u8::try_from(128 + stopped.signal).unwrap_or(u8::MAX)),
+            None => {
+                eprintln!("posed: error: {}", error_chain(&err));
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+/// A command stopped early by a signal, having saved what it had done.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped by signal {signal}")]
+pub struct Stopped {
+    /// The signal's number.
+    pub signal: usize,
 }
 
 /// The error and its causes joined by ": ", each cause left out when the message before

@@ -1,12 +1,17 @@
 //! `posed predict`: flags, merged with the configuration file's `[predict]`, `[networks]`
 //! and `[engines]` (flags win), and the end-of-run summary.
 
+use std::io::IsTerminal;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use posed_engines::BackendKind;
 
+use super::run::STOP_SIGNALS;
 use crate::config::daemon::MAX_ITERATIONS;
 use crate::config::Config;
 use crate::pipeline::{ComputeDevice, DetectionFilter, InitScheme, PipelineOptions};
@@ -227,9 +232,18 @@ pub fn request_from(args: &PredictArgs) -> anyhow::Result<PredictRequest> {
     })
 }
 
-/// Runs `posed predict`.
+/// Runs `posed predict`. A stop signal (SIGINT, SIGTERM, SIGHUP) ends it after the image
+/// in hand, with the results of the images done written and exit status 128 + the signal.
 pub fn run_predict(args: &PredictArgs) -> anyhow::Result<()> {
     let request = request_from(args)?;
+    let received = Arc::new(AtomicUsize::new(0));
+    for (signal, name) in STOP_SIGNALS {
+        signal_hook::flag::register_usize(signal, Arc::clone(&received), signal as usize)
+            .with_context(|| format!("installing the handler of {name}"))?;
+    }
+    // Where the bar is not drawn (a log, a pipe), a line now and then says how far it is.
+    let lines = !args.quiet && !std::io::stderr().is_terminal();
+    let mut last_line: Option<Instant> = None;
     let bar = if args.quiet {
         indicatif::ProgressBar::hidden()
     } else {
@@ -245,12 +259,39 @@ pub fn run_predict(args: &PredictArgs) -> anyhow::Result<()> {
     let report = predict(&request, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
+        if lines && (done == total || last_line.is_none_or(|t| t.elapsed() >= PROGRESS_LINE)) {
+            eprintln!("posed predict: {done}/{total} images");
+            last_line = Some(Instant::now());
+        }
+        if received.load(Ordering::SeqCst) == 0 {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
+        }
     })
     .with_context(|| format!("predicting on {}", request.dataset.display()))?;
     bar.finish_and_clear();
     print!("{}", summary(&request, &report));
+    let signal = received.load(Ordering::SeqCst);
+    if report.images < report.images_planned {
+        let name = STOP_SIGNALS
+            .iter()
+            .find(|(number, _)| *number as usize == signal)
+            .map_or("a signal", |(_, name)| name);
+        eprintln!(
+            "posed predict: stopped by {name} after {} of {} images; {} holds the results of \
+             those",
+            report.images,
+            report.images_planned,
+            request.out.display()
+        );
+        return Err(super::Stopped { signal }.into());
+    }
     Ok(())
 }
+
+/// How often a progress line is printed where the bar is not drawn.
+const PROGRESS_LINE: Duration = Duration::from_secs(10);
 
 /// The end-of-run summary: what was done and where the time went, per frame.
 pub fn summary(request: &PredictRequest, report: &PredictReport) -> String {
