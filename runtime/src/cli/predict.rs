@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -237,9 +237,19 @@ pub fn request_from(args: &PredictArgs) -> anyhow::Result<PredictRequest> {
 pub fn run_predict(args: &PredictArgs) -> anyhow::Result<()> {
     let request = request_from(args)?;
     let received = Arc::new(AtomicUsize::new(0));
+    // A second signal ends the process at once (the image in hand may take a while).
+    let stopping = Arc::new(AtomicBool::new(false));
     for (signal, name) in STOP_SIGNALS {
+        let installing = || format!("installing the handler of {name}");
+        signal_hook::flag::register_conditional_shutdown(
+            signal,
+            128 + signal,
+            Arc::clone(&stopping),
+        )
+        .with_context(installing)?;
+        signal_hook::flag::register(signal, Arc::clone(&stopping)).with_context(installing)?;
         signal_hook::flag::register_usize(signal, Arc::clone(&received), signal as usize)
-            .with_context(|| format!("installing the handler of {name}"))?;
+            .with_context(installing)?;
     }
     // Where the bar is not drawn (a log, a pipe), a line now and then says how far it is.
     let lines = !args.quiet && !std::io::stderr().is_terminal();
