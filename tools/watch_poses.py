@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import socket
 import struct
 import sys
@@ -122,7 +123,8 @@ def watch(args, frames: int) -> tuple[int, str | None, bool]:
                     for obj in message["objects"]:
                         x, y, z = obj["t_m"]
                         # A score that is not a number is null in JSON, NaN in binary.
-                        score = "none" if obj["score"] is None else f"{obj['score']:.3f}"
+                        score = obj["score"]
+                        score = "none" if score is None or math.isnan(score) else f"{score:.3f}"
                         print(f"  {obj['label']} score {score} "
                               f"t = ({x:+.3f}, {y:+.3f}, {z:+.3f}) m")
                     sys.stdout.flush()

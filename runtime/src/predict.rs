@@ -103,10 +103,10 @@ pub struct PredictReport {
 /// One image to process.
 type ImageKey = (u32, u32);
 
-/// Runs the pipeline over the dataset. `progress(done, total)` is called after each image;
-/// when it answers `Break` (a stop signal) the run stops there and writes the results of
-/// the images done (`images < images_planned` in the report): hours of a BOP run are not
-/// lost to a Ctrl-C.
+/// Runs the pipeline over the dataset. `progress(done, total)` is called once everything
+/// is loaded (`done` 0), then after each image; when it answers `Break` (a stop signal)
+/// the run stops there and writes the results of the images done (`images <
+/// images_planned` in the report): hours of a BOP run are not lost to a Ctrl-C.
 ///
 /// # Errors
 /// Any input that cannot be read or does not fit (dataset, networks, detections, initial
@@ -206,7 +206,11 @@ pub fn predict(
     let mut estimates = Vec::new();
     let mut per_iteration: BTreeMap<(Stage, usize), Vec<Estimate>> = BTreeMap::new();
     let mut objects = Vec::new();
+    let mut stop = progress(0, images.len()).is_break();
     for (done, &(scene_id, im_id)) in images.iter().enumerate() {
+        if stop {
+            break;
+        }
         let read_start = Instant::now();
         let camera = dataset
             .image(scene_id, im_id)
@@ -272,9 +276,7 @@ pub fn predict(
         report.objects += objects.len();
         report.images += 1;
         report.stages.accumulate(&pipeline.take_timings());
-        if progress(done + 1, images.len()).is_break() {
-            break;
-        }
+        stop = progress(done + 1, images.len()).is_break();
     }
     report.images_planned = images.len();
 

@@ -641,7 +641,9 @@ fn a_pose_network_not_trained_for_some_objects_is_warned_about_by_name() {
 
 /// SIGINT during `posed predict`: it stops after the image in hand, writes the results of
 /// the images done (which `posed eval` reads), says so, and exits with 128 + 2. Where
-/// stderr is not a terminal it prints progress lines; the first one starts the signal.
+/// stderr is not a terminal it prints progress lines; the first one, once the networks are
+/// loaded, starts the signals. Started ignoring SIGHUP (as `nohup` starts it), it keeps
+/// ignoring it.
 #[test]
 fn a_stop_signal_keeps_the_results_of_the_images_done() {
     use std::io::{BufRead, BufReader, Read};
@@ -652,8 +654,17 @@ fn a_stop_signal_keeps_the_results_of_the_images_done() {
     let (detections, out) = (scratch.file("detections.json"), scratch.file("results.csv"));
     make_detections(&dataset, "7", &detections, &scratch.root);
     let (coarse, refiner) = (network("coarse-tiny.onnx"), network("refiner-tiny.onnx"));
+    let mut command = posed();
+    // SAFETY: between fork and exec, only signal(2), which is async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            Ok(())
+        });
+    }
     let mut predict = common::Running(
-        posed()
+        command
             .env("POSED_CACHE_DIR", &scratch.root)
             .args([
                 "predict",
@@ -671,11 +682,12 @@ fn a_stop_signal_keeps_the_results_of_the_images_done() {
     );
     let mut stderr = BufReader::new(predict.0.stderr.take().expect("stderr"));
     let mut first = String::new();
-    while !first.starts_with("posed predict: 1/") {
+    while !first.starts_with("posed predict: 0/") {
         first.clear();
         let read = stderr.read_line(&mut first).expect("stderr");
         assert!(read > 0, "predict ended before its first progress line");
     }
+    common::kill(&predict.0, libc::SIGHUP);
     common::kill(&predict.0, libc::SIGINT);
     let mut rest = String::new();
     stderr.read_to_string(&mut rest).expect("stderr");

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::run::{ConfigOrDemo, STOP_SIGNALS};
+use super::run::{stop_signals, ConfigOrDemo};
 use crate::bench::clocks::{jetson_power_mode, ClockMeter};
 use crate::bench::power::PowerMeter;
 use crate::bench::{format_report, private_socket, run_bench, BenchOptions, Meters};
@@ -137,7 +137,7 @@ pub fn run_bench_command(args: &BenchArgs) -> anyhow::Result<()> {
     // which reports what it measured.
     let shutdown = Arc::new(AtomicBool::new(false));
     let loading = Arc::new(AtomicBool::new(true));
-    for (signal, name) in STOP_SIGNALS {
+    for (signal, name) in stop_signals() {
         let installing = || format!("installing the handler of {name}");
         signal_hook::flag::register_conditional_shutdown(
             signal,

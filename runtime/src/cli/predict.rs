@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use posed_engines::BackendKind;
 
-use super::run::STOP_SIGNALS;
+use super::run::{stop_signals, STOP_SIGNALS};
 use crate::config::daemon::MAX_ITERATIONS;
 use crate::config::Config;
 use crate::pipeline::{ComputeDevice, DetectionFilter, InitScheme, PipelineOptions};
@@ -236,17 +236,22 @@ pub fn request_from(args: &PredictArgs) -> anyhow::Result<PredictRequest> {
 /// in hand, with the results of the images done written and exit status 128 + the signal.
 pub fn run_predict(args: &PredictArgs) -> anyhow::Result<()> {
     let request = request_from(args)?;
+    // While the networks load (a TensorRT build can take minutes) a signal ends the
+    // process at once, as for `posed run`; then the first stops the run after the image
+    // in hand and a second ends the process at once.
     let received = Arc::new(AtomicUsize::new(0));
-    // A second signal ends the process at once (the image in hand may take a while).
+    let loading = Arc::new(AtomicBool::new(true));
     let stopping = Arc::new(AtomicBool::new(false));
-    for (signal, name) in STOP_SIGNALS {
+    for (signal, name) in stop_signals() {
         let installing = || format!("installing the handler of {name}");
-        signal_hook::flag::register_conditional_shutdown(
-            signal,
-            128 + signal,
-            Arc::clone(&stopping),
-        )
-        .with_context(installing)?;
+        for exit_when in [&loading, &stopping] {
+            signal_hook::flag::register_conditional_shutdown(
+                signal,
+                128 + signal,
+                Arc::clone(exit_when),
+            )
+            .with_context(installing)?;
+        }
         signal_hook::flag::register(signal, Arc::clone(&stopping)).with_context(installing)?;
         signal_hook::flag::register_usize(signal, Arc::clone(&received), signal as usize)
             .with_context(installing)?;
@@ -267,17 +272,22 @@ pub fn run_predict(args: &PredictArgs) -> anyhow::Result<()> {
         .progress_chars("=> "),
     );
     let report = predict(&request, &mut |done, total| {
+        // Called with 0 once the networks are loaded.
+        loading.store(false, Ordering::SeqCst);
         bar.set_length(total as u64);
         bar.set_position(done as u64);
+        // Decided before the line goes out: a signal sent upon a line stops the run after
+        // the next image, not before it.
+        let flow = if received.load(Ordering::SeqCst) == 0 {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
+        };
         if lines && (done == total || last_line.is_none_or(|t| t.elapsed() >= PROGRESS_LINE)) {
             eprintln!("posed predict: {done}/{total} images");
             last_line = Some(Instant::now());
         }
-        if received.load(Ordering::SeqCst) == 0 {
-            ControlFlow::Continue(())
-        } else {
-            ControlFlow::Break(())
-        }
+        flow
     })
     .with_context(|| format!("predicting on {}", request.dataset.display()))?;
     bar.finish_and_clear();

@@ -23,6 +23,25 @@ pub(super) const STOP_SIGNALS: [(i32, &str); 3] = [
     (signal_hook::consts::SIGHUP, "SIGHUP"),
 ];
 
+/// The [`STOP_SIGNALS`] to handle: those this process was not started ignoring. `nohup`
+/// starts it ignoring SIGHUP, and a shell ignores SIGINT for a job it starts with `&`;
+/// such a signal stays ignored, as POSIX tools keep it (signal-hook would replace the
+/// ignoring with its handler). Call it before registering any.
+pub(super) fn stop_signals() -> impl Iterator<Item = (i32, &'static str)> {
+    STOP_SIGNALS
+        .into_iter()
+        .filter(|(signal, _)| !ignored_at_start(*signal))
+}
+
+/// Whether `signal`'s disposition is SIG_IGN.
+fn ignored_at_start(signal: i32) -> bool {
+    // SAFETY: sigaction is plain data, valid when zeroed.
+    let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a query (no new action) of a valid signal into a sigaction we own.
+    let rc = unsafe { libc::sigaction(signal, std::ptr::null(), &mut current) };
+    rc == 0 && current.sa_sigaction == libc::SIG_IGN
+}
+
 /// The daemon's configuration: a file, or the demo's.
 #[derive(Debug, clap::Args)]
 pub struct ConfigOrDemo {
@@ -177,7 +196,7 @@ pub fn run_run(args: &RunArgs) -> anyhow::Result<()> {
     // signal it was, for the log.
     let loading = Arc::new(AtomicBool::new(true));
     let received = Arc::new(AtomicUsize::new(0));
-    for (signal, name) in STOP_SIGNALS {
+    for (signal, name) in stop_signals() {
         let installing = || format!("installing the handler of {name}");
         signal_hook::flag::register_conditional_shutdown(signal, 0, Arc::clone(&loading))
             .with_context(installing)?;
