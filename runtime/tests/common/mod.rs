@@ -7,16 +7,31 @@ use std::time::{Duration, Instant};
 /// The `posed` binary as a command. For cross-target test runs (aarch64 under qemu on an
 /// x86_64 host) `POSED_TEST_RUNNER` names the runner that executes it, as cargo's own
 /// runner does for the test binary.
+///
+/// The stop signals are reset to their default for it: posed keeps a signal it was started
+/// ignoring ignored, and the tests that send signals must not depend on how the test run
+/// was started (`nohup`, or in the background of a script, ignore SIGHUP or SIGINT).
 pub fn posed() -> Command {
     let binary = env!("CARGO_BIN_EXE_posed");
-    match std::env::var_os("POSED_TEST_RUNNER") {
+    let mut command = match std::env::var_os("POSED_TEST_RUNNER") {
         Some(runner) => {
             let mut command = Command::new(runner);
             command.arg(binary);
             command
         }
         None => Command::new(binary),
+    };
+    // SAFETY: between fork and exec, only signal(2), which is async-signal-safe.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                libc::signal(signal, libc::SIG_DFL);
+            }
+            Ok(())
+        });
     }
+    command
 }
 
 /// A folder of the repository's bundled data (`data/<name>`).
