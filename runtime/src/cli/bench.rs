@@ -1,13 +1,12 @@
 //! `posed bench`: the daemon's latency, throughput, CPU, memory and energy on this machine.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 
-use super::run::{stop_signals, ConfigOrDemo};
+use super::run::ConfigOrDemo;
+use super::signals::{SecondSignal, StopSignals};
 use crate::bench::clocks::{jetson_power_mode, ClockMeter};
 use crate::bench::power::PowerMeter;
 use crate::bench::{format_report, private_socket, run_bench, BenchOptions, Meters};
@@ -132,21 +131,9 @@ pub fn run_bench_command(args: &BenchArgs) -> anyhow::Result<()> {
         }
     };
 
-    // As for `posed run`: while the networks load (a TensorRT build can take minutes) a
-    // signal ends the process at once, with 128 + its number; then it stops the bench,
-    // which reports what it measured.
-    let shutdown = Arc::new(AtomicBool::new(false));
-    let loading = Arc::new(AtomicBool::new(true));
-    for (signal, name) in stop_signals() {
-        let installing = || format!("installing the handler of {name}");
-        signal_hook::flag::register_conditional_shutdown(
-            signal,
-            128 + signal,
-            Arc::clone(&loading),
-        )
-        .with_context(installing)?;
-        signal_hook::flag::register(signal, Arc::clone(&shutdown)).with_context(installing)?;
-    }
+    // While the networks load a signal ends the process at once, with 128 + its number;
+    // then it stops the bench, which reports what it measured.
+    let signals = StopSignals::install(|signal| 128 + signal, SecondSignal::Waits)?;
     tracing::info!(
         "posed bench: loading {} ({} warm-up + {} measured frames)",
         config_path.display(),
@@ -154,7 +141,7 @@ pub fn run_bench_command(args: &BenchArgs) -> anyhow::Result<()> {
         args.frames
     );
     let (parts, daemon_options) = parts_from_config(&config)?;
-    loading.store(false, std::sync::atomic::Ordering::SeqCst);
+    signals.loaded();
     let options = BenchOptions {
         frames: args.frames,
         warmup: args.warmup,
@@ -178,7 +165,7 @@ pub fn run_bench_command(args: &BenchArgs) -> anyhow::Result<()> {
         daemon_options,
         &options,
         meters,
-        shutdown,
+        signals.shutdown,
         config_path.display().to_string(),
     )?;
     let report = &run.report;

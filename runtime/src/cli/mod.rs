@@ -5,6 +5,7 @@ mod dataset;
 mod multiview;
 mod predict;
 mod run;
+mod signals;
 
 pub use bench::{BenchArgs, PowerMode};
 pub use dataset::DatasetCommand;
@@ -312,7 +313,7 @@ pub fn main() -> ExitCode {
 #[error("stopped by signal {signal}")]
 pub struct Stopped {
     /// The signal's number.
-    pub signal: usize,
+    pub signal: i32,
 }
 
 /// The error and its causes joined by ": ", each cause left out when the message before

@@ -4,14 +4,12 @@
 use std::io::IsTerminal;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use posed_engines::BackendKind;
 
-use super::run::{stop_signals, STOP_SIGNALS};
+use super::signals::{SecondSignal, StopSignals};
 use crate::config::daemon::MAX_ITERATIONS;
 use crate::config::Config;
 use crate::pipeline::{ComputeDevice, DetectionFilter, InitScheme, PipelineOptions};
@@ -236,26 +234,9 @@ pub fn request_from(args: &PredictArgs) -> anyhow::Result<PredictRequest> {
 /// in hand, with the results of the images done written and exit status 128 + the signal.
 pub fn run_predict(args: &PredictArgs) -> anyhow::Result<()> {
     let request = request_from(args)?;
-    // While the networks load (a TensorRT build can take minutes) a signal ends the
-    // process at once, as for `posed run`; then the first stops the run after the image
-    // in hand and a second ends the process at once.
-    let received = Arc::new(AtomicUsize::new(0));
-    let loading = Arc::new(AtomicBool::new(true));
-    let stopping = Arc::new(AtomicBool::new(false));
-    for (signal, name) in stop_signals() {
-        let installing = || format!("installing the handler of {name}");
-        for exit_when in [&loading, &stopping] {
-            signal_hook::flag::register_conditional_shutdown(
-                signal,
-                128 + signal,
-                Arc::clone(exit_when),
-            )
-            .with_context(installing)?;
-        }
-        signal_hook::flag::register(signal, Arc::clone(&stopping)).with_context(installing)?;
-        signal_hook::flag::register_usize(signal, Arc::clone(&received), signal as usize)
-            .with_context(installing)?;
-    }
+    // While the networks load a signal ends the process at once; then the first stops
+    // the run after the image in hand, and a second ends the process at once.
+    let signals = StopSignals::install(|signal| 128 + signal, SecondSignal::Exits)?;
     // Where the bar is not drawn (a log, a pipe), a line now and then says how far it is.
     let lines = !args.quiet && !std::io::stderr().is_terminal();
     let mut last_line: Option<Instant> = None;
@@ -273,15 +254,15 @@ pub fn run_predict(args: &PredictArgs) -> anyhow::Result<()> {
     );
     let report = predict(&request, &mut |done, total| {
         // Called with 0 once the networks are loaded.
-        loading.store(false, Ordering::SeqCst);
+        signals.loaded();
         bar.set_length(total as u64);
         bar.set_position(done as u64);
         // Decided before the line goes out: a signal sent upon a line stops the run after
         // the next image, not before it.
-        let flow = if received.load(Ordering::SeqCst) == 0 {
-            ControlFlow::Continue(())
-        } else {
+        let flow = if signals.stopping() {
             ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
         };
         if lines && (done == total || last_line.is_none_or(|t| t.elapsed() >= PROGRESS_LINE)) {
             eprintln!("posed predict: {done}/{total} images");
@@ -292,12 +273,8 @@ pub fn run_predict(args: &PredictArgs) -> anyhow::Result<()> {
     .with_context(|| format!("predicting on {}", request.dataset.display()))?;
     bar.finish_and_clear();
     print!("{}", summary(&request, &report));
-    let signal = received.load(Ordering::SeqCst);
     if report.images < report.images_planned {
-        let name = STOP_SIGNALS
-            .iter()
-            .find(|(number, _)| *number as usize == signal)
-            .map_or("a signal", |(_, name)| name);
+        let (signal, name) = signals.received().unwrap_or((0, "a signal"));
         eprintln!(
             "posed predict: stopped by {name} after {} of {} images; {} holds the results of \
              those",

@@ -2,45 +2,17 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
 
+use super::signals::{SecondSignal, StopSignals};
 use crate::config::Config;
 use crate::daemon::client::{watch, WatchOptions};
 use crate::daemon::notify::Notifier;
 use crate::daemon::run as run_daemon;
 use crate::daemon::setup::{check_config, check_labels, parts_from_config, Checking};
 use crate::predict::uncovered_objects_warning;
-
-/// The signals that stop `posed run`: SIGTERM (systemd), SIGINT (Ctrl-C) and SIGHUP (the
-/// terminal of a `posed run` in the foreground closing). Each stops it cleanly, removing
-/// the socket file.
-pub(super) const STOP_SIGNALS: [(i32, &str); 3] = [
-    (signal_hook::consts::SIGTERM, "SIGTERM"),
-    (signal_hook::consts::SIGINT, "SIGINT"),
-    (signal_hook::consts::SIGHUP, "SIGHUP"),
-];
-
-/// The [`STOP_SIGNALS`] to handle: those this process was not started ignoring. `nohup`
-/// starts it ignoring SIGHUP, and a shell ignores SIGINT for a job it starts with `&`;
-/// such a signal stays ignored, as POSIX tools keep it (signal-hook would replace the
-/// ignoring with its handler). Call it before registering any.
-pub(super) fn stop_signals() -> impl Iterator<Item = (i32, &'static str)> {
-    STOP_SIGNALS
-        .into_iter()
-        .filter(|(signal, _)| !ignored_at_start(*signal))
-}
-
-/// Whether `signal`'s disposition is SIG_IGN.
-fn ignored_at_start(signal: i32) -> bool {
-    // SAFETY: sigaction is plain data, valid when zeroed.
-    let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: a query (no new action) of a valid signal into a sigaction we own.
-    let rc = unsafe { libc::sigaction(signal, std::ptr::null(), &mut current) };
-    rc == 0 && current.sa_sigaction == libc::SIG_IGN
-}
 
 /// The daemon's configuration: a file, or the demo's.
 #[derive(Debug, clap::Args)]
@@ -189,21 +161,10 @@ pub fn run_run(args: &RunArgs) -> anyhow::Result<()> {
     if let Some(socket) = &args.socket {
         config.stream.socket = socket.clone();
     }
-    let shutdown = Arc::new(AtomicBool::new(false));
-    // While loading (a TensorRT engine build can take minutes) a signal exits at once:
-    // nothing is bound yet. Once running it sets `shutdown` and the daemon stops cleanly
-    // (nothing it does at start waits, so that is within a second); `received` says which
-    // signal it was, for the log.
-    let loading = Arc::new(AtomicBool::new(true));
-    let received = Arc::new(AtomicUsize::new(0));
-    for (signal, name) in stop_signals() {
-        let installing = || format!("installing the handler of {name}");
-        signal_hook::flag::register_conditional_shutdown(signal, 0, Arc::clone(&loading))
-            .with_context(installing)?;
-        signal_hook::flag::register_usize(signal, Arc::clone(&received), signal as usize)
-            .with_context(installing)?;
-        signal_hook::flag::register(signal, Arc::clone(&shutdown)).with_context(installing)?;
-    }
+    // While loading a signal exits at once, with success: nothing is bound yet. Once
+    // running the daemon stops cleanly (nothing it does at start waits, so that is within
+    // a second).
+    let signals = StopSignals::install(|_| 0, SecondSignal::Waits)?;
     let notifier = Notifier::from_env()?;
     tracing::info!(
         "posed {}: starting from {}",
@@ -211,13 +172,17 @@ pub fn run_run(args: &RunArgs) -> anyhow::Result<()> {
         config_path.display()
     );
     let (parts, mut options) = parts_from_config(&config)?;
-    loading.store(false, Ordering::SeqCst);
+    signals.loaded();
     options.max_frames = args.frames;
-    let report = run_daemon(parts, options, shutdown, notifier, None)?;
-    let signal = received.load(Ordering::SeqCst);
-    let stopped_by = STOP_SIGNALS
-        .iter()
-        .find(|(number, _)| *number as usize == signal)
+    let report = run_daemon(
+        parts,
+        options,
+        Arc::clone(&signals.shutdown),
+        notifier,
+        None,
+    )?;
+    let stopped_by = signals
+        .received()
         .map_or_else(String::new, |(_, name)| format!(" on {name}"));
     tracing::info!(
         "posed: stopped{stopped_by}: {} frames captured, {} published, {} dropped, {} \
