@@ -10,6 +10,10 @@
 //! - the scenes' annotated boxes as objects and [`ConstantPoseNetwork`] as the refiner,
 //!   more frames.
 //!
+//! Before them, MJPEG decoding (what the capture thread does with a UVC camera's frames,
+//! which this test cannot have): camera-like JPEGs that libjpeg-turbo encoded, decoded
+//! by the decoder the V4L2 source uses.
+//!
 //! Before them, a thread's first waits on the daemon's hand-offs: a thread can wait for
 //! the first time in any frame (when the scheduler stops a sender mid-hand-off), so the
 //! frames above cannot show it every time.
@@ -38,6 +42,7 @@ use posed::pipeline::{
     ConstantPoseNetwork, DetectionFilter, InitScheme, PipelineOptions, PoseNetworks,
     SingleViewPipeline,
 };
+use posed::source::jpeg::MjpegDecoder;
 use posed::source::sequence::{bop_boxes, SequenceSource};
 use posed_kernels::alloc_count::{self, allocations, CountingAllocator};
 
@@ -56,6 +61,11 @@ fn main() {
 }
 
 fn steady_state_frames_allocate_nothing() {
+    let mjpeg = mjpeg_frame_allocations();
+    assert_eq!(
+        mjpeg, 0,
+        "MJPEG: {mjpeg} allocations over 12 decoded frames"
+    );
     let first_waits = first_waits_of_a_thread();
     let service_dir = tempfile::tempdir().expect("tempdir");
     let service_manager = service_manager(service_dir.path());
@@ -132,6 +142,31 @@ fn steady_state_frames_allocate_nothing() {
 
 /// The allocations (every thread) of a new thread's first two waits on a hand-off: one
 /// that times out, one that a send ends.
+/// Allocations while decoding 12 MJPEG frames of 640 x 480 (4:2:2 without Huffman
+/// tables, as most UVC cameras send them; with tables; 4:4:4 with restart markers), after
+/// one of each.
+fn mjpeg_frame_allocations() -> usize {
+    let testdata = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/source/testdata");
+    let frames: Vec<Vec<u8>> = [
+        "ycbv_422_no_dht.jpg",
+        "ycbv_422.jpg",
+        "ycbv_444_restart.jpg",
+    ]
+    .iter()
+    .map(|name| std::fs::read(testdata.join(name)).expect("JPEG fixture"))
+    .collect();
+    let mut decoder = MjpegDecoder::new(640, 480);
+    let mut rgb = vec![0u8; 640 * 480 * 3];
+    for frame in &frames {
+        decoder.decode_rgb(frame, &mut rgb).expect("decodes");
+    }
+    let before = allocations();
+    for frame in frames.iter().cycle().take(12) {
+        decoder.decode_rgb(frame, &mut rgb).expect("decodes");
+    }
+    allocations() - before
+}
+
 fn first_waits_of_a_thread() -> u64 {
     let (tx, rx) = handoff::bounded::<u32>(1);
     // The count starts once `spawn` has returned (it allocates on this thread).

@@ -9,6 +9,7 @@
 //! where the detector reads them on the CPU and the crops on the GPU, with no copy on a
 //! Jetson.
 
+pub mod jpeg;
 pub mod sequence;
 pub mod v4l2;
 

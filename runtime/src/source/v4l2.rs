@@ -16,10 +16,11 @@
 //! submodule, which says why no crate is used). [`list_devices`] and [`describe`] back
 //! `posed camera info`.
 //!
-//! Allocation: everything is allocated in [`V4l2Source::open`]; a YUYV, NV12 or RGB24
-//! frame is captured without touching the heap. MJPEG is the exception: the `image` crate's
-//! JPEG decoder copies the compressed frame and allocates its working buffers for every
-//! frame.
+//! Allocation: everything is allocated in [`V4l2Source::open`]; a YUYV, NV12, RGB24 or
+//! MJPEG frame is captured without touching the heap. MJPEG frames are decoded by posed's
+//! own decoder ([`super::jpeg`]), whose buffers are sized at open; only a JPEG it does not
+//! handle (progressive, say: not what cameras send) falls back to zune-jpeg, which
+//! allocates at every frame.
 
 mod sys;
 
@@ -37,6 +38,7 @@ use image::ImageDecoder;
 use posed_kernels::color::{to_rgb8, PackedImage, PixelLayout};
 use posed_kernels::Intrinsics;
 
+use super::jpeg::{JpegFault, MjpegDecoder};
 use super::{monotonic_ns, wall_ns, Captured, Cuda, Frame, FrameSource, SourceInfo};
 use crate::config::daemon::{CameraFormat, CameraIo, SourceConfig};
 use crate::{Error, Result};
@@ -281,6 +283,8 @@ pub struct V4l2Source {
     /// its format is not JPEG.
     #[cfg(feature = "cuda")]
     color: Option<GpuColor>,
+    /// The MJPEG decoder, while the format is MJPEG.
+    jpeg: Option<JpegDecoding>,
 }
 
 impl fmt::Debug for V4l2Source {
@@ -366,6 +370,7 @@ impl V4l2Source {
             config: config.clone(),
             intrinsics,
             info,
+            jpeg: JpegDecoding::for_format(&negotiated, None),
             negotiated,
             camera: Some(camera),
             skipped_frames: 0,
@@ -454,6 +459,7 @@ impl FrameSource for V4l2Source {
                 &buffer,
                 frame,
                 on_gpu,
+                self.jpeg.as_mut(),
             );
             // A GPU that fails (its context lost, say) must not stop the camera: the CPU
             // converts from here on, from the same (host) memory.
@@ -465,8 +471,14 @@ impl FrameSource for V4l2Source {
                         "{context}: {source}; converting camera frames on the CPU from now on"
                     );
                     self.color = None;
-                    filled =
-                        fill_frame(&self.negotiated, camera.data(&buffer), &buffer, frame, None);
+                    filled = fill_frame(
+                        &self.negotiated,
+                        camera.data(&buffer),
+                        &buffer,
+                        frame,
+                        None,
+                        self.jpeg.as_mut(),
+                    );
                 }
             }
             #[cfg(not(feature = "cuda"))]
@@ -530,6 +542,7 @@ impl FrameSource for V4l2Source {
             self.negotiated = negotiated;
         }
         tracing::info!(device = %self.config.device.display(), "camera reopened");
+        self.jpeg = JpegDecoding::for_format(&self.negotiated, self.jpeg.take());
         self.camera = Some(camera);
         Ok(())
     }
@@ -632,6 +645,7 @@ impl Negotiated {
 enum Skip {
     FlaggedError,
     Short { bytes: usize, needed: usize },
+    Mjpeg(JpegFault),
     Jpeg(image::ImageError),
     JpegSize { width: u32, height: u32 },
     JpegColor(image::ColorType),
@@ -644,6 +658,7 @@ impl fmt::Display for Skip {
             Skip::Short { bytes, needed } => {
                 write!(f, "{bytes} bytes where the format needs {needed}")
             }
+            Skip::Mjpeg(fault) => write!(f, "{fault}"),
             Skip::Jpeg(e) => write!(f, "corrupt JPEG: {e}"),
             Skip::JpegSize { width, height } => {
                 write!(f, "a JPEG of {width}x{height}, not the negotiated size")
@@ -674,13 +689,15 @@ struct OnGpu<'a>(std::marker::PhantomData<&'a ()>);
 /// Converts one dequeued buffer into `frame.rgb` (and only that): on the GPU when `on_gpu`
 /// is given and the frame is in mapped memory (the kernel reads the camera buffer and
 /// writes the frame in place, and has finished when this returns, so the caller may
-/// requeue the buffer at once), else on the CPU. JPEG is decoded on the CPU.
+/// requeue the buffer at once), else on the CPU. JPEG is decoded on the CPU, by `jpeg`
+/// (see [`JpegDecoding`]).
 fn fill_frame(
     n: &Negotiated,
     data: &[u8],
     buffer: &sys::Buffer,
     frame: &mut Frame,
     on_gpu: Option<OnGpu<'_>>,
+    jpeg: Option<&mut JpegDecoding>,
 ) -> Result<Filled> {
     if buffer.flags & sys::BUF_FLAG_ERROR != 0 {
         return Ok(Filled::Skipped(Skip::FlaggedError));
@@ -698,7 +715,12 @@ fn fill_frame(
         });
     }
     let layout = match n.decode {
-        Decode::Jpeg => return Ok(decode_jpeg(data, n.width, n.height, &mut frame.rgb)),
+        Decode::Jpeg => {
+            return Ok(match jpeg {
+                Some(jpeg) => jpeg.decode(data, &mut frame.rgb),
+                None => decode_jpeg(data, n.width, n.height, &mut frame.rgb),
+            })
+        }
         Decode::Rgb24 => PixelLayout::Rgb24,
         Decode::Yuyv => PixelLayout::Yuyv,
         Decode::Nv12 => PixelLayout::Nv12,
@@ -786,9 +808,52 @@ fn open_camera(config: &SourceConfig, cuda: Option<&Cuda>) -> Result<(Camera, Ne
     }
 }
 
-/// Decodes a JPEG of `width` x `height` into `dst` (`width * height * 3` bytes). The
-/// decoder copies `data` and allocates its working buffers: MJPEG is the one capture path
-/// that allocates per frame.
+/// How MJPEG frames are decoded: by posed's own decoder, which allocates nothing per
+/// frame, and, for the JPEGs it does not handle (progressive, 4:1:1, ...: not what cameras
+/// send), by zune-jpeg, which does allocate (said once in the log).
+struct JpegDecoding {
+    decoder: MjpegDecoder,
+    fallback_logged: bool,
+}
+
+impl JpegDecoding {
+    /// The decoding for a camera as negotiated: `None` unless it sends JPEG; `current`
+    /// when it fits.
+    fn for_format(n: &Negotiated, current: Option<JpegDecoding>) -> Option<JpegDecoding> {
+        if n.decode != Decode::Jpeg {
+            return None;
+        }
+        match current {
+            Some(current) if current.decoder.size() == (n.width, n.height) => Some(current),
+            _ => Some(JpegDecoding {
+                decoder: MjpegDecoder::new(n.width, n.height),
+                fallback_logged: false,
+            }),
+        }
+    }
+
+    fn decode(&mut self, data: &[u8], dst: &mut [u8]) -> Filled {
+        match self.decoder.decode_rgb(data, dst) {
+            Ok(()) => Filled::Frame,
+            Err(JpegFault::Unsupported(what)) => {
+                if !self.fallback_logged {
+                    self.fallback_logged = true;
+                    tracing::warn!(
+                        "the camera sends JPEGs posed's MJPEG decoder does not handle \
+                         ({what}): decoding them with zune-jpeg, which allocates at every \
+                         frame"
+                    );
+                }
+                let (width, height) = self.decoder.size();
+                decode_jpeg(data, width, height, dst)
+            }
+            Err(fault) => Filled::Skipped(Skip::Mjpeg(fault)),
+        }
+    }
+}
+
+/// Decodes a JPEG of `width` x `height` into `dst` (`width * height * 3` bytes) with
+/// zune-jpeg, which copies `data` and allocates its working buffers.
 fn decode_jpeg(data: &[u8], width: usize, height: usize, dst: &mut [u8]) -> Filled {
     let decoder = match image::codecs::jpeg::JpegDecoder::new(io::Cursor::new(data)) {
         Ok(decoder) => decoder,
@@ -2010,54 +2075,112 @@ mod tests {
         let (w, h) = (16usize, 8usize);
         let rgb: Vec<u8> = (0..w * h).flat_map(|_| [200u8, 40, 90]).collect();
         let jpeg = jpeg_of(w as u32, h as u32, image::ExtendedColorType::Rgb8, &rgb);
-        let n = Negotiated {
-            fourcc: Fourcc::MJPG,
-            ..negotiated(Decode::Jpeg, w, h, 0)
-        };
-        let mut frame = Frame::with_capacity(w, h);
-        let capacity = frame.rgb.capacity();
-        let buffer = sys::Buffer::default();
-        assert!(matches!(
-            fill_frame(&n, &jpeg, &buffer, &mut frame, None),
-            Ok(Filled::Frame)
-        ));
-        assert_eq!(frame.rgb.len(), w * h * 3);
-        assert_eq!(frame.rgb.capacity(), capacity);
-        for px in frame.rgb.chunks_exact(3) {
-            assert!(
-                px[0].abs_diff(200) <= 3 && px[1].abs_diff(40) <= 3 && px[2].abs_diff(90) <= 3,
-                "{px:?}"
-            );
-        }
-
         let grey = jpeg_of(
             w as u32,
             h as u32,
             image::ExtendedColorType::L8,
             &vec![77u8; w * h],
         );
+        let n = Negotiated {
+            fourcc: Fourcc::MJPG,
+            ..negotiated(Decode::Jpeg, w, h, 0)
+        };
+        let mut decoding = JpegDecoding::for_format(&n, None).expect("a JPEG format");
+        let mut frame = Frame::with_capacity(w, h);
+        let capacity = frame.rgb.capacity();
+        let buffer = sys::Buffer::default();
+        // posed's decoder, then zune-jpeg's (what a JPEG posed does not handle gets).
+        for jpeg_decoding in [Some(&mut decoding), None] {
+            let by_posed = jpeg_decoding.is_some();
+            assert!(matches!(
+                fill_frame(&n, &jpeg, &buffer, &mut frame, None, jpeg_decoding),
+                Ok(Filled::Frame)
+            ));
+            assert_eq!(frame.rgb.len(), w * h * 3);
+            assert_eq!(frame.rgb.capacity(), capacity);
+            for px in frame.rgb.chunks_exact(3) {
+                assert!(
+                    px[0].abs_diff(200) <= 3 && px[1].abs_diff(40) <= 3 && px[2].abs_diff(90) <= 3,
+                    "{px:?} (by posed: {by_posed})"
+                );
+            }
+        }
+        assert!(!decoding.fallback_logged, "posed's decoder took it");
         assert!(matches!(
-            fill_frame(&n, &grey, &buffer, &mut frame, None),
+            fill_frame(&n, &grey, &buffer, &mut frame, None, Some(&mut decoding)),
             Ok(Filled::Frame)
         ));
         assert!(frame.rgb.iter().all(|v| v.abs_diff(77) <= 1));
     }
 
     #[test]
+    fn jpegs_posed_does_not_decode_fall_back_to_zune_jpeg() {
+        let progressive = std::fs::read(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("src/source/testdata/ycbv_progressive.jpg"),
+        )
+        .expect("fixture");
+        let n = negotiated(Decode::Jpeg, 160, 120, 0);
+        let mut decoding = JpegDecoding::for_format(&n, None).expect("a JPEG format");
+        let mut frame = Frame::with_capacity(160, 120);
+        for _ in 0..2 {
+            assert!(matches!(
+                fill_frame(
+                    &n,
+                    &progressive,
+                    &sys::Buffer::default(),
+                    &mut frame,
+                    None,
+                    Some(&mut decoding)
+                ),
+                Ok(Filled::Frame)
+            ));
+        }
+        assert!(decoding.fallback_logged);
+        assert!(
+            frame.rgb.iter().any(|&v| v != frame.rgb[0]),
+            "an image, not a flat fill"
+        );
+        // Other formats have no decoder; a reopened camera at its size keeps its own.
+        assert!(JpegDecoding::for_format(&negotiated(Decode::Yuyv, 160, 120, 320), None).is_none());
+        let kept = JpegDecoding::for_format(&n, Some(decoding)).expect("kept");
+        assert!(kept.fallback_logged);
+    }
+
+    #[test]
     fn corrupt_mjpeg_frames_are_skipped_not_errors() {
         let (w, h) = (16usize, 8usize);
         let n = negotiated(Decode::Jpeg, w, h, 0);
+        let mut decoding = JpegDecoding::for_format(&n, None).expect("a JPEG format");
         let mut frame = Frame::with_capacity(w, h);
         let buffer = sys::Buffer::default();
         for data in [&b""[..], b"\xff\xd8\xff\xe0garbage", &[0u8; 64]] {
             assert!(matches!(
-                fill_frame(&n, data, &buffer, &mut frame, None),
+                fill_frame(&n, data, &buffer, &mut frame, None, Some(&mut decoding)),
+                Ok(Filled::Skipped(Skip::Mjpeg(JpegFault::Corrupt(_))))
+            ));
+            assert!(matches!(
+                fill_frame(&n, data, &buffer, &mut frame, None, None),
                 Ok(Filled::Skipped(Skip::Jpeg(_)))
             ));
         }
         let other_size = jpeg_of(8, 8, image::ExtendedColorType::L8, &[0u8; 64]);
         assert!(matches!(
-            fill_frame(&n, &other_size, &buffer, &mut frame, None),
+            fill_frame(
+                &n,
+                &other_size,
+                &buffer,
+                &mut frame,
+                None,
+                Some(&mut decoding)
+            ),
+            Ok(Filled::Skipped(Skip::Mjpeg(JpegFault::Size {
+                width: 8,
+                height: 8
+            })))
+        ));
+        assert!(matches!(
+            fill_frame(&n, &other_size, &buffer, &mut frame, None, None),
             Ok(Filled::Skipped(Skip::JpegSize {
                 width: 8,
                 height: 8
@@ -2068,9 +2191,10 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(
-            fill_frame(&n, &[], &flagged, &mut frame, None),
+            fill_frame(&n, &[], &flagged, &mut frame, None, Some(&mut decoding)),
             Ok(Filled::Skipped(Skip::FlaggedError))
         ));
+        assert!(!decoding.fallback_logged);
     }
 
     #[test]
@@ -2078,7 +2202,7 @@ mod tests {
         let n = negotiated(Decode::Yuyv, 64, 48, 128);
         let mut frame = Frame::with_capacity(32, 24);
         let data = vec![128u8; 128 * 48];
-        match fill_frame(&n, &data, &sys::Buffer::default(), &mut frame, None) {
+        match fill_frame(&n, &data, &sys::Buffer::default(), &mut frame, None, None) {
             Err(Error::Invalid { reason, .. }) => assert!(reason.contains("allocate_frame")),
             _ => panic!("expected an error"),
         }
@@ -2100,7 +2224,7 @@ mod tests {
         let n = negotiated(Decode::Yuyv, w, h, stride);
         let mut frame = Frame::with_capacity(w, h);
         assert!(matches!(
-            fill_frame(&n, &data, &sys::Buffer::default(), &mut frame, None),
+            fill_frame(&n, &data, &sys::Buffer::default(), &mut frame, None, None),
             Ok(Filled::Frame)
         ));
         for px in frame.rgb.chunks_exact(3) {
@@ -2112,6 +2236,7 @@ mod tests {
                 &data[..stride * (h - 1) + 2 * w - 1],
                 &sys::Buffer::default(),
                 &mut frame,
+                None,
                 None
             ),
             Ok(Filled::Skipped(Skip::Short { .. }))
@@ -2124,7 +2249,14 @@ mod tests {
         pixels[..3].copy_from_slice(&[1, 2, 3]);
         let mut frame = Frame::with_capacity(4, 3);
         assert!(matches!(
-            fill_frame(&rgb, &pixels, &sys::Buffer::default(), &mut frame, None),
+            fill_frame(
+                &rgb,
+                &pixels,
+                &sys::Buffer::default(),
+                &mut frame,
+                None,
+                None
+            ),
             Ok(Filled::Frame)
         ));
         assert_eq!(&frame.rgb[..4], &[1, 2, 3, 0]);
