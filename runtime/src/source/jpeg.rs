@@ -223,7 +223,7 @@ impl<'a> BitReader<'a> {
         }
         while self.bit_count <= 56 {
             let byte = if self.at_marker {
-                self.padding_bytes += 1;
+                self.padding_bytes = self.padding_bytes.saturating_add(1);
                 0
             } else {
                 match self.data.get(self.pos) {
@@ -307,7 +307,7 @@ impl<'a> BitReader<'a> {
 
     /// An error when the scan so far read past the end of its data.
     fn check_not_overrun(&self) -> Result<()> {
-        if self.padding_bytes * 8 > self.bit_count {
+        if u64::from(self.padding_bytes) * 8 > u64::from(self.bit_count) {
             return Err(JpegFault::Corrupt(
                 "the entropy-coded data ends early (a truncated frame)",
             ));
@@ -517,7 +517,7 @@ impl MjpegDecoder {
                 0xC2 | 0xC6 | 0xCA | 0xCE => return Err(JpegFault::Unsupported("progressive")),
                 0xC3 | 0xC7 | 0xCB | 0xCF => return Err(JpegFault::Unsupported("lossless")),
                 0xC5 => return Err(JpegFault::Unsupported("hierarchical")),
-                0xC9 | 0xCC => return Err(JpegFault::Unsupported("arithmetic-coded")),
+                0xC9 | 0xCC | 0xCD => return Err(JpegFault::Unsupported("arithmetic-coded")),
                 0xC4 => self.huffman_tables(segment)?,
                 0xDB => self.quant_tables(segment)?,
                 0xDD => {
@@ -553,6 +553,9 @@ impl MjpegDecoder {
         let count = usize::from(*segment.get(5).ok_or(too_short)?);
         if height == 0 {
             return Err(JpegFault::Unsupported("a DNL (height after the scan)"));
+        }
+        if width == 0 {
+            return Err(JpegFault::Corrupt("a frame of width 0"));
         }
         if (usize::from(width), usize::from(height)) != (self.width, self.height) {
             return Err(JpegFault::Size { width, height });
@@ -676,7 +679,9 @@ impl MjpegDecoder {
     ) -> Result<usize> {
         let too_short = JpegFault::Corrupt("a scan header too short");
         let count = usize::from(*segment.first().ok_or(too_short)?);
-        if count == 0 || count > frame.component_count || segment.len() < 1 + 2 * count {
+        // Then Ss, Se, Ah and Al, which a sequential scan does not use (libjpeg only warns
+        // when they are off).
+        if count == 0 || count > frame.component_count || segment.len() < 4 + 2 * count {
             return Err(JpegFault::Corrupt("a scan of a wrong number of components"));
         }
         // (component index, DC table, AC table) of each component in the scan.
@@ -732,6 +737,8 @@ impl MjpegDecoder {
         let mut next_restart = 0u8;
         let mut units_to_restart = self.restart_interval;
         for unit_y in 0..units_down {
+            // A truncated frame stops here rather than decoding the rest as zeros.
+            bits.check_not_overrun()?;
             for unit_x in 0..units_across {
                 if self.restart_interval > 0 {
                     if units_to_restart == 0 {
@@ -993,24 +1000,30 @@ fn upsample_row(
             *s = 4 * i32::from(n);
         }
     }
+    // libjpeg's rounding, which alternates its bias between neighbouring outputs so
+    // that the errors do not all lean one way.
     if h_factor == 1 {
+        let bias = if y.is_multiple_of(2) { 1 } else { 2 };
         for (o, &s) in out.iter_mut().zip(sums.iter()) {
-            *o = ((s + 2) >> 2) as u8;
+            *o = ((s + bias) >> 2) as u8;
         }
         return;
     }
+    // In sixteenths: (even, odd) biases of libjpeg's h2v2 (8, 7) and h2v1 (1, 2 in
+    // quarters).
+    let (even_bias, odd_bias) = if v_factor == 2 { (8, 7) } else { (4, 8) };
     padded[0] = padded[1];
     padded[c.width + 1] = padded[c.width];
     let mut pairs = out.chunks_exact_mut(2);
     for (pair, window) in pairs.by_ref().zip(padded.windows(3)) {
         let here = 3 * window[1];
-        pair[0] = ((here + window[0] + 8) >> 4) as u8;
-        pair[1] = ((here + window[2] + 7) >> 4) as u8;
+        pair[0] = ((here + window[0] + even_bias) >> 4) as u8;
+        pair[1] = ((here + window[2] + odd_bias) >> 4) as u8;
     }
     if let [odd_last] = pairs.into_remainder() {
         // An odd width: the last sample is the even one of the last column.
         let x = c.width - 1;
-        *odd_last = ((3 * padded[x + 1] + padded[x] + 8) >> 4) as u8;
+        *odd_last = ((3 * padded[x + 1] + padded[x] + even_bias) >> 4) as u8;
     }
 }
 

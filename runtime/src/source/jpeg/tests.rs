@@ -42,6 +42,16 @@ fn differences(a: &[u8], b: &[u8]) -> (u8, f64) {
     (largest, sum as f64 / a.len() as f64)
 }
 
+/// The fixtures coded as cameras code (sequential, Huffman), as `make_jpegs.py` makes
+/// them.
+const SEQUENTIAL_FIXTURES: [&str; 5] = [
+    "ycbv_422.jpg",
+    "ycbv_420_odd.jpg",
+    "ycbv_444_restart.jpg",
+    "ycbv_420_restart_rows.jpg",
+    "ycbv_grey_odd.jpg",
+];
+
 /// Both decoders follow libjpeg (fancy upsampling, JFIF colour), but round differently:
 /// zune-jpeg's integer inverse DCT against our float one, and its two-step rounding of
 /// 4:2:0 chroma against libjpeg's one step. A sample off by this much is rounding; a
@@ -52,13 +62,7 @@ const MEAN_DIFFERENCE_FROM_ZUNE: f64 = 0.35;
 
 #[test]
 fn camera_like_jpegs_decode_as_zune_jpeg_decodes_them() {
-    for name in [
-        "ycbv_422.jpg",
-        "ycbv_420_odd.jpg",
-        "ycbv_444_restart.jpg",
-        "ycbv_420_restart_rows.jpg",
-        "ycbv_grey_odd.jpg",
-    ] {
+    for name in SEQUENTIAL_FIXTURES {
         let jpeg = fixture(name);
         let (width, height, expected) = reference(&jpeg);
         let rgb = decode(&jpeg, width, height).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -67,6 +71,39 @@ fn camera_like_jpegs_decode_as_zune_jpeg_decodes_them() {
         assert!(
             largest <= LARGEST_DIFFERENCE_FROM_ZUNE && mean <= MEAN_DIFFERENCE_FROM_ZUNE,
             "{name}: largest difference {largest}, mean {mean}"
+        );
+    }
+}
+
+/// libjpeg-turbo and posed compute the inverse DCT differently (integer "islow" against
+/// float) and round the colour conversion alike; the upsampling is the same arithmetic.
+const LARGEST_DIFFERENCE_FROM_LIBJPEG: u8 = 2;
+
+/// The top-left and bottom-right 48 x 32 crops of an RGB image, as
+/// `testdata/make_jpegs.py` writes libjpeg-turbo's.
+fn corners(rgb: &[u8], width: usize, height: usize) -> Vec<u8> {
+    let (w, h) = (48, 32);
+    let mut out = Vec::new();
+    for (x0, y0) in [(0, 0), (width - w, height - h)] {
+        for y in y0..y0 + h {
+            out.extend_from_slice(&rgb[3 * (y * width + x0)..3 * (y * width + x0 + w)]);
+        }
+    }
+    out
+}
+
+#[test]
+fn camera_like_jpegs_decode_as_libjpeg_turbo_decodes_them() {
+    for name in SEQUENTIAL_FIXTURES {
+        let jpeg = fixture(name);
+        let (width, height, _) = reference(&jpeg);
+        let rgb = decode(&jpeg, width, height).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let expected = fixture(&name.replace(".jpg", ".libjpeg-corners.rgb"));
+        let (largest, mean) = differences(&corners(&rgb, width, height), &expected);
+        eprintln!("{name}: corners against libjpeg-turbo: largest {largest}, mean {mean:.4}");
+        assert!(
+            largest <= LARGEST_DIFFERENCE_FROM_LIBJPEG,
+            "{name}: largest difference {largest} from libjpeg-turbo, mean {mean}"
         );
     }
 }
@@ -205,6 +242,50 @@ fn truncated_frames_are_corrupt() {
         // The end-of-image marker alone may be missing.
         decode(&jpeg[..jpeg.len() - 2], width, height).expect("no EOI");
     }
+}
+
+/// The position of the first `marker` (0xFF, `marker`) in `jpeg`.
+fn marker_at(jpeg: &[u8], marker: u8) -> usize {
+    jpeg.windows(2)
+        .position(|w| w == [0xFF, marker])
+        .expect("marker present")
+}
+
+#[test]
+fn other_coding_processes_are_unsupported_and_odd_headers_corrupt() {
+    let jpeg = fixture("ycbv_grey_odd.jpg");
+    let sof = marker_at(&jpeg, 0xC0);
+    for (marker, what) in [
+        (0xC2, "progressive"),
+        (0xC3, "lossless"),
+        (0xC9, "arithmetic-coded"),
+        (0xCD, "arithmetic-coded"),
+    ] {
+        let mut other = jpeg.clone();
+        other[sof + 1] = marker;
+        assert_eq!(decode(&other, 203, 149), Err(JpegFault::Unsupported(what)));
+    }
+    // SOF: length (2), precision, height (2), width (2).
+    let mut no_width = jpeg.clone();
+    no_width[sof + 7..sof + 9].fill(0);
+    assert_eq!(
+        decode(&no_width, 203, 149),
+        Err(JpegFault::Corrupt("a frame of width 0"))
+    );
+    let mut twelve_bit = jpeg.clone();
+    twelve_bit[sof + 4] = 12;
+    assert_eq!(
+        decode(&twelve_bit, 203, 149),
+        Err(JpegFault::Unsupported("samples of other than 8 bits"))
+    );
+    // SOS: length (2), component count (1), then 2 bytes per component and 3 more.
+    let sos = marker_at(&jpeg, 0xDA);
+    let mut short_scan = jpeg.clone();
+    short_scan[sos + 3] = 5;
+    assert_eq!(
+        decode(&short_scan, 203, 149),
+        Err(JpegFault::Corrupt("a scan of a wrong number of components"))
+    );
 }
 
 #[test]

@@ -14,6 +14,11 @@ Run from the repository root: `python3 runtime/src/source/testdata/make_jpegs.py
 - `ycbv_grey_odd.jpg`: 203 x 149, one component.
 - `ycbv_progressive.jpg`: 160 x 120, progressive (not what cameras send; posed falls back
   to a general decoder for it).
+
+And, for each of the sequential ones, `NAME.libjpeg-corners.rgb`: how libjpeg-turbo itself
+decodes it (islow inverse DCT, fancy upsampling: its defaults), as raw RGB bytes of two
+48 x 32 crops, the top-left corner and then the bottom-right one (where the edge rules of
+upsampling and partial MCUs show).
 """
 
 from pathlib import Path
@@ -42,6 +47,19 @@ def strip_huffman_tables(jpeg: bytes) -> bytes:
         pos += 2 + length
 
 
+CORNER = (48, 32)
+
+
+def write_corners(jpeg_path: Path) -> None:
+    decoded = Image.open(jpeg_path).convert("RGB")
+    width, height = decoded.size
+    w, h = CORNER
+    corners = decoded.crop((0, 0, w, h)).tobytes() + decoded.crop(
+        (width - w, height - h, width, height)
+    ).tobytes()
+    jpeg_path.with_suffix(".libjpeg-corners.rgb").write_bytes(corners)
+
+
 def main() -> None:
     image = Image.open(SOURCE).convert("RGB")
     image.save(HERE / "ycbv_422.jpg", quality=85, subsampling=1, optimize=False)
@@ -58,6 +76,14 @@ def main() -> None:
     )
     image.crop((300, 150, 503, 299)).convert("L").save(HERE / "ycbv_grey_odd.jpg", quality=90)
     image.resize((160, 120)).save(HERE / "ycbv_progressive.jpg", quality=80, progressive=True)
+    for name in [
+        "ycbv_422.jpg",
+        "ycbv_420_odd.jpg",
+        "ycbv_444_restart.jpg",
+        "ycbv_420_restart_rows.jpg",
+        "ycbv_grey_odd.jpg",
+    ]:
+        write_corners(HERE / name)
 
 
 if __name__ == "__main__":
