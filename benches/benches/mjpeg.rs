@@ -5,7 +5,9 @@
 //!
 //! The frames: a ycbv-mini image as libjpeg-turbo encoded it (640 x 480, 4:2:2, quality
 //! 85, the fixture of the decoder's tests), and the same image scaled to 1280 x 720 and
-//! 1920 x 1080, encoded 4:2:2 at quality 85 by `image`'s encoder, as a camera would.
+//! 1920 x 1080, encoded at quality 85 by `image`'s encoder, which writes 4:4:4 (whatever
+//! its documentation says): more chroma to decode than a camera's 4:2:2, and, scaled up,
+//! less detail.
 
 // criterion_group! generates undocumented items.
 #![allow(missing_docs)]

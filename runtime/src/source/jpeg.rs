@@ -15,9 +15,12 @@
 //! Adobe files, other subsamplings) is [`JpegFault::Unsupported`], for which the caller
 //! falls back to a general decoder.
 //!
-//! The results follow libjpeg's: an exact (float) inverse DCT, "fancy" (triangle)
-//! upsampling of the chroma, JFIF's YCbCr to RGB. The tests compare them with zune-jpeg's
-//! on fixtures libjpeg-turbo encoded (`testdata/make_jpegs.py`).
+//! The results are libjpeg's to within 2 levels: an exact inverse DCT in f32 (libjpeg's
+//! default is an integer approximation), libjpeg's "fancy" (triangle) upsampling of the
+//! chroma with its rounding, JFIF's YCbCr to RGB. The tests compare them with
+//! libjpeg-turbo's and zune-jpeg's decoding of fixtures libjpeg-turbo encoded
+//! (`testdata/make_jpegs.py`). One scan per component and 4:4:0 are written to the
+//! standard but have no fixture (libjpeg-turbo through Pillow makes neither).
 
 use std::fmt;
 
@@ -464,9 +467,6 @@ impl MjpegDecoder {
         self.restart_interval = 0;
         self.adobe_rgb = false;
         let frame = self.decode_scans(data)?;
-        if self.adobe_rgb && frame.component_count == 3 {
-            return Err(JpegFault::Unsupported("RGB-coded (Adobe transform 0)"));
-        }
         self.write_rgb(&frame, rgb);
         Ok(())
     }
@@ -677,6 +677,16 @@ impl MjpegDecoder {
         segment: &[u8],
         frame: &mut FrameHeader,
     ) -> Result<usize> {
+        // Colour that is not YCbCr, as libjpeg recognises it: said before any decoding.
+        if frame.component_count == 3 {
+            if self.adobe_rgb {
+                return Err(JpegFault::Unsupported("RGB-coded (Adobe transform 0)"));
+            }
+            let ids = frame.components.map(|c| c.id);
+            if ids == *b"RGB" {
+                return Err(JpegFault::Unsupported("RGB-coded (component ids R, G, B)"));
+            }
+        }
         let too_short = JpegFault::Corrupt("a scan header too short");
         let count = usize::from(*segment.first().ok_or(too_short)?);
         // Then Ss, Se, Ah and Al, which a sequential scan does not use (libjpeg only warns

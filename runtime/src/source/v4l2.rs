@@ -809,45 +809,88 @@ fn open_camera(config: &SourceConfig, cuda: Option<&Cuda>) -> Result<(Camera, Ne
 }
 
 /// How MJPEG frames are decoded: by posed's own decoder, which allocates nothing per
-/// frame, and, for the JPEGs it does not handle (progressive, 4:1:1, ...: not what cameras
-/// send), by zune-jpeg, which does allocate (said once in the log).
+/// frame, and by zune-jpeg, which does allocate (said once in the log), for the JPEGs
+/// posed's does not handle (progressive, 4:1:1, ...: not what cameras send) and for a
+/// camera whose frames posed's keeps refusing as corrupt where zune-jpeg, more lenient
+/// with damaged data, decodes them: better an allocating stream than none.
 struct JpegDecoding {
     decoder: MjpegDecoder,
+    /// Frames in a row posed's decoder refused as corrupt.
+    corrupt_in_a_row: u32,
+    /// Every frame goes to zune-jpeg from now on (until the camera is reopened).
+    zune_only: bool,
     fallback_logged: bool,
 }
 
+/// Corrupt frames in a row after which zune-jpeg is asked whether it decodes them.
+const CORRUPT_BEFORE_TRYING_ZUNE: u32 = 3;
+
 impl JpegDecoding {
-    /// The decoding for a camera as negotiated: `None` unless it sends JPEG; `current`
-    /// when it fits.
+    /// The decoding for a camera as negotiated: `None` unless it sends JPEG; `current`'s
+    /// buffers when they fit, with its judgement of the camera forgotten (a reopened
+    /// device node may hold another camera).
     fn for_format(n: &Negotiated, current: Option<JpegDecoding>) -> Option<JpegDecoding> {
         if n.decode != Decode::Jpeg {
             return None;
         }
-        match current {
-            Some(current) if current.decoder.size() == (n.width, n.height) => Some(current),
-            _ => Some(JpegDecoding {
-                decoder: MjpegDecoder::new(n.width, n.height),
-                fallback_logged: false,
-            }),
-        }
+        let decoder = match current {
+            Some(current) if current.decoder.size() == (n.width, n.height) => current.decoder,
+            _ => MjpegDecoder::new(n.width, n.height),
+        };
+        Some(JpegDecoding {
+            decoder,
+            corrupt_in_a_row: 0,
+            zune_only: false,
+            fallback_logged: false,
+        })
     }
 
     fn decode(&mut self, data: &[u8], dst: &mut [u8]) -> Filled {
-        match self.decoder.decode_rgb(data, dst) {
-            Ok(()) => Filled::Frame,
-            Err(JpegFault::Unsupported(what)) => {
-                if !self.fallback_logged {
-                    self.fallback_logged = true;
-                    tracing::warn!(
-                        "the camera sends JPEGs posed's MJPEG decoder does not handle \
-                         ({what}): decoding them with zune-jpeg, which allocates at every \
-                         frame"
-                    );
-                }
-                let (width, height) = self.decoder.size();
+        let (width, height) = self.decoder.size();
+        if self.zune_only {
+            return decode_jpeg(data, width, height, dst);
+        }
+        let fault = match self.decoder.decode_rgb(data, dst) {
+            Ok(()) => {
+                self.corrupt_in_a_row = 0;
+                return Filled::Frame;
+            }
+            Err(fault) => fault,
+        };
+        match fault {
+            JpegFault::Unsupported(what) => {
+                self.log_fallback(format_args!(
+                    "JPEGs posed's decoder does not handle ({what})"
+                ));
                 decode_jpeg(data, width, height, dst)
             }
-            Err(fault) => Filled::Skipped(Skip::Mjpeg(fault)),
+            JpegFault::Corrupt(what) => {
+                self.corrupt_in_a_row += 1;
+                if self.corrupt_in_a_row < CORRUPT_BEFORE_TRYING_ZUNE {
+                    return Filled::Skipped(Skip::Mjpeg(fault));
+                }
+                match decode_jpeg(data, width, height, dst) {
+                    Filled::Frame => {
+                        self.zune_only = true;
+                        self.log_fallback(format_args!(
+                            "frames posed's decoder refuses ({what}) and zune-jpeg decodes"
+                        ));
+                        Filled::Frame
+                    }
+                    Filled::Skipped(_) => Filled::Skipped(Skip::Mjpeg(fault)),
+                }
+            }
+            JpegFault::Size { .. } | JpegFault::OutputSize => Filled::Skipped(Skip::Mjpeg(fault)),
+        }
+    }
+
+    fn log_fallback(&mut self, what: fmt::Arguments<'_>) {
+        if !self.fallback_logged {
+            self.fallback_logged = true;
+            tracing::warn!(
+                "the camera sends {what}: decoding them with zune-jpeg, which allocates at \
+                 every frame"
+            );
         }
     }
 }
@@ -2144,7 +2187,48 @@ mod tests {
         // Other formats have no decoder; a reopened camera at its size keeps its own.
         assert!(JpegDecoding::for_format(&negotiated(Decode::Yuyv, 160, 120, 320), None).is_none());
         let kept = JpegDecoding::for_format(&n, Some(decoding)).expect("kept");
-        assert!(kept.fallback_logged);
+        assert!(!kept.fallback_logged, "a reopened camera is judged afresh");
+    }
+
+    #[test]
+    fn a_camera_whose_frames_only_zune_jpeg_takes_goes_to_zune_jpeg() {
+        // Frames cut short, every one: posed's decoder refuses them as truncated, zune-jpeg
+        // (as libjpeg) decodes them with the missing part grey. After 3 in a row, the
+        // camera streams through zune-jpeg rather than not at all.
+        let jpeg = std::fs::read(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/source/testdata/ycbv_422.jpg"),
+        )
+        .expect("fixture");
+        let cut = &jpeg[..jpeg.len() - 2000];
+        let n = negotiated(Decode::Jpeg, 640, 480, 0);
+        let mut decoding = JpegDecoding::for_format(&n, None).expect("a JPEG format");
+        let mut frame = Frame::with_capacity(640, 480);
+        let buffer = sys::Buffer::default();
+        let mut fill = |data: &[u8], decoding: &mut JpegDecoding| {
+            fill_frame(&n, data, &buffer, &mut frame, None, Some(decoding))
+        };
+        for _ in 0..2 {
+            assert!(matches!(
+                fill(cut, &mut decoding),
+                Ok(Filled::Skipped(Skip::Mjpeg(JpegFault::Corrupt(_))))
+            ));
+        }
+        // A good frame in between starts the count again.
+        assert!(matches!(fill(&jpeg, &mut decoding), Ok(Filled::Frame)));
+        for _ in 0..2 {
+            assert!(matches!(fill(cut, &mut decoding), Ok(Filled::Skipped(_))));
+        }
+        assert!(!decoding.zune_only);
+        assert!(matches!(fill(cut, &mut decoding), Ok(Filled::Frame)));
+        assert!(decoding.zune_only && decoding.fallback_logged);
+        assert!(matches!(fill(cut, &mut decoding), Ok(Filled::Frame)));
+        // Garbage stays garbage for both.
+        assert!(matches!(
+            fill(b"\xff\xd8\xff\xe0garbage", &mut decoding),
+            Ok(Filled::Skipped(Skip::Jpeg(_)))
+        ));
+        let reopened = JpegDecoding::for_format(&n, Some(decoding)).expect("kept");
+        assert!(!reopened.zune_only);
     }
 
     #[test]

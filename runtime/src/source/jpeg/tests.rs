@@ -178,24 +178,44 @@ fn the_standard_tables_are_the_ones_libjpeg_writes() {
 
 #[test]
 fn one_decoder_decodes_frame_after_frame_the_same() {
-    // A frame with restart markers and its own tables, then one with neither: nothing of
-    // the first may leak into the second.
+    // Frames with Huffman tables of their own, with restart markers, and with neither:
+    // nothing of one frame may leak into the next (the frame without tables must get the
+    // standard ones, not the last frame's).
+    let names = [
+        "ycbv_422_optimized.jpg",
+        "ycbv_422_no_dht.jpg",
+        "ycbv_444_restart.jpg",
+        "ycbv_422_no_dht.jpg",
+    ];
+    let fresh: Vec<Vec<u8>> = names
+        .iter()
+        .map(|name| decode(&fixture(name), 640, 480).expect("fresh"))
+        .collect();
     let mut decoder = MjpegDecoder::new(640, 480);
-    let mut first = vec![0; 640 * 480 * 3];
-    let mut second = vec![0; 640 * 480 * 3];
-    let fresh = decode(&fixture("ycbv_422_no_dht.jpg"), 640, 480).expect("fresh");
+    let mut rgb = vec![0; 640 * 480 * 3];
     for _ in 0..2 {
-        decoder
-            .decode_rgb(&fixture("ycbv_444_restart.jpg"), &mut first)
-            .expect("4:4:4");
-        decoder
-            .decode_rgb(&fixture("ycbv_422_no_dht.jpg"), &mut second)
-            .expect("4:2:2");
-        assert!(second == fresh);
+        for (name, expected) in names.iter().zip(&fresh) {
+            decoder
+                .decode_rgb(&fixture(name), &mut rgb)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(rgb == *expected, "{name} after other frames");
+        }
+    }
+}
+
+#[test]
+fn rgb_coded_jpegs_are_unsupported() {
+    let mut jpeg = fixture("ycbv_444_restart.jpg");
+    let sof = marker_at(&jpeg, 0xC0);
+    let sos = marker_at(&jpeg, 0xDA);
+    // The component ids of the frame header and of the scan header.
+    for (i, id) in b"RGB".iter().enumerate() {
+        jpeg[sof + 10 + 3 * i] = *id;
+        jpeg[sos + 5 + 2 * i] = *id;
     }
     assert_eq!(
-        first,
-        decode(&fixture("ycbv_444_restart.jpg"), 640, 480).expect("again")
+        decode(&jpeg, 640, 480),
+        Err(JpegFault::Unsupported("RGB-coded (component ids R, G, B)"))
     );
 }
 
@@ -385,6 +405,40 @@ fn fancy_upsampling_weighs_the_nearest_sample_three_quarters() {
     let mut out = [0u8; 3];
     upsample_row(&plane, &c, 2, 1, 0, &mut sums, &mut out);
     assert_eq!(out, [100, 125, 175]);
+}
+
+#[test]
+fn upsampling_rounds_as_libjpeg() {
+    // 2 x 1 (4:2:2): libjpeg biases even outputs by 1/4 and odd ones by 2/4. Samples
+    // 102, 100, 102: the second column's outputs are (3 * 100 + 102) / 4 = 100.5 both,
+    // which round to 100 (even) and 101 (odd); the third's even one, 101.5, to 101.
+    let plane = [102u8, 100, 102, 0, 0, 0, 0, 0];
+    let c = Component {
+        stride: 8,
+        width: 3,
+        height: 1,
+        ..Component::default()
+    };
+    let mut sums = [0i32; 3 + 2];
+    let mut out = [0u8; 6];
+    upsample_row(&plane, &c, 2, 1, 0, &mut sums, &mut out);
+    assert_eq!(out, [102, 102, 100, 101, 101, 102]);
+    // 1 x 2 (4:4:0): the upper output of each pair biased by 1/4, the lower by 2/4. A
+    // column of 100 over 102: output row 1 (lower of the first pair) is 3/4 of 100 and
+    // 1/4 of 102, 100.5, which rounds to 101; row 2 (upper of the second) is 3/4 of 102
+    // and 1/4 of 100, 101.5, which rounds to 101 too.
+    let column = [100u8, 0, 0, 0, 0, 0, 0, 0, 102, 0, 0, 0, 0, 0, 0, 0];
+    let c = Component {
+        stride: 8,
+        width: 1,
+        height: 2,
+        ..Component::default()
+    };
+    let mut out = [0u8; 1];
+    for (y, expected) in [(0, 100), (1, 101), (2, 101), (3, 102)] {
+        upsample_row(&column, &c, 1, 2, y, &mut sums, &mut out);
+        assert_eq!(out, [expected], "output row {y}");
+    }
 }
 
 fn mutate(mut bytes: Vec<u8>, edits: &[(usize, u8)], cut: usize) -> Vec<u8> {

@@ -8,6 +8,8 @@ Run from the repository root: `python3 runtime/src/source/testdata/make_jpegs.py
 - `ycbv_422_no_dht.jpg`: the same bytes without their Huffman tables (DHT segments) and
   with an AVI1 APP0 segment, as most UVC cameras send MJPEG: the decoder must use the
   standard tables of ITU T.81 annex K.3.
+- `ycbv_422_optimized.jpg`: as `ycbv_422.jpg`, with Huffman tables of its own (optimised
+  for the image), not the standard ones.
 - `ycbv_420_odd.jpg`: 331 x 247 (no whole MCU at the right and bottom edges), 4:2:0.
 - `ycbv_444_restart.jpg`: 640 x 480, 4:4:4, a restart marker every 7 MCUs.
 - `ycbv_420_restart_rows.jpg`: 333 x 250, 4:2:0, a restart marker every MCU row.
@@ -65,6 +67,7 @@ def main() -> None:
     image.save(HERE / "ycbv_422.jpg", quality=85, subsampling=1, optimize=False)
     plain = (HERE / "ycbv_422.jpg").read_bytes()
     (HERE / "ycbv_422_no_dht.jpg").write_bytes(strip_huffman_tables(plain))
+    image.save(HERE / "ycbv_422_optimized.jpg", quality=85, subsampling=1, optimize=True)
     image.crop((101, 77, 432, 324)).save(
         HERE / "ycbv_420_odd.jpg", quality=90, subsampling=2, optimize=True
     )
