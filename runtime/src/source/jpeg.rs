@@ -719,19 +719,23 @@ impl MjpegDecoder {
             }
             members[i] = (index, dc, ac);
         }
-        let members = &members[..count];
-        for &(_, dc, ac) in members {
-            for (class, id) in [(0, dc), (1, ac)] {
-                if !self.huffman_defined[class][id] {
-                    // MJPEG: no DHT means the standard tables (ids 0 and 1 only).
-                    let Some(table) = self.standard[class].get(id) else {
-                        return Err(JpegFault::Corrupt("a scan naming a missing Huffman table"));
-                    };
-                    self.huffman[class][id] = table.clone();
-                    self.huffman_defined[class][id] = true;
-                }
+        // Each member's component index and Huffman tables: the frame's own, or, for a
+        // table it did not define (MJPEG without DHT), the standard one (ids 0 and 1).
+        let (huffman, defined, standard) = (&self.huffman, &self.huffman_defined, &self.standard);
+        let table = |class: usize, id: usize| {
+            if defined[class][id] {
+                Ok(&huffman[class][id])
+            } else {
+                standard[class]
+                    .get(id)
+                    .ok_or(JpegFault::Corrupt("a scan naming a missing Huffman table"))
             }
+        };
+        let mut coders = [(0, &standard[0][0], &standard[1][0]); 3];
+        for (coder, &(index, dc, ac)) in coders.iter_mut().zip(&members[..count]) {
+            *coder = (index, table(0, dc)?, table(1, ac)?);
         }
+        let coders = &coders[..count];
 
         let mut bits = BitReader::new(data, pos);
         let mut dc_predictions = [0i32; 3];
@@ -739,7 +743,7 @@ impl MjpegDecoder {
         // An interleaved scan codes whole MCUs; a scan of one component codes its blocks
         // in rows, as many as cover its samples.
         let (units_across, units_down) = if count == 1 {
-            let c = &frame.components[members[0].0];
+            let c = &frame.components[coders[0].0];
             (c.width.div_ceil(8), c.height.div_ceil(8))
         } else {
             (frame.mcus_across, frame.mcus_down)
@@ -759,15 +763,15 @@ impl MjpegDecoder {
                     }
                     units_to_restart -= 1;
                 }
-                for (slot, &(index, dc, ac)) in members.iter().enumerate() {
+                for (slot, &(index, dc_table, ac_table)) in coders.iter().enumerate() {
                     let c = frame.components[index];
                     let (h, v) = if count == 1 { (1, 1) } else { (c.h, c.v) };
                     for block_y in 0..v {
                         for block_x in 0..h {
                             let nonzero = decode_block(
                                 &mut bits,
-                                &self.huffman[0][dc],
-                                &self.huffman[1][ac],
+                                dc_table,
+                                ac_table,
                                 &self.quant[c.quant_table],
                                 &mut dc_predictions[slot],
                                 &mut coefficients,
@@ -782,7 +786,7 @@ impl MjpegDecoder {
             }
         }
         bits.check_not_overrun()?;
-        for &(index, _, _) in members {
+        for &(index, _, _) in coders {
             frame.components[index].decoded = true;
         }
         Ok(bits.marker_position())

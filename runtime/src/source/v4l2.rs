@@ -809,10 +809,11 @@ fn open_camera(config: &SourceConfig, cuda: Option<&Cuda>) -> Result<(Camera, Ne
 }
 
 /// How MJPEG frames are decoded: by posed's own decoder, which allocates nothing per
-/// frame, and by zune-jpeg, which does allocate (said once in the log), for the JPEGs
-/// posed's does not handle (progressive, 4:1:1, ...: not what cameras send) and for a
-/// camera whose frames posed's keeps refusing as corrupt where zune-jpeg, more lenient
-/// with damaged data, decodes them: better an allocating stream than none.
+/// frame, and by zune-jpeg, which does allocate (said once in the log), from the first
+/// JPEG posed's does not handle (progressive, 4:1:1, ...: not what cameras send; a
+/// camera sends one kind) and for a camera whose frames posed's keeps refusing as corrupt
+/// where zune-jpeg, more lenient with damaged data, decodes them: better an allocating
+/// stream than none.
 struct JpegDecoding {
     decoder: MjpegDecoder,
     /// Frames in a row posed's decoder refused as corrupt.
@@ -859,6 +860,7 @@ impl JpegDecoding {
         };
         match fault {
             JpegFault::Unsupported(what) => {
+                self.zune_only = true;
                 self.log_fallback(format_args!(
                     "JPEGs posed's decoder does not handle ({what})"
                 ));
@@ -2179,7 +2181,7 @@ mod tests {
                 Ok(Filled::Frame)
             ));
         }
-        assert!(decoding.fallback_logged);
+        assert!(decoding.fallback_logged && decoding.zune_only);
         assert!(
             frame.rgb.iter().any(|&v| v != frame.rgb[0]),
             "an image, not a flat fill"
